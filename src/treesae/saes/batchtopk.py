@@ -1,0 +1,62 @@
+"""BatchTopK SAE (Bussmann et al. 2024).
+
+Training: the ``k * B`` largest positive pre-activations of the whole batch of B tokens are kept
+(so L0 is k on average, free to vary per token); otherwise as TopK (same recipe switches).
+Inference (``eval()`` mode): a single learned threshold theta replaces the batch selection,
+``z = ReLU(pre) * (pre > theta)``. theta is a running estimate of the smallest kept activation:
+after every training batch ``theta <- (1 - threshold_lr) theta + threshold_lr * min(kept values)``.
+Exported to sae-lens as a JumpReLU SAE with that threshold on every latent.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from .sparse import Codes, batch_topk_select, row_offsets
+from .topk import TopKConfig, TopKSAE
+
+
+@dataclass(kw_only=True)
+class BatchTopKConfig(TopKConfig):
+    """k: mean active latents per token. threshold_lr: EMA rate of the inference threshold."""
+
+    architecture: ClassVar[str] = "batchtopk"
+
+    threshold_lr: float = 0.01
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._check(0 < self.threshold_lr <= 1, f"threshold_lr must be in (0, 1], got {self.threshold_lr}")
+
+
+@torch.no_grad()
+def threshold_select(pre: Tensor, threshold: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Entries with ``pre > max(threshold, 0)``, row-major."""
+    rows, cols = (pre > threshold.clamp_min(0)).nonzero(as_tuple=True)
+    return rows, cols, row_offsets(rows, pre.shape[0])
+
+
+class BatchTopKSAE(TopKSAE):
+    config_class: ClassVar[type] = BatchTopKConfig
+    cfg: BatchTopKConfig
+    threshold: Tensor
+
+    def __init__(self, cfg: BatchTopKConfig):
+        super().__init__(cfg)
+        self.register_buffer("threshold", torch.zeros(()))
+
+    def _select(self, pre):
+        if self.training:
+            return batch_topk_select(pre, self.cfg.k * pre.shape[0])
+        return threshold_select(pre, self.threshold)
+
+    @torch.no_grad()
+    def _after_batch(self, codes: Codes) -> None:
+        if not self.training:
+            return
+        kept = codes.vals[codes.vals > 0]
+        if kept.numel():
+            self.threshold.lerp_(kept.min().to(self.threshold), self.cfg.threshold_lr)

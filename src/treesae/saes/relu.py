@@ -1,0 +1,79 @@
+"""ReLU + L1 SAE, Anthropic style (Towards Monosemanticity; April 2024 update).
+
+    z     = ReLU((x - apply_b_dec_to_input * b_dec) @ W_enc + b_enc)
+    x_hat = z @ W_dec + b_dec
+    loss  = nMSE(x_hat, x) + l1_coef * sum_b sum_i z_bi ||W_dec_i|| / sum_b ||x_b||
+
+The L1 penalty is weighted by the decoder row norms (so it cannot be dodged by shrinking z and
+growing W_dec) and divided by the batch's summed input norm, which makes ``l1_coef`` scale-free like
+the nMSE term. (Anthropic instead rescale inputs to E||x||^2 = d_in and use raw squared error:
+their lambda corresponds to about ``l1_coef * sqrt(d_in)`` here.) Defaults follow the update:
+decoder rows initialised at norm 0.1 and left unconstrained, encoder = decoder transpose,
+no pre-encoder bias, ``b_dec`` at zero. Dense kernels only (codes are not k-sparse).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from .base import BaseSAE, FlatConfig, nmse, scalar_logs, unit_rows
+from .sparse import Codes
+
+
+@dataclass(kw_only=True)
+class ReLUConfig(FlatConfig):
+    """l1_coef: sparsity coefficient (see module docstring). apply_b_dec_to_input: subtract b_dec
+    before the encoder."""
+
+    architecture: ClassVar[str] = "relu"
+
+    l1_coef: float = 0.2
+    apply_b_dec_to_input: bool = False
+    normalize_decoder: bool = False
+    geometric_median_init: bool = False
+    decoder_init_norm: float = 0.1
+    sparse: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._check(self.l1_coef >= 0, f"l1_coef must be >= 0, got {self.l1_coef}")
+        self._check(not self.sparse, "the ReLU SAE has no sparse kernels; set sparse=False")
+
+
+class ReLUSAE(BaseSAE):
+    config_class: ClassVar[type] = ReLUConfig
+    cfg: ReLUConfig
+
+    def __init__(self, cfg: ReLUConfig):
+        super().__init__(cfg)
+        gen = self._generator()
+        W_dec = unit_rows((cfg.d_sae, cfg.d_in), gen, cfg.decoder_init_norm)
+        W_enc = W_dec if cfg.tied_init else unit_rows((cfg.d_sae, cfg.d_in), gen, cfg.decoder_init_norm)
+        self.W_enc = nn.Parameter(W_enc.t().contiguous())
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.W_dec = nn.Parameter(W_dec)
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+
+    def encode(self, x):
+        x = self._prep(x)
+        shift = self.b_dec if self.cfg.apply_b_dec_to_input else None
+        return self.kernels.linear(x, shift, self.W_enc, self.b_enc).relu()
+
+    def training_loss(self, x, dead_mask=None, *, dense_z=True):
+        x = self._prep(x)
+        z = self.encode(x)
+        x_hat = self.decode(z)
+        recon = nmse(x_hat, x)
+        l1 = (z * self.W_dec.norm(dim=1)).sum() / x.norm(dim=1).sum().clamp_min(1e-12)
+        loss = recon + self.cfg.l1_coef * l1
+        B = x.shape[0]
+        logs = scalar_logs(loss=loss, mse=(x_hat - x).pow(2).sum() / B, nmse=recon,
+                           l0=(z > 0).sum() / B, aux=0.0, l1=l1)
+        z = z.detach()
+        if not dense_z:
+            rows, cols = z.nonzero(as_tuple=True)
+            z = Codes(z[rows, cols], rows, cols, None, tuple(z.shape)).to_sparse()
+        return loss, logs, z

@@ -1,0 +1,118 @@
+import pytest
+import torch
+
+from treesae.saes import ARCHITECTURES, build, fired, geometric_median, make_config
+
+SMALL = {"topk": dict(d_sae=32, k=4), "batchtopk": dict(d_sae=32, k=4), "matryoshka": dict(d_sae=32, k=4),
+         "relu": dict(d_sae=32), "stacked": dict(size=42, k=2), "residual": dict(size=42, k=2),
+         "tree": dict(size=42, k=2)}
+
+
+def test_registry_lists_every_architecture():
+    assert set(ARCHITECTURES) == {"topk", "batchtopk", "matryoshka", "relu", "stacked", "residual", "tree"}
+    assert set(SMALL) == set(ARCHITECTURES)
+
+
+def test_unknown_architecture_names_the_known_ones():
+    with pytest.raises(ValueError, match=r"unknown SAE architecture 'gated'; known: batchtopk, matryoshka, relu, residual, stacked, topk, tree"):
+        build("gated", d_in=8)
+
+
+def test_unknown_config_field_is_reported():
+    with pytest.raises(ValueError, match=r"TopKConfig has no field\(s\) \['kk'\]"):
+        make_config("topk", d_in=8, d_sae=16, kk=3)
+
+
+@pytest.mark.parametrize("bad, msg", [(dict(d_in=0), "d_in must be an integer >= 1, got 0"),
+                                      (dict(d_in=8.0), "d_in must be an integer >= 1, got 8.0"),
+                                      (dict(seed=-1), "seed must be an integer >= 0")])
+def test_common_config_validation(bad, msg):
+    with pytest.raises(ValueError, match=msg):
+        build("topk", **({"d_in": 8, "d_sae": 16, "k": 2} | bad))
+
+
+@pytest.mark.parametrize("arch", sorted(SMALL))
+def test_interface_shapes_and_determinism(arch, x_small):
+    a, b, c = (build(arch, d_in=12, seed=s, **SMALL[arch]) for s in (3, 3, 4))
+    for n, p in a.state_dict().items():
+        assert torch.equal(p, b.state_dict()[n]), n
+    assert any(not torch.equal(p, c.state_dict()[n]) for n, p in a.state_dict().items() if p.ndim == 2)
+    assert a.W_dec.shape == (a.d_sae, 12) and a.b_dec.shape == (12,)
+    z = a.encode(x_small)
+    assert z.shape == (48, a.d_sae)
+    assert a(x_small).shape == x_small.shape
+    torch.testing.assert_close(a.decode(z), a(x_small))
+    assert sum(sl.stop - sl.start for sl in a.levels) == a.d_sae
+    dead = torch.zeros(a.d_sae, dtype=torch.bool)
+    dead[::2] = True
+    loss, logs, z = a.training_loss(x_small, dead)
+    assert loss.ndim == 0 and loss.requires_grad
+    assert z.shape == (48, a.d_sae) and not z.requires_grad
+    for key in ("loss", "mse", "nmse", "l0", "aux"):
+        assert logs[key].ndim == 0 and not logs[key].requires_grad, key
+    assert logs["l0"] == (z > 0).sum() / 48
+    _, _, zs = a.training_loss(x_small, dead, dense_z=False)
+    assert zs.is_sparse and torch.equal(zs.to_dense(), z)
+    assert torch.equal(fired(zs), fired(z)) and torch.equal(fired(z), (z > 0).any(0))
+
+
+def test_geometric_median_on_planted_cloud():
+    gen = torch.Generator().manual_seed(0)
+    center = torch.tensor([3.0, -2.0, 5.0, 1.0])
+    inliers = center + 0.1 * torch.randn(900, 4, generator=gen)
+    outliers = center + 50 + 10 * torch.randn(100, 4, generator=gen)  # drags the mean far away
+    x = torch.cat([inliers, outliers])
+    m = geometric_median(x)
+    assert (m.float() - center).norm() < 0.05
+    assert (x.mean(0) - center).norm() > 5
+    # optimality: the sum of unit vectors towards the points vanishes at the median
+    u = (x.double() - m) / (x.double() - m).norm(dim=1, keepdim=True)
+    assert u.sum(0).norm() < 1e-3 * len(x)
+
+
+def test_init_from_sample_sets_b_dec_to_the_median():
+    x = torch.randn(256, 8, generator=torch.Generator().manual_seed(0)) + 4
+    sae = build("topk", d_in=8, d_sae=16, k=2)
+    sae.init_from_sample(x)
+    torch.testing.assert_close(sae.b_dec.detach(), geometric_median(x).float())
+    off = build("topk", d_in=8, d_sae=16, k=2, geometric_median_init=False)
+    off.init_from_sample(x)
+    assert torch.equal(off.b_dec.detach(), torch.zeros(8))
+
+
+@pytest.mark.parametrize("arch", ["topk", "tree"])
+def test_decoder_rows_stay_unit_and_parallel_gradient_is_removed(arch, x_small):
+    sae = build(arch, d_in=12, **SMALL[arch])
+    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(sae.d_sae))
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
+    for _ in range(3):
+        opt.zero_grad()
+        sae.training_loss(x_small)[0].backward()
+        sae.before_optimizer_step()
+        parallel = (sae.W_dec.grad * sae.W_dec).sum(1)
+        assert parallel.abs().max() < 1e-6 * sae.W_dec.grad.norm()
+        opt.step()
+        sae.after_optimizer_step()
+        assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(sae.d_sae), atol=1e-6)
+
+
+def test_normalize_decoder_off_leaves_the_decoder_alone(x_small):
+    sae = build("topk", d_in=12, d_sae=32, k=4, normalize_decoder=False, decoder_init_norm=0.5)
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.full((32,), 0.5))
+    sae.training_loss(x_small)[0].backward()
+    g = sae.W_dec.grad.clone()
+    sae.before_optimizer_step()
+    assert torch.equal(sae.W_dec.grad, g)
+    with torch.no_grad():
+        sae.W_dec.mul_(3)
+    sae.after_optimizer_step()
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.full((32,), 1.5))
+
+
+def test_input_width_is_checked_and_dtype_cast():
+    sae = build("tree", d_in=12, widths=[4, 8], k=2)
+    with pytest.raises(ValueError, match=r"expects inputs of shape \[batch, d_in=12\], got \(5, 11\)"):
+        sae.encode(torch.randn(5, 11))
+    with pytest.raises(ValueError, match="flatten the token dimensions first"):
+        sae.training_loss(torch.randn(2, 5, 12))
+    assert sae.double().encode(torch.randn(5, 12)).dtype == torch.float64

@@ -1,0 +1,42 @@
+import pytest
+import torch
+
+from treesae.saes import BatchTopKConfig, build
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="threshold_lr must be in"):
+        BatchTopKConfig(d_in=8, d_sae=16, k=2, threshold_lr=0.0)
+    with pytest.raises(ValueError, match="k=17 is larger than the dictionary"):
+        BatchTopKConfig(d_in=8, d_sae=16, k=17)
+
+
+def test_training_keeps_k_times_batch_over_the_batch(x_small):
+    sae = build("batchtopk", d_in=12, d_sae=40, k=3, tied_init=False)
+    sae.init_from_sample(x_small)
+    _, logs, z = sae.training_loss(x_small)
+    assert (z > 0).sum() == 3 * 48 and logs["l0"] == 3
+    per_token = (z > 0).sum(1)
+    assert per_token.min() < per_token.max()  # free to vary per token
+    pre = torch.addmm(sae.b_enc, x_small - sae.b_dec, sae.W_enc).detach().relu()
+    assert z[z > 0].min() >= pre.flatten().topk(3 * 48).values.min()
+
+
+def test_threshold_is_a_running_min_and_used_in_eval(x_small):
+    sae = build("batchtopk", d_in=12, d_sae=40, k=3, threshold_lr=0.5)
+    assert sae.threshold == 0
+    _, _, z = sae.training_loss(x_small)
+    torch.testing.assert_close(sae.threshold, 0.5 * z[z > 0].min())
+    before = sae.threshold.clone()
+    sae.eval()
+    sae.training_loss(x_small)  # eval mode: no update
+    assert torch.equal(sae.threshold, before)
+    z = sae.encode(x_small)
+    pre = torch.addmm(sae.b_enc, x_small - sae.b_dec, sae.W_enc).detach()
+    torch.testing.assert_close(z, pre.relu() * (pre > sae.threshold))
+
+
+def test_sparse_and_dense_paths_agree(sparse_vs_dense, x_small):
+    dead = torch.zeros(40, dtype=torch.bool)
+    dead[5:20] = True
+    sparse_vs_dense("batchtopk", x_small, dead, d_in=12, d_sae=40, k=3, k_aux=4)

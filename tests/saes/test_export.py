@@ -1,0 +1,82 @@
+import json
+
+import pytest
+import torch
+from sae_lens import SAE
+
+from treesae.saes import build, load_sae, save_sae
+
+CASES = {
+    "topk": ("topk", dict(d_sae=40, k=4)),
+    "batchtopk": ("jumprelu", dict(d_sae=40, k=4)),
+    "matryoshka": ("jumprelu", dict(d_sae=40, k=4, prefixes=[5, 15])),
+    "matryoshka_topk": ("topk", dict(d_sae=40, k=4, prefixes=[5, 15], selection="topk")),
+    "relu": ("standard", dict(d_sae=40, apply_b_dec_to_input=True)),
+    "stacked": ("treesae_stacked", dict(widths=[6, 12, 24], k=2, level_residual=True)),
+    "stacked_plain": ("treesae_stacked", dict(widths=[6, 12], k=3, layer_norm=False)),
+    "residual": ("treesae_residual", dict(widths=[6, 12, 24], k=2)),
+    "tree": ("treesae_tree", dict(widths=[4, 12], ks=[2, 5], branching=3)),
+}
+
+
+def trained(arch, x, **cfg):
+    sae = build(arch, d_in=12, seed=7, **cfg)
+    sae.init_from_sample(x)
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
+    dead = torch.zeros(sae.d_sae, dtype=torch.bool)
+    dead[::5] = True
+    for _ in range(3):
+        opt.zero_grad()
+        sae.training_loss(x, dead)[0].backward()
+        sae.before_optimizer_step()
+        opt.step()
+        sae.after_optimizer_step()
+    return sae.eval()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_round_trip_through_sae_lens(case, x_small, tmp_path):
+    sl_arch, cfg = CASES[case]
+    arch = case.split("_")[0]
+    sae = trained(arch, x_small, **cfg)
+    save_sae(sae, tmp_path, metadata={"model_name": "smollm2-135m", "hook_name": "blocks.6.hook_resid_pre"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.json", "sae_weights.safetensors", "treesae.json"]
+    info = json.loads((tmp_path / "treesae.json").read_text())
+    assert info["architecture"] == arch and info["sae_lens_architecture"] == sl_arch
+    assert json.loads((tmp_path / "cfg.json").read_text())["architecture"] == sl_arch
+
+    with torch.no_grad():
+        ours = sae(x_small)
+        z = sae.encode(x_small)
+        sl = SAE.load_from_disk(tmp_path)
+        assert sl.cfg.metadata.hook_name == "blocks.6.hook_resid_pre"
+        torch.testing.assert_close(sl.encode(x_small), z, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(sl.decode(sl.encode(x_small)), ours, rtol=1e-5, atol=1e-5)
+        assert (z > 0).any()
+
+        back = load_sae(tmp_path)
+        assert type(back) is type(sae) and back.cfg == sae.cfg and not back.training
+        for name, t in sae.state_dict().items():
+            assert torch.equal(back.state_dict()[name], t), name
+        torch.testing.assert_close(back(x_small), ours, rtol=0, atol=0)
+
+
+def test_tree_parent_of_survives_sae_lens(tmp_path, x_small):
+    sae = trained("tree", x_small, **CASES["tree"][1])
+    save_sae(sae, tmp_path)
+    assert torch.equal(SAE.load_from_disk(tmp_path).parent_of, sae.parent_of)
+
+
+def test_float64_round_trip(tmp_path, x_small):
+    sae = build("tree", d_in=12, widths=[4, 8], k=2).double()
+    with torch.no_grad():
+        sae.W_dec.add_(1e-12)  # not representable in float32
+    save_sae(sae, tmp_path)
+    assert SAE.load_from_disk(tmp_path).W_dec.dtype == torch.float64
+    back = load_sae(tmp_path)
+    assert back.W_dec.dtype == torch.float64 and torch.equal(back.W_dec, sae.W_dec)
+
+
+def test_load_sae_needs_treesae_json(tmp_path):
+    with pytest.raises(FileNotFoundError, match="has no treesae.json"):
+        load_sae(tmp_path)
