@@ -49,13 +49,14 @@ def profile_params(profile: str) -> dict:
     return merge(params, yaml.safe_load(f.read_text()) or {})
 
 
-def _unknown_keys(base, over, prefix=""):
+def _unknown_keys(base, over, prefix="", depth=2):
+    """Keys of a profile that params.yaml lacks, down to stage fields (deeper maps are data, e.g. grids)."""
     bad = []
     for k, v in over.items():
         if k not in base:
-            bad.append(prefix + k)
-        elif isinstance(v, dict) and isinstance(base[k], dict):
-            bad += _unknown_keys(base[k], v, f"{prefix}{k}.")
+            bad.append(f"{prefix}{k}")
+        elif depth > 1 and isinstance(v, dict) and isinstance(base[k], dict):
+            bad += _unknown_keys(base[k], v, f"{prefix}{k}.", depth - 1)
     return bad
 
 

@@ -1,0 +1,226 @@
+"""Stage 02: expand the ``train`` section of params.yaml into runs, train them, save and evaluate.
+
+A run is one SAE: architecture, corpus, layer, dictionary size ``d_sae``, ``k`` and ``seed`` (the
+SAE's initialisation; every SAE of a (corpus, layer) group sees the same shuffled batches), plus
+config ``options``. ``base`` is one run; each grid varies some of its fields; runs that come out
+identical are trained once. ``k`` is the target L0: TopK-style SAEs keep k latents per token; the
+hierarchical variants split k over their levels (``ks``, summing to k); ReLU-L1 has no k and takes the
+L1 coefficient listed for that k in ``architectures.relu.l1_coef_by_k``.
+"""
+import itertools
+import json
+import shutil
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import paths
+from .cache import ActivationCache, hook_name
+from .io import write_json
+
+HIERARCHICAL = ("stacked", "residual", "tree")
+RUN_FIELDS = ("architecture", "corpus", "layer", "d_sae", "k", "seed", "options")
+
+
+@dataclass(frozen=True)
+class Run:
+    architecture: str
+    corpus: str
+    layer: int
+    d_sae: int
+    k: int
+    seed: int
+    options: tuple = ()  # sorted (key, value) pairs of extra SAE config fields
+
+    @property
+    def name(self) -> str:
+        tags = "".join(f"-no_{k}" if v is False else f"-{k}{v}" for k, v in self.options)
+        return f"{self.architecture}-{self.corpus}-L{self.layer}-d{self.d_sae}-k{self.k}-s{self.seed}{tags}"
+
+    def factors(self) -> dict:
+        """The training factors the matching analysis compares (column names of analysis.matching.FACTORS)."""
+        opts = dict(self.options)
+        return dict(name=self.name, architecture=self.architecture, dataset=self.corpus, layer=self.layer,
+                    d_sae=self.d_sae, k=self.k, seed=self.seed, tied_init=opts.get("tied_init", True),
+                    aux_k=opts.get("aux_k", True),
+                    b_dec_init="geometric_median" if opts.get("geometric_median_init", True) else "zero",
+                    options=json.dumps(opts, sort_keys=True))
+
+
+def split_k(k: int, n_levels: int) -> list[int]:
+    """k latents spread over levels as evenly as possible, deeper levels taking the remainder."""
+    return [k // n_levels + (l >= n_levels - k % n_levels) for l in range(n_levels)]
+
+
+def expand(train: dict) -> list[Run]:
+    """All runs of the sweep, deduplicated, in a stable order."""
+    base = dict(train["base"])
+    unknown = sorted(set(base) - set(RUN_FIELDS))
+    if unknown:
+        raise ValueError(f"train.base has unknown field(s) {unknown}; fields: {list(RUN_FIELDS)}")
+    runs = {}
+    for gname, grid in {"base": {}, **train.get("grids", {})}.items():
+        bad = sorted(set(grid) - set(RUN_FIELDS))
+        if bad:
+            raise ValueError(f"train.grids.{gname} varies unknown field(s) {bad}; fields: {list(RUN_FIELDS)}")
+        keys = list(grid)
+        for values in itertools.product(*(grid[k] for k in keys)):
+            spec = dict(base, **dict(zip(keys, values)))
+            spec["options"] = tuple(sorted((spec.get("options") or {}).items()))
+            run = Run(**spec)
+            runs.setdefault(run, []).append(gname)
+    return list(runs)
+
+
+def grids_of(train: dict) -> dict[str, list[str]]:
+    """Run name -> the grids it belongs to (a run can serve several analyses)."""
+    out = {}
+    base = dict(train["base"])
+    for gname, grid in {"base": {}, **train.get("grids", {})}.items():
+        keys = list(grid)
+        for values in itertools.product(*(grid[k] for k in keys)):
+            spec = dict(base, **dict(zip(keys, values)))
+            spec["options"] = tuple(sorted((spec.get("options") or {}).items()))
+            out.setdefault(Run(**spec).name, []).append(gname)
+    return out
+
+
+def sae_config(run: Run, d_in: int, architectures: dict) -> dict:
+    """The SAE config fields of a run (``treesae.saes.build(run.architecture, **fields)``)."""
+    extra = dict(architectures.get(run.architecture) or {})
+    cfg = dict(d_in=d_in, seed=run.seed)
+    if run.architecture == "relu":
+        by_k = extra.pop("l1_coef_by_k", {})
+        if run.k not in by_k and int(run.k) not in {int(x) for x in by_k}:
+            raise ValueError(f"run {run.name}: architectures.relu.l1_coef_by_k has no entry for k={run.k} "
+                             f"(it has {sorted(by_k)}); the L1 coefficient sets a ReLU SAE's L0.")
+        cfg.update(d_sae=run.d_sae, l1_coef={int(x): v for x, v in by_k.items()}[int(run.k)])
+    elif run.architecture in HIERARCHICAL:
+        n_levels = extra.pop("n_levels", 3)
+        cfg.update(size=run.d_sae, n_levels=n_levels, ks=split_k(run.k, n_levels))
+    else:
+        cfg.update(d_sae=run.d_sae, k=run.k)
+    return {**cfg, **extra, **dict(run.options)}
+
+
+def build(run: Run, d_in: int, architectures: dict):
+    from .saes import build as build_sae
+    return build_sae(run.architecture, **sae_config(run, d_in, architectures))
+
+
+# --- stage 02, one call per notebook cell ---
+
+@dataclass
+class TrainParams:
+    base: dict
+    grids: dict = field(default_factory=dict)
+    architectures: dict = field(default_factory=dict)
+    optim: dict = field(default_factory=dict)
+    eval: dict = field(default_factory=dict)
+    drop_first: bool = True
+
+
+def setup(model: dict, harvest: dict, train: dict):
+    """Validate everything and build every SAE before any training starts (fast failure)."""
+    from . import config
+    from .harvest import setup as harvest_setup
+    from .train import TrainConfig
+    mp, hp = harvest_setup(model, harvest)
+    tp = config.parse(TrainParams, train)
+    runs = expand(train)
+    for run in runs:
+        if run.corpus not in hp.corpora:
+            raise ValueError(f"run {run.name}: corpus {run.corpus!r} is not harvested (harvest.corpora: {hp.corpora}).")
+        if run.layer not in hp.layers:
+            raise ValueError(f"run {run.name}: layer {run.layer} is not harvested (harvest.layers: {hp.layers}).")
+        build(run, 8, tp.architectures)  # config validation (k vs d_sae, unknown fields) on a tiny d_in
+    TrainConfig(**{"threads": mp.threads, **tp.optim})
+    return dict(model=mp, harvest=hp, train=tp, runs=runs)
+
+
+def plan(setup: dict) -> pd.DataFrame:
+    """The runs, their training factors and the grids (analyses) they serve."""
+    grids = grids_of({"base": setup["train"].base, "grids": setup["train"].grids})
+    return pd.DataFrame([dict(r.factors(), grids=",".join(grids[r.name])) for r in setup["runs"]]).set_index("name")
+
+
+def train_all(setup: dict, progress: bool = True) -> dict:
+    """Train each (corpus, layer) group in one pass over its cached activations; save every SAE."""
+    from .corpora import safe_name
+    from .saes import save_sae
+    from .train import TrainConfig, train_sweep
+    s, tp = setup, setup["train"]
+    groups = {}
+    for run in s["runs"]:
+        groups.setdefault((run.corpus, run.layer), []).append(run)
+    cfg = TrainConfig(**{"threads": s["model"].threads, **tp.optim})
+    curves_dir, sae_dir = paths.data("train", "curves"), paths.data("saes")
+    curves_dir.mkdir(parents=True, exist_ok=True)
+    trained = {}
+    for (corpus, layer), runs in groups.items():
+        cache = ActivationCache.open(paths.data("activations", safe_name(corpus)),
+                                     expect={"model": s["model"].name, "layers": [layer]})
+        data = cache.activations(layer, "train", drop_first=tp.drop_first)
+        saes = {r.name: build(r, cache.meta["d_model"], tp.architectures) for r in runs}
+        if progress:
+            print(f"{corpus} layer {layer}: {len(saes)} SAEs on {len(data):,} tokens ({cfg.n_tokens:,} tokens each)")
+        curves = train_sweep(saes, data, cfg, out_dir=paths.root() / "data" / ".partial" / f"train-{safe_name(corpus)}-L{layer}",
+                             progress=progress)
+        for r in runs:
+            save_sae(saes[r.name], sae_dir / r.name, metadata={"hook_name": hook_name(layer), "model_name": s["model"].name})
+            curves[r.name].to_csv(curves_dir / f"{r.name}.csv", index=False, float_format="%.6g")
+            trained[r.name] = saes[r.name]
+        del data
+    return trained
+
+
+def evaluate(setup: dict, saes: dict, lm=None, progress: bool = True) -> pd.DataFrame:
+    """Held-out metrics of every SAE: reconstruction (nMSE, FVU, L0, dead, per level) and, with the
+    model, downstream CE / KL with the reconstruction spliced in. Writes data/train/metrics.csv."""
+    from .corpora import safe_name
+    from .metrics import downstream_metrics, reconstruction_metrics
+    s, ev = setup, setup["train"].eval
+    rows, acts = [], {}
+    for run in sorted(s["runs"], key=lambda r: (r.corpus, r.layer)):  # one group's activations in memory at a time
+        key = (run.corpus, run.layer)
+        cache = ActivationCache.open(paths.data("activations", safe_name(run.corpus)))
+        if key not in acts:
+            acts = {key: cache.activations(run.layer, "heldout", drop_first=s["train"].drop_first,
+                                           max_tokens=ev.get("heldout_tokens"))}
+        row = dict(name=run.name, **reconstruction_metrics(saes[run.name], acts[key]))
+        if lm is not None and ev.get("downstream_contexts", 0):
+            ctx = cache.contexts("heldout")[: ev["downstream_contexts"]]
+            toks = torch.from_numpy(np.asarray(cache.tokens[ctx])).long()
+            row.update(downstream_metrics(lm, saes[run.name], toks, hook_name(run.layer),
+                                          batch_size=ev.get("downstream_batch_size", 8), exclude_first=s["train"].drop_first))
+        rows.append(row)
+        if progress:
+            print(f"{run.name}: nmse {row['nmse']:.4f} l0 {row['l0']:.1f} dead {row['dead_fraction']:.3f}"
+                  + (f" ce+ {row['ce_increase']:.3f}" if "ce_increase" in row else ""))
+    table = plan(s).join(pd.DataFrame(rows).set_index("name"))
+    out = paths.data("train")
+    table.to_csv(out / "metrics.csv", float_format="%.6g")
+    write_json(out / "metrics.json", {n: {k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()
+                                          if k in ("nmse", "fvu", "l0", "dead_fraction", "ce_increase", "ce_score", "kl_score")}
+                                      for n, r in table.iterrows()})
+    return table
+
+
+def clear_partial(setup: dict):
+    """Remove finished training checkpoints (kept until metrics are written, so a crash resumes)."""
+    for d in (paths.root() / "data" / ".partial").glob("train-*"):
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def load(setup: dict):
+    from .model import load_model
+    return load_model(setup["model"].name, setup["model"].device)
+
+
+def summary(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The columns worth reading first, rounded."""
+    cols = [c for c in ("architecture", "dataset", "layer", "d_sae", "k", "seed", "nmse", "explained_variance", "l0",
+                        "dead_fraction", "ce_increase", "ce_score", "kl_score") if c in metrics]
+    return metrics[cols].round(4)
