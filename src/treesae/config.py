@@ -79,6 +79,16 @@ def pin_threads(n: int):
         pass
 
 
+def runtime(model: dict) -> "ModelParams":
+    """Validate the model section, pin threads, and stay offline unless a hub model is asked for."""
+    from .model import LOCAL_MODELS, set_offline
+    mp = parse(ModelParams, model)
+    pin_threads(mp.threads)
+    if mp.name in LOCAL_MODELS:
+        set_offline()
+    return mp
+
+
 def _check(cond, msg):
     if not cond:
         raise ValueError(msg)

@@ -152,14 +152,9 @@ def position_summary(model, tokens: np.ndarray, batch_size=32) -> pd.DataFrame:
 # --- stage 01, one call per notebook cell ---
 
 def setup(model: dict, harvest: dict):
-    """Validate the params.yaml sections, pin threads, stay offline unless a hub model is asked for."""
+    """Validate the params.yaml sections, pin threads, stay offline (unless HF_HUB_OFFLINE=0 is set)."""
     from . import config
-    from .model import set_offline, DEFAULT_MODEL
-    mp, hp = config.parse(config.ModelParams, model), config.parse(config.HarvestParams, harvest)
-    config.pin_threads(mp.threads)
-    if mp.name == DEFAULT_MODEL and not any(c.startswith("hf:") for c in hp.corpora):
-        set_offline()
-    return mp, hp
+    return config.runtime(model), config.parse(config.HarvestParams, harvest)
 
 
 def load(params):

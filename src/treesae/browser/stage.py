@@ -1,0 +1,52 @@
+"""Stage 07: the feature browser of every SAE of the sweep, one call per notebook cell."""
+from dataclasses import dataclass
+
+from .. import config, paths
+
+
+@dataclass
+class BrowserParams:
+    n_top_contexts: int = 12
+    max_contexts: int | None = None
+    window: tuple = (24, 8)
+    match_top: int = 3
+    match_group: str | None = None
+    shard_size: int = 256
+    batch_size: int = 4096
+    out: str = "build/browser"
+
+    def __post_init__(self):
+        if self.n_top_contexts < 1 or self.shard_size < 1 or self.match_top < 0:
+            raise ValueError("browser: need n_top_contexts >= 1, shard_size >= 1, match_top >= 0")
+        self.window = tuple(self.window)
+
+
+def setup(model: dict, browser: dict):
+    return config.runtime(model), config.parse(BrowserParams, browser)
+
+
+def inputs(params):
+    """(saes, meta, caches) from stage 02's SAEs and metrics table and stage 01's caches."""
+    from .cli import load_inputs
+    return load_inputs(paths.data("saes"), paths.data("train", "metrics.csv"), paths.data("activations"))
+
+
+def load(params):
+    from ..model import load_model
+    return load_model(params[0].name, params[0].device)
+
+
+def build(params, inputs, lm):
+    from .extract import extract
+    bp = params[1]
+    saes, meta, caches = inputs
+    return extract(saes, meta, caches, lm, n_top_contexts=bp.n_top_contexts, max_contexts=bp.max_contexts,
+                   batch_size=bp.batch_size, window=bp.window, match_top=bp.match_top, match_group=bp.match_group,
+                   progress=True)
+
+
+def write(params, data):
+    from .site import write_site
+    out = write_site(data, paths.root() / params[1].out, shard_size=params[1].shard_size)
+    print(f"open {out / 'index.html'}")
+    return out
