@@ -26,7 +26,7 @@ def test_threshold_is_a_running_min_and_used_in_eval(x_small):
     sae = build("batchtopk", d_in=12, d_sae=40, k=3, threshold_lr=0.5)
     assert sae.threshold == 0
     _, _, z = sae.training_loss(x_small)
-    torch.testing.assert_close(sae.threshold, 0.5 * z[z > 0].min())
+    torch.testing.assert_close(sae.threshold, z[z > 0].min())  # first update: the mean of one batch's min
     before = sae.threshold.clone()
     sae.eval()
     sae.training_loss(x_small)  # eval mode: no update
@@ -40,3 +40,20 @@ def test_sparse_and_dense_paths_agree(sparse_vs_dense, x_small):
     dead = torch.zeros(40, dtype=torch.bool)
     dead[5:20] = True
     sparse_vs_dense("batchtopk", x_small, dead, d_in=12, d_sae=40, k=3, k_aux=4)
+
+
+def test_inference_threshold_is_unbiased_after_few_steps():
+    """The threshold is the mean of the batches' smallest kept values from the first step on, so
+    eval-mode L0 is close to k after a handful of steps (an EMA from zero would let many more through)."""
+    torch.manual_seed(0)
+    sae = build("batchtopk", d_in=32, d_sae=256, k=8, seed=0)
+    mins = []
+    for _ in range(5):
+        x = torch.randn(512, 32)
+        _, _, z = sae.training_loss(x)
+        mins.append(float(z.coalesce().values().clamp_min(0)[z.coalesce().values() > 0].min()) if z.is_sparse
+                    else float(z[z > 0].min()))
+    assert sae.threshold.item() == pytest.approx(sum(mins) / len(mins), rel=1e-5)
+    sae.eval()
+    l0 = (sae.encode(torch.randn(4096, 32)) != 0).sum(1).float().mean().item()
+    assert 4 < l0 < 16, l0

@@ -57,7 +57,8 @@ def test_round_trip_through_sae_lens(case, x_small, tmp_path):
         back = load_sae(tmp_path)
         assert type(back) is type(sae) and back.cfg == sae.cfg and not back.training
         for name, t in sae.state_dict().items():
-            assert torch.equal(back.state_dict()[name], t), name
+            if name != "threshold_updates":  # a training-only counter, not exported
+                assert torch.equal(back.state_dict()[name], t), name
         torch.testing.assert_close(back(x_small), ours, rtol=0, atol=0)
 
 

@@ -4,7 +4,9 @@ Training: the ``k * B`` largest positive pre-activations of the whole batch of B
 (so L0 is k on average, free to vary per token); otherwise as TopK (same recipe switches).
 Inference (``eval()`` mode): a single learned threshold theta replaces the batch selection,
 ``z = ReLU(pre) * (pre > theta)``. theta is a running estimate of the smallest kept activation:
-after every training batch ``theta <- (1 - threshold_lr) theta + threshold_lr * min(kept values)``.
+after the n-th training batch ``theta <- theta + max(threshold_lr, 1/n) * (min(kept values) - theta)``,
+i.e. the plain mean of the first 1/threshold_lr batches, an EMA after that (an EMA started at zero
+would stay biased low for hundreds of steps and let hundreds of latents through at inference).
 Exported to sae-lens as a JumpReLU SAE with that threshold on every latent.
 """
 from __future__ import annotations
@@ -47,6 +49,7 @@ class BatchTopKSAE(TopKSAE):
     def __init__(self, cfg: BatchTopKConfig):
         super().__init__(cfg)
         self.register_buffer("threshold", torch.zeros(()))
+        self.register_buffer("threshold_updates", torch.zeros((), dtype=torch.long))
 
     def _select(self, pre):
         if self.training:
@@ -59,4 +62,6 @@ class BatchTopKSAE(TopKSAE):
             return
         kept = codes.vals[codes.vals > 0]
         if kept.numel():
-            self.threshold.lerp_(kept.min().to(self.threshold), self.cfg.threshold_lr)
+            self.threshold_updates += 1
+            rate = max(self.cfg.threshold_lr, 1.0 / float(self.threshold_updates))
+            self.threshold.lerp_(kept.min().to(self.threshold), rate)
