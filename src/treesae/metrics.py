@@ -1,0 +1,160 @@
+"""Evaluation metrics of a trained SAE (see BRIEF section 3 for the definitions).
+
+reconstruction_metrics: on held-out activations [N, d_in] (already without the first position when
+the cache was read with drop_first=True, the default), batched, no grad, SAE in eval mode.
+    nmse  = sum_tokens ||x - x_hat||^2 / sum_tokens ||x||^2            (OpenAI; not mean-centred)
+    fvu   = sum_tokens ||x - x_hat||^2 / sum_tokens ||x - mean(x)||^2  (mean over the held-out set)
+    explained_variance = 1 - fvu
+    l0    = mean number of non-zero latents per token (+ p10/p50/p90 of the per-token count)
+    dead_fraction = fraction of latents that never fire on the N held-out tokens (dead_window_tokens = N)
+    per level i (multi-level SAEs, levels = sae.levels): l0_level{i}, dead_fraction_level{i}, and for
+    SAEs whose prefixes of levels are trained to reconstruct (``trains_cumulative``: tree, residual,
+    Matryoshka), nmse_cumulative_level{i} = nMSE of x_hat_i = b_dec + sum_{m<=i} z_m @ W_dec[level m].
+
+downstream_metrics: splice the SAE reconstruction into a HookedTransformer at hook_name.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .train import get_rows
+
+QUANTILES = (0.1, 0.5, 0.9)
+
+
+@contextlib.contextmanager
+def eval_mode(module):
+    was = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was)
+
+
+def _dense(z):
+    return z.to_dense() if z.layout != torch.strided else z
+
+
+def cumulative_reconstructions(sae, z: torch.Tensor):
+    """Reconstructions from levels 0..i (i = 0..L-1): ``sae.decode_cumulative(z)`` when the SAE has it,
+    else b_dec + z[:, :stop_i] @ W_dec[:stop_i] (the single linear decoder every SAE here has)."""
+    if hasattr(sae, "decode_cumulative"):
+        return list(sae.decode_cumulative(z))
+    return [z[:, :sl.stop] @ sae.W_dec[:sl.stop] + sae.b_dec for sl in sae.levels]
+
+
+def trains_cumulative(sae) -> bool:
+    """Whether every prefix of levels is trained to reconstruct: ``sae.cumulative`` if set, else
+    ``cfg.level_loss == "cumulative"`` (tree, residual; stacked trains only the final level), and
+    True for multi-level SAEs without that field (Matryoshka's nested prefixes)."""
+    flag = getattr(sae, "cumulative", None)
+    if flag is None:
+        flag = getattr(getattr(sae, "cfg", None), "level_loss", "cumulative") == "cumulative"
+    return bool(flag)
+
+
+@torch.no_grad()
+def reconstruction_metrics(sae, acts, batch_size: int = 4096) -> dict:
+    """nMSE, FVU, explained variance, L0 (mean and per-token quantiles), dead fraction, per-level versions."""
+    n, d = acts.shape
+    levels = list(sae.levels)
+    multi, cumulative = len(levels) > 1, len(levels) > 1 and trains_cumulative(sae)
+    bounds = torch.tensor([sl.stop for sl in levels])
+    sse = sxx = 0.0
+    sx = torch.zeros(d, dtype=torch.float64)
+    sse_cum = np.zeros(len(levels))
+    fires = torch.zeros(levels[-1].stop, dtype=torch.long)
+    l0_tok, l0_lvl = [], torch.zeros(len(levels), dtype=torch.long)
+    with eval_mode(sae):
+        for i in range(0, n, batch_size):
+            x = get_rows(acts, torch.arange(i, min(i + batch_size, n)))
+            z = _dense(sae.encode(x))
+            sse += float((x - sae.decode(z)).double().pow(2).sum())
+            sxx += float(x.double().pow(2).sum())
+            sx += x.double().sum(0)
+            rows, cols = z.nonzero(as_tuple=True)  # one pass; bool reductions over [B, d_sae] are ~5x slower
+            l0_tok.append(torch.bincount(rows, minlength=x.shape[0]))
+            fires += torch.bincount(cols, minlength=fires.shape[0])
+            l0_lvl += torch.bincount(torch.bucketize(cols, bounds, right=True), minlength=len(levels))
+            if cumulative:
+                sse_cum += [float((x - r).double().pow(2).sum()) for r in cumulative_reconstructions(sae, z)]
+    l0_tok = torch.cat(l0_tok).double()
+    fired = fires > 0
+    centred = sxx - float(sx.pow(2).sum()) / n  # sum ||x - mean||^2 = sum ||x||^2 - N ||mean||^2
+    fvu = sse / centred
+    out = {"n_tokens": n, "nmse": sse / sxx, "fvu": fvu, "explained_variance": 1 - fvu,
+           "mse": sse / n, "l0": float(l0_tok.mean()),
+           **{f"l0_p{int(q * 100)}": float(torch.quantile(l0_tok, q)) for q in QUANTILES},
+           "dead_fraction": float((~fired).float().mean()), "dead_window_tokens": n}
+    if multi:
+        for i, sl in enumerate(levels):
+            out[f"l0_level{i}"] = float(l0_lvl[i]) / n
+            out[f"dead_fraction_level{i}"] = float((~fired[sl]).float().mean())
+            if cumulative:
+                out[f"nmse_cumulative_level{i}"] = sse_cum[i] / sxx
+    return out
+
+
+def _ce_kl(logits, clean_logp, tokens, pos):
+    """Summed next-token CE and KL(clean || logits) over positions ``pos`` (logits at t predict token t+1)."""
+    logp = F.log_softmax(logits[:, pos].float(), dim=-1)
+    target = tokens[:, pos.start + 1:pos.stop + 1]
+    ce = -logp.gather(-1, target.unsqueeze(-1)).sum()
+    kl = F.kl_div(logp, clean_logp, log_target=True, reduction="sum") if clean_logp is not None else None
+    return ce, kl, logp
+
+
+@torch.no_grad()
+def downstream_metrics(model, sae, tokens, hook_name: str, batch_size: int = 8, exclude_first: bool = True) -> dict:
+    """CE/KL with the SAE reconstruction spliced in at ``hook_name`` vs clean and zero-ablated runs.
+
+    tokens: int [n_ctx, ctx_len]. Logits at position t predict token t+1, so positions 0..T-2 are scored.
+    exclude_first=True: position 0 (the attention sink) keeps its clean activation in the spliced and the
+    zero-ablated runs, and the prediction made at position 0 is left out of every average; scored positions
+    are 1..T-2 (n_ctx * (T - 2) predictions). exclude_first=False: all positions are spliced/ablated and
+    0..T-2 are scored. All numbers are means over the scored predictions (nats):
+    ce_clean, ce_sae, ce_zero; ce_increase = ce_sae - ce_clean; ce_score = (ce_zero - ce_sae)/(ce_zero - ce_clean);
+    kl_sae / kl_zero = mean KL(clean || spliced / ablated); kl_score = (kl_zero - kl_sae)/kl_zero.
+    """
+    tokens = torch.as_tensor(np.asarray(tokens) if not torch.is_tensor(tokens) else tokens).long()
+    first = 1 if exclude_first else 0
+    pos = slice(first, tokens.shape[1] - 1)
+    if pos.stop - pos.start < 1:
+        raise ValueError(f"contexts of length {tokens.shape[1]} leave no scored position")
+
+    def splice(act, hook):
+        a = act[:, first:]
+        rec = sae(a.reshape(-1, a.shape[-1]).float()).reshape(a.shape).to(act.dtype)
+        act = act.clone()
+        act[:, first:] = rec
+        return act
+
+    def zero(act, hook):
+        act = act.clone()
+        act[:, first:] = 0
+        return act
+
+    sums = dict(ce_clean=0.0, ce_sae=0.0, ce_zero=0.0, kl_sae=0.0, kl_zero=0.0)
+    count = 0
+    with eval_mode(sae), eval_mode(model):
+        for i in range(0, tokens.shape[0], batch_size):
+            tok = tokens[i:i + batch_size]
+            ce, _, clean_logp = _ce_kl(model(tok, return_type="logits"), None, tok, pos)
+            sums["ce_clean"] += float(ce)
+            for name, fn in (("sae", splice), ("zero", zero)):
+                logits = model.run_with_hooks(tok, return_type="logits", fwd_hooks=[(hook_name, fn)])
+                ce, kl, _ = _ce_kl(logits, clean_logp, tok, pos)
+                sums[f"ce_{name}"] += float(ce)
+                sums[f"kl_{name}"] += float(kl)
+            count += tok.shape[0] * (pos.stop - pos.start)
+    m = {k: v / count for k, v in sums.items()}
+    m["ce_increase"] = m["ce_sae"] - m["ce_clean"]
+    m["ce_score"] = (m["ce_zero"] - m["ce_sae"]) / (m["ce_zero"] - m["ce_clean"])
+    m["kl_score"] = (m["kl_zero"] - m["kl_sae"]) / m["kl_zero"]
+    m.update(n_predictions=count, exclude_first=exclude_first, hook_name=hook_name)
+    return m
