@@ -42,8 +42,10 @@ smoke: setup
 test: smoke
 	TREESAE_REQUIRE_BROWSER=1 TREESAE_ROOT=$(abspath $(SMOKE)) python -m pytest tests notebooks --nbval-lax -p no:cacheprovider
 
+# Benchmarks print ratios measured side by side in one run (this machine is shared and noisy).
 bench: setup
-	python benchmarks/bench_harvest.py
+	python benchmarks/bench_harvest.py --contexts 64 256
+	python benchmarks/bench_train.py
 
 clean:
 	rm -rf build

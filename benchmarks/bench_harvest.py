@@ -32,7 +32,8 @@ def child(args):
                 for b in range(0, len(tokens), args.batch_size):
                     lm(tokens[b:b + args.batch_size], stop_at_layer=max(args.layers))
         else:
-            harvest.harvest(lm, cdir, Path(tmp) / "act", args.layers, batch_size=args.batch_size, summary_contexts=0, progress=False)
+            harvest.harvest(lm, cdir, Path(tmp) / "act", args.layers, batch_size=args.batch_size,
+                            shard_contexts=args.shard_contexts, summary_contexts=0, progress=False)
         dt = time.perf_counter() - t
     print(json.dumps(dict(seconds=dt, tokens=tokens.numel(), rss_before_mb=rss0 / 1024,
                           peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
@@ -40,7 +41,7 @@ def child(args):
 
 def measure(kind, contexts, args):
     cmd = [sys.executable, __file__, "--child", kind, "--contexts", str(contexts), "--threads", str(args.threads),
-           "--batch-size", str(args.batch_size), "--layers", *map(str, args.layers)]
+           "--batch-size", str(args.batch_size), "--shard-contexts", str(args.shard_contexts), "--layers", *map(str, args.layers)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -53,11 +54,13 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--shard-contexts", type=int, default=32, help="small, so both sizes span several shards")
     args = ap.parse_args()
     if args.child:
         args.contexts = args.contexts[0]
         return child(args)
-    print(f"$ {' '.join(sys.argv)}\nlayers {args.layers}, {args.threads} threads, batch {args.batch_size}, contexts of 128 tokens")
+    print(f"$ {' '.join(sys.argv)}\nlayers {args.layers}, {args.threads} threads, batch {args.batch_size}, "
+          f"contexts of 128 tokens, shards of {args.shard_contexts} contexts")
     print(f"{'contexts':>8} {'tokens':>8} {'bare tok/s':>11} {'harvest tok/s':>14} {'ratio':>6} {'bare peak MB':>13} {'harvest peak MB':>16}")
     for n in args.contexts:
         best = {"bare": None, "harvest": None}
