@@ -110,7 +110,7 @@ def dead_latents_training(curves: pd.DataFrame, path) -> Path:
     for ax, arch in zip(axs[0], panels):
         d = curves if arch is None else curves[curves.architecture == arch]
         sns.lineplot(d.sort_values("tokens"), x="tokens", y="dead_fraction", hue="variant", hue_order=order,
-                     palette=_palette(order), errorbar=None, ax=ax, legend=ax is axs[0, -1])
+                     palette=_palette(order), errorbar=None, ax=ax, legend=ax is axs[0, -1], marker="o", markersize=3)
         ax.set(xlabel="training tokens", ylabel="dead fraction", title=arch or "dead latents")
     return _save(fig, path)
 
@@ -374,9 +374,10 @@ def l0_distribution(l0: pd.DataFrame, path) -> Path:
     pal = _palette(order)
     fig, axs = _fig(7.5, 4)
     ax = axs[0, 0]
+    grid = np.arange(int(d.l0.min()) - 1, int(d.l0.max()) + 2)  # zero bins around each value: a spike shows
     for a in order:
-        g = d[d.architecture == a].sort_values("l0")
-        ax.step(g.l0, g.frac, where="mid", color=pal[a], label=a, lw=1.3)
+        g = d[d.architecture == a].groupby("l0").frac.sum().reindex(grid, fill_value=0.0)
+        ax.step(g.index, g.to_numpy(), where="mid", color=pal[a], label=a, lw=1.3)
     ax.set(xlabel="active latents per token (L0)", ylabel="fraction of tokens", title="Per-token L0")
     ax.legend()
     return _save(fig, path)

@@ -329,10 +329,13 @@ def factor_table(pairs: pd.DataFrame, meta: pd.DataFrame, factors=FACTORS) -> pd
 
 
 def layer_pairs(meta: pd.DataFrame, factors=FACTORS) -> list[tuple]:
-    """Pairs of SAEs at adjacent layers that agree on every other factor (matching along layers)."""
+    """Pairs of SAEs at adjacent layers that agree on every other factor (matching along layers).
+    Adjacent: consecutive among the layers present in meta (harvested layers are often spaced, e.g.
+    3, 9, 15, 21), not necessarily one block apart."""
+    rank = {L: i for i, L in enumerate(sorted(set(meta["layer"])))}
     out = []
     for a, b in itertools.combinations(meta.index, 2):
-        if differing_factor(meta, a, b, factors) == "layer" and abs(meta.at[a, "layer"] - meta.at[b, "layer"]) == 1:
+        if differing_factor(meta, a, b, factors) == "layer" and abs(rank[meta.at[a, "layer"]] - rank[meta.at[b, "layer"]]) == 1:
             out.append((a, b) if meta.at[a, "layer"] < meta.at[b, "layer"] else (b, a))
     return out
 

@@ -1,0 +1,346 @@
+"""Stage 06: every paper figure and every number the paper quotes, from the tables of stages 02-05.
+
+The only writer of ``figures/`` and ``paper/numbers.json``. It reads tables (CSV / JSON) only, never
+the activations, the SAEs or the analysis library, so changing a plot's style reruns this stage
+alone. ``draw`` calls one function of ``treesae.figures.FIGURES`` (plus the decoder-map GIF of
+``ANIMATIONS`` and two extra stills: ``decoder_tsne`` and ``lm_vs_sae_loss_no_position``);
+``numbers`` collects the quoted numbers under stable keys.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .. import paths
+from . import common
+
+ANALYSES = ("position", "matching", "hierarchy")
+HIERARCHICAL = ("stacked", "residual", "tree")
+MULTI_LEVEL = ("matryoshka", "stacked", "residual", "tree")
+EXTRA = ("decoder_tsne", "lm_vs_sae_loss_no_position")
+METRIC_COLS = ("nmse", "fvu", "explained_variance", "l0", "l0_p10", "l0_p50", "l0_p90", "dead_fraction",
+               "ce_increase", "ce_score", "kl_score")
+TABLES = {  # name -> path under data/ (what stage 06 reads; dvc.yaml lists the same files)
+    "metrics": "train/metrics.csv",
+    "position.profile": "analysis/position/profile.csv", "position.deciles": "analysis/position/deciles.csv",
+    "position.intervention": "analysis/position/intervention.csv",
+    "position.lm_vs_sae_tokens": "analysis/position/lm_vs_sae_tokens.csv",
+    "position.corpora": "analysis/position/corpora.csv", "position.metrics": "analysis/position/metrics.json",
+    "matching.factors": "analysis/matching/factors.csv", "matching.pair_features": "analysis/matching/pair_features.csv",
+    "matching.layer_pairs": "analysis/matching/layer_pairs.csv",
+    "matching.embedding_umap": "analysis/matching/embedding_umap.csv",
+    "matching.embedding_tsne": "analysis/matching/embedding_tsne.csv", "matching.metrics": "analysis/matching/metrics.json",
+    "hierarchy.coactivation": "analysis/hierarchy/coactivation.csv",
+    "hierarchy.decoder_cosine": "analysis/hierarchy/decoder_cosine.csv",
+    "hierarchy.levels": "analysis/hierarchy/levels.csv", "hierarchy.l0_per_token": "analysis/hierarchy/l0_per_token.csv",
+    "hierarchy.metrics": "analysis/hierarchy/metrics.json",
+}
+
+
+@dataclass
+class FiguresParams:
+    fps: int = 2              # frames per second of the layer-by-layer decoder map (GIF)
+    n_bins: int = 10          # lm_vs_sae_loss: per-token nMSE bins (deciles)
+
+    def __post_init__(self):
+        if self.fps < 1 or self.n_bins < 2:
+            raise ValueError("figures: need fps >= 1 and n_bins >= 2")
+
+
+def option_tag(options) -> str:
+    """Recipe variant label of a run's options: {} -> "default", {"aux_k": false} -> "no_aux_k"."""
+    opts = json.loads(options) if isinstance(options, str) and options else {}
+    if not opts:
+        return "default"
+    return "+".join(f"no_{k}" if v is False else f"{k}{v}" for k, v in sorted(opts.items()))
+
+
+def frontier(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The frontier runs on the base corpus / layer / size / seed (one row per architecture and k)."""
+    b = common.base_run(metrics)
+    f = common.pick(metrics, ["base", "frontier"], dataset=b.dataset, layer=b.layer, d_sae=b.d_sae, seed=b.seed)
+    return f[f.options.map(option_tag) == "default"] if "options" in f else f
+
+
+def recipe_runs(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The base run and the recipe ablations of its architecture, with a ``variant`` column."""
+    b = common.base_run(metrics)
+    r = common.pick(metrics, ["base", "recipe"], architecture=b.architecture)
+    return r.assign(variant=[option_tag(o) for o in r.options])
+
+
+# --- stage 06, one call per notebook cell ---
+
+def setup(figures: dict, train: dict, profile: str = "default") -> dict:
+    from .. import config
+    fp = config.parse(FiguresParams, figures)
+    out = paths.root() / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    keep = {f"{s}{x}" for s in slugs() for x in (".png", ".gif")}
+    for f in out.iterdir():  # figures/ belongs to this stage: drop what an earlier version drew
+        if f.is_file() and f.suffix in (".png", ".gif") and f.name not in keep:
+            f.unlink()
+    return dict(figures=fp, train=train, profile=profile, out=out, numbers=paths.root() / "paper" / "numbers.json")
+
+
+def load_tables(setup: dict) -> dict:
+    """Every table stage 06 reads (``TABLES``) plus the training curves of the recipe runs."""
+    t = {}
+    for name, rel in TABLES.items():
+        p = paths.data(rel)
+        t[name] = common.read_json(p) if p.suffix == ".json" else (
+            common.read_metrics(p) if name == "metrics" else common.read_table(p))
+    curves = []
+    for run, r in recipe_runs(t["metrics"]).iterrows():
+        c = common.read_table(paths.data("train", "curves", f"{run}.csv"))
+        curves.append(c.assign(run=run, variant=r.variant, architecture=r.architecture))
+    t["curves"] = pd.concat(curves, ignore_index=True)
+    return t
+
+
+def inputs(setup: dict, tables: dict) -> pd.DataFrame:
+    """What was read: rows per table."""
+    t = pd.DataFrame([dict(table=k, rows=len(v) if isinstance(v, pd.DataFrame) else None,
+                           keys=len(v) if isinstance(v, dict) else None) for k, v in tables.items()])
+    return t.astype({"rows": "Int64", "keys": "Int64"})
+
+
+def figure_args(tables: dict, slug: str) -> tuple:
+    """The tables one figure takes (and extra keyword arguments), from the loaded tables."""
+    t = tables
+    m = t["metrics"]
+    if slug in ("frontier_nmse_l0", "frontier_ce_l0"):
+        return (frontier(m).reset_index(),), {}
+    if slug == "dead_latents_training":
+        return (t["curves"][["variant", "tokens", "dead_fraction", "architecture"]],), {}
+    if slug == "treesae_levels":
+        lv = t["hierarchy.levels"]
+        return (lv[lv.variant.isin(MULTI_LEVEL)],), {}
+    if slug == "hierarchy_correlation":
+        return (t["hierarchy.coactivation"], t["hierarchy.decoder_cosine"]), {}
+    if slug == "position_activation_layers":
+        return (t["position.profile"],), {}
+    if slug == "position_deciles":
+        return (t["position.deciles"],), {}
+    if slug == "position_intervention":
+        return (t["position.intervention"],), {}
+    if slug == "matching_enc_vs_dec":
+        return (t["matching.pair_features"],), {"threshold": t["matching.metrics"]["threshold"]}
+    if slug == "matching_by_factor":
+        return (t["matching.factors"],), {}
+    if slug == "matching_layers":
+        return (t["matching.layer_pairs"],), {}
+    if slug == "decoder_umap":
+        return (t["matching.embedding_umap"],), {}
+    if slug == "decoder_tsne":
+        return (t["matching.embedding_tsne"],), {"title": "Decoder directions (t-SNE, cosine)"}
+    if slug in ("lm_vs_sae_loss", "lm_vs_sae_loss_no_position"):
+        tok = t["position.lm_vs_sae_tokens"]
+        cond = "clean" if slug == "lm_vs_sae_loss" else t["position.metrics"]["remove_mode"]
+        return (tok[tok.condition == cond],), {}
+    if slug == "l0_distribution":
+        l0 = t["hierarchy.l0_per_token"]
+        return (l0[l0.k == int(common.base_run(m).k)][["architecture", "l0", "count"]],), {}
+    if slug == "decoder_umap_layers":
+        return (t["matching.embedding_umap"],), {"frame": "layer"}
+    raise KeyError(f"no figure {slug!r}")
+
+
+def slugs() -> list[str]:
+    """Every file stage 06 draws: the FIGURES registry, the extra stills, the animations."""
+    from .. import figures as F
+    return list(F.FIGURES) + list(EXTRA) + list(F.ANIMATIONS)
+
+
+def draw(setup: dict, tables: dict, slug: str):
+    """Draw one figure to figures/<slug>.png (.gif for animations); returns it for display."""
+    from IPython.display import Image
+    from .. import figures as F
+    args, kw = figure_args(tables, slug)
+    fp = setup["figures"]
+    if slug in F.ANIMATIONS:
+        path = F.ANIMATIONS[slug](*args, setup["out"] / f"{slug}.gif", fps=fp.fps, **kw)
+    elif slug == "decoder_tsne":
+        path = F.decoder_umap(*args, setup["out"] / f"{slug}.png", **kw)
+    elif slug in ("lm_vs_sae_loss", "lm_vs_sae_loss_no_position"):
+        path = F.lm_vs_sae_loss(*args, setup["out"] / f"{slug}.png", n_bins=fp.n_bins, **kw)
+    else:
+        path = F.FIGURES[slug](*args, setup["out"] / f"{slug}.png", **kw)
+    return Image(filename=str(path))
+
+
+def listing(setup: dict) -> pd.DataFrame:
+    """Every expected figure file, its size and sha256 (a missing one is an error)."""
+    rows = []
+    for slug in slugs():
+        f = next((setup["out"] / f"{slug}{s}" for s in (".png", ".gif") if (setup["out"] / f"{slug}{s}").exists()), None)
+        if f is None:
+            raise FileNotFoundError(f"figure {slug} was not drawn")
+        rows.append(dict(file=f.name, bytes=f.stat().st_size, sha256=hashlib.sha256(f.read_bytes()).hexdigest()[:16]))
+    return pd.DataFrame(rows)
+
+
+def write_numbers(setup: dict, tables: dict) -> pd.DataFrame:
+    """paper/numbers.json (``numbers``); returns it as a two-column table to read."""
+    n = common.tidy(numbers(tables, dict(train=setup["train"], profile=setup["profile"])))
+    setup["numbers"].parent.mkdir(parents=True, exist_ok=True)
+    common.write_metrics(setup["numbers"], n)
+    return pd.DataFrame({"key": list(n), "value": [json.dumps(v) for v in n.values()]}).sort_values("key", ignore_index=True)
+
+
+# ---------------------------------------------------------------------------------------- numbers
+def _put(out: dict, key: str, value):
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return
+    out[key] = value
+
+
+def numbers(tables: dict, params: dict | None = None) -> dict:
+    """Every number the paper quotes, under stable keys (floats rounded to 6 significant digits when
+    written by ``write_numbers``; NaN / missing values are left out). Sections are computed when their
+    tables are present in ``tables`` (``load_tables``' names); only "metrics" is required.
+
+    Set-up (params train section, stage 03's corpora.csv):
+      profile                                   params profile name (smoke / default)
+      model, model.n_layers, model.d_model      the language model
+      harvest.corpora, harvest.layers, harvest.layers_text ("3, 9, 15, 21"), harvest.context_len
+      harvest.{corpus}.{n_tokens,n_contexts,n_train_tokens,n_heldout_tokens,n_documents}
+      n_tokens_harvested                        sum of n_tokens over corpora
+      train.tokens_per_sae, train.batch_size, train.lr, train.lr_end, train.dead_window_tokens
+    Runs (data/train/metrics.csv; metric M in nmse, fvu, explained_variance, l0, l0_p10, l0_p50, l0_p90,
+    dead_fraction, ce_increase, ce_score, kl_score):
+      n_saes, n_architectures
+      eval.heldout_tokens, eval.dead_window_tokens, eval.downstream_predictions, eval.ce_clean, eval.ce_zero
+      base.{run,architecture,dataset,layer,d_sae,k,seed}, base.{M}
+      run.{run name}.{M}                        every SAE
+      frontier.architectures, frontier.ks, frontier.{arch}.k{k}.{M}
+      frontier.{arch}.k{k}.nmse_vs_topk, .ce_increase_vs_topk   ratios to TopK at the same k
+      frontier.best_nmse.k{k}, frontier.best_ce.k{k}             architecture with the lowest value
+      treesae.best_variant, treesae.best_variant_ce              lowest mean nMSE / CE increase over k
+      treesae.best_variant_nmse_vs_topk                          its mean nMSE ratio to TopK
+      levels.{arch}.k{k}.level{i}.{l0,dead_fraction,nmse_cumulative}   multi-level frontier SAEs
+      dead.{arch}.{variant}                     held-out dead fraction of the base architecture's recipe
+                                                runs: default, no_aux_k, no_tied_init, no_geometric_median_init
+      dead_training.{arch}.{variant}.{final,max}   dead fraction over training (curves)
+      recipe.{variant}.{M}                      the same recipe runs, every metric
+      seed.s{s}.{M}, dataset.{corpus}.{M}, size.d{d_sae}.{M}, layer.L{layer}.{M}   the other grids (+ base)
+      seed.nmse_std                             std of nMSE over seeds
+    Analyses: every key of the stage metrics files, prefixed position., matching., hierarchy.
+    (see stages.position.summarize, stages.matching.summarize, stages.hierarchy.summarize).
+    """
+    params = params or {}
+    out: dict = {}
+    m = tables["metrics"]
+    b = common.base_run(m)
+    _put(out, "profile", params.get("profile"))
+    if "position.corpora" in tables:
+        c = tables["position.corpora"]
+        out["model"] = str(c.model.iloc[0])
+        out["model.n_layers"], out["model.d_model"] = int(c.n_layers.iloc[0]), int(c.d_model.iloc[0])
+        layers = [int(x) for x in str(c.layers.iloc[0]).split(",")]
+        out["harvest.layers"], out["harvest.layers_text"] = layers, ", ".join(map(str, layers))
+        out["harvest.corpora"], out["harvest.context_len"] = list(c.corpus), int(c.context_len.iloc[0])
+        for _, r in c.iterrows():
+            for k in ("n_tokens", "n_contexts", "n_train_tokens", "n_heldout_tokens", "n_documents"):
+                out[f"harvest.{r.corpus}.{k}"] = int(r[k])
+        out["n_tokens_harvested"] = int(c.n_tokens.sum())
+    optim = (params.get("train") or {}).get("optim") or {}
+    if optim:
+        from ..train import TrainConfig
+        cfg = TrainConfig(**{k: v for k, v in optim.items() if k in TrainConfig.__dataclass_fields__})
+        out.update({"train.batch_size": cfg.batch_size, "train.lr": cfg.lr, "train.lr_end": cfg.lr_end,
+                    "train.dead_window_tokens": cfg.dead_after_tokens})
+    if "curves" in tables and len(tables["curves"]):
+        out["train.tokens_per_sae"] = int(tables["curves"].tokens.max())
+    elif optim:
+        out["train.tokens_per_sae"] = int(optim.get("n_tokens"))
+
+    out["n_saes"], out["n_architectures"] = len(m), int(m.architecture.nunique())
+    for k, col in (("eval.heldout_tokens", "n_tokens"), ("eval.dead_window_tokens", "dead_window_tokens"),
+                   ("eval.downstream_predictions", "n_predictions"), ("eval.ce_clean", "ce_clean"),
+                   ("eval.ce_zero", "ce_zero")):
+        if col in m:
+            _put(out, k, b[col].item() if hasattr(b[col], "item") else b[col])
+    out["base.run"] = b.name
+    for k in ("architecture", "dataset", "layer", "d_sae", "k", "seed"):
+        out[f"base.{k}"] = b[k].item() if hasattr(b[k], "item") else b[k]
+    cols = [c for c in METRIC_COLS if c in m]
+    for c in cols:
+        _put(out, f"base.{c}", float(b[c]))
+    for name, r in m.iterrows():
+        for c in cols:
+            _put(out, f"run.{name}.{c}", float(r[c]))
+
+    f = frontier(m)
+    archs = [a for a in ("relu", "topk", "batchtopk", "matryoshka", "stacked", "residual", "tree") if a in set(f.architecture)]
+    archs += sorted(set(f.architecture) - set(archs))
+    ks = sorted(int(k) for k in f.k.unique())
+    out["frontier.architectures"], out["frontier.ks"] = archs, ks
+    fi = f.set_index(["architecture", "k"])
+    for (a, k), r in fi.iterrows():
+        for c in cols:
+            _put(out, f"frontier.{a}.k{int(k)}.{c}", float(r[c]))
+        if ("topk", k) in fi.index:
+            t = fi.loc[("topk", k)]
+            for c in ("nmse", "ce_increase"):
+                if c in fi and t[c] != 0:
+                    _put(out, f"frontier.{a}.k{int(k)}.{c}_vs_topk", float(r[c] / t[c]))
+        for i in range(8):
+            for c in ("l0", "dead_fraction", "nmse_cumulative"):
+                col = f"{c}_level{i}"
+                if col in r and pd.notna(r[col]):
+                    out[f"levels.{a}.k{int(k)}.level{i}.{c}"] = float(r[col])
+    for k in ks:
+        g = f[f.k == k]
+        out[f"frontier.best_nmse.k{k}"] = g.architecture.iloc[int(np.argmin(g.nmse.to_numpy()))]
+        if "ce_increase" in g and g.ce_increase.notna().any():
+            out[f"frontier.best_ce.k{k}"] = g.architecture.iloc[int(np.nanargmin(g.ce_increase.to_numpy()))]
+    tree = f[f.architecture.isin(HIERARCHICAL)]
+    if len(tree):
+        mean_nmse = tree.groupby("architecture").nmse.mean()
+        out["treesae.best_variant"] = mean_nmse.idxmin()
+        if "ce_increase" in tree and tree.ce_increase.notna().any():
+            out["treesae.best_variant_ce"] = tree.groupby("architecture").ce_increase.mean().idxmin()
+        top = f[f.architecture == "topk"].set_index("k").nmse
+        best = tree[tree.architecture == mean_nmse.idxmin()].set_index("k").nmse
+        common_k = best.index.intersection(top.index)
+        if len(common_k):
+            _put(out, "treesae.best_variant_nmse_vs_topk", float((best[common_k] / top[common_k]).mean()))
+
+    rec = recipe_runs(m)
+    for name, r in rec.iterrows():
+        _put(out, f"dead.{r.architecture}.{r.variant}", float(r.dead_fraction))
+        for c in cols:
+            _put(out, f"recipe.{r.variant}.{c}", float(r[c]))
+    if "curves" in tables:
+        for (a, v), g in tables["curves"].groupby(["architecture", "variant"], sort=False):
+            g = g.sort_values("tokens")
+            _put(out, f"dead_training.{a}.{v}.final", float(g.dead_fraction.iloc[-1]))
+            _put(out, f"dead_training.{a}.{v}.max", float(g.dead_fraction.max()))
+
+    def grid(name, field, fmt):
+        rows = pd.concat([m.loc[[b.name]], common.pick(m, [name])])
+        rows = rows[~rows.index.duplicated()]
+        for _, r in rows.iterrows():
+            for c in cols:
+                _put(out, f"{name}.{fmt(r[field])}.{c}", float(r[c]))
+        return rows
+    if common.pick(m, ["seed"]).shape[0]:
+        s = grid("seed", "seed", lambda v: f"s{int(v)}")
+        if len(s) > 1:
+            out["seed.nmse_std"] = float(s.nmse.std(ddof=0))
+    if common.pick(m, ["dataset"]).shape[0]:
+        grid("dataset", "dataset", str)
+    if common.pick(m, ["size"]).shape[0]:
+        grid("size", "d_sae", lambda v: f"d{int(v)}")
+    if common.pick(m, ["layer"]).shape[0]:
+        grid("layer", "layer", lambda v: f"L{int(v)}")
+
+    for a in ANALYSES:
+        for k, v in (tables.get(f"{a}.metrics") or {}).items():
+            out[f"{a}.{k}"] = v
+    return out

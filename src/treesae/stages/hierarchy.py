@@ -1,0 +1,294 @@
+"""Stage 05: hierarchy statistics of the multi-level SAEs (BRIEF 1b, 1d), with TopK as the flat reference.
+
+The SAEs: the frontier runs at the base run's k (same corpus, layer, dictionary size and seed) of
+``architectures`` (TreeSAE variants, Matryoshka, TopK). Codes are computed on held-out tokens of the
+base run's corpus and layer (position 0 excluded, as in training). A latent is *active* on a token
+when its code is non-zero. Parents: the tree's own ``parent_of`` ("given"), and for every SAE the
+parent inferred from co-activation (``analysis.hierarchy.infer_parents``: for each latent the coarser
+latent -- for a flat SAE, any at least as frequent latent -- with the largest coverage lift
+s(c, p) = (P(p | c) - P(p)) / (1 - P(p))), so that all SAEs compare like for like ("inferred").
+
+Writes to data/analysis/hierarchy/:
+
+* ``coactivation.csv``: per parent-child pair, P(parent | child), P(child | parent), lift and the same
+  with a shuffled parent (``coactivation``), per SAE and parent mode (``variant`` labels the figure).
+* ``decoder_cosine.csv``: decoder cosine of child and parent, and with a shuffled parent.
+* ``level_correlation.csv``: |Pearson r| between consecutive levels' codes vs circularly shifted codes.
+* ``scores.csv``: ``hierarchy_score`` (mean lift above its baseline) per SAE and mode.
+* ``levels.csv``: per level: width, dead latents (never active on the N held-out tokens; window N =
+  ``n_tokens``), L0 of the level and nMSE of the cumulative reconstruction from levels 0..l (where
+  prefixes are trained to reconstruct: tree, residual, Matryoshka).
+* ``l0_per_token.csv``: histogram of per-token L0 (active latents per token) of every frontier
+  architecture and k (the TopK caveat: a fixed k per token against BatchTopK and ReLU-L1).
+* ``metrics.json``: the headline numbers (keys in ``summarize``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .. import paths
+from . import common
+
+NAME = "hierarchy"
+
+
+@dataclass
+class HierarchyParams:
+    architectures: list = field(default_factory=lambda: ["topk", "matryoshka", "stacked", "residual", "tree"])
+    max_tokens: int = 32768        # held-out tokens (position 0 excluded)
+    min_count: int = 5             # latents firing fewer times are left out of the parent statistics
+    batch_size: int = 4096
+    seed: int = 0                  # shuffled baselines
+
+    def __post_init__(self):
+        if not self.architectures:
+            raise ValueError("hierarchy.architectures is empty")
+        if self.max_tokens < 2 or self.min_count < 1 or self.batch_size < 1:
+            raise ValueError("hierarchy: need max_tokens >= 2, min_count >= 1, batch_size >= 1")
+
+
+def hierarchy_runs(metrics: pd.DataFrame, architectures) -> pd.DataFrame:
+    """The frontier runs at the base run's k, corpus, layer, d_sae and seed, one per architecture (in
+    the order of ``architectures``; those not trained are skipped)."""
+    base = common.base_run(metrics)
+    rows = common.pick(metrics, ["base", "frontier"], architecture=list(architectures), k=base.k,
+                       dataset=base.dataset, layer=base.layer, d_sae=base.d_sae, seed=base.seed)
+    rows = rows[rows.options.fillna("{}").astype(str).isin(["{}", ""])] if "options" in rows else rows
+    rows = rows[~rows.architecture.duplicated()]
+    order = {a: i for i, a in enumerate(architectures)}
+    rows = rows.iloc[np.argsort([order[a] for a in rows.architecture], kind="stable")]
+    if rows.empty:
+        raise ValueError(f"no frontier SAE of {list(architectures)} at the base k={base.k} in metrics.csv.")
+    return rows
+
+
+def frontier_runs(metrics: pd.DataFrame) -> pd.DataFrame:
+    """All frontier runs (every architecture and k) on the base corpus / layer / size / seed."""
+    base = common.base_run(metrics)
+    return common.pick(metrics, ["base", "frontier"], dataset=base.dataset, layer=base.layer, d_sae=base.d_sae,
+                       seed=base.seed)
+
+
+def variant_label(architecture: str, mode: str) -> str:
+    """Figure label: the architecture (inferred parents) or e.g. "tree (given)"."""
+    return architecture if mode == "inferred" else f"{architecture} ({mode})"
+
+
+# --- stage 05, one call per notebook cell ---
+
+def setup(model: dict, hierarchy: dict) -> dict:
+    """Validate the section, pin threads, pick the SAEs and the held-out tokens."""
+    from .. import config
+    mp, hp = config.parse(config.ModelParams, model), config.parse(HierarchyParams, hierarchy)
+    config.pin_threads(mp.threads)
+    metrics = common.read_metrics()
+    return dict(model=mp, hierarchy=hp, metrics=metrics, base=common.base_run(metrics),
+                runs=hierarchy_runs(metrics, hp.architectures), frontier=frontier_runs(metrics), out=common.out_dir(NAME))
+
+
+def runs(setup: dict) -> pd.DataFrame:
+    cols = ["architecture", "dataset", "layer", "d_sae", "k", "seed", "nmse", "l0", "dead_fraction"]
+    return setup["runs"][[c for c in cols if c in setup["runs"]]]
+
+
+def activations(setup: dict):
+    """Held-out activations [N, d_model] of the base corpus and layer (position 0 excluded)."""
+    from ..cache import ActivationCache
+    from ..corpora import safe_name
+    b = setup["base"]
+    cache = ActivationCache.open(paths.data("activations", safe_name(b.dataset)), expect={"model": setup["model"].name})
+    return cache.activations(int(b.layer), "heldout", drop_first=True, max_tokens=setup["hierarchy"].max_tokens)
+
+
+def load_saes(setup: dict) -> dict:
+    """{architecture: SAE} of the hierarchy runs."""
+    saes = common.load_saes(setup["runs"].index)
+    return {r.architecture: saes[n] for n, r in setup["runs"].iterrows()}
+
+
+def encode(setup: dict, saes: dict, X) -> dict:
+    """{architecture: sparse codes [N, d_sae]}."""
+    from ..analysis import hierarchy as H
+    return {a: H.codes(sae, X, setup["hierarchy"].batch_size) for a, sae in saes.items()}
+
+
+def parents(setup: dict, saes: dict, Z: dict) -> dict:
+    """{(architecture, mode): DataFrame(child, parent, level)}: "given" for SAEs with parent_of, and
+    "inferred" (``infer_parents``) for every SAE."""
+    from ..analysis import hierarchy as H
+    out = {}
+    for a, sae in saes.items():
+        if sae.parent_of is not None:
+            p = sae.parent_of.cpu().numpy()
+            lvl = np.full(len(p), -1)
+            for i, s in enumerate(sae.levels):
+                lvl[s] = i
+            ch = np.nonzero(p >= 0)[0]
+            out[(a, "given")] = pd.DataFrame({"child": ch, "parent": p[ch], "level": lvl[ch]})
+        out[(a, "inferred")] = H.infer_parents(Z[a], sae.levels, setup["hierarchy"].min_count)
+    return out
+
+
+def _parent_array(pairs: pd.DataFrame, d_sae: int) -> np.ndarray:
+    arr = np.full(d_sae, -1, dtype=np.int64)
+    arr[pairs.child.to_numpy(int)] = pairs.parent.to_numpy(int)
+    return arr
+
+
+def coactivation(setup: dict, saes: dict, Z: dict, parents: dict) -> pd.DataFrame:
+    """Per SAE and parent mode, ``coactivation`` of every parent-child pair (children firing >= min_count)."""
+    from ..analysis import hierarchy as H
+    hp, parts = setup["hierarchy"], []
+    for (a, mode), pairs in parents.items():
+        sae = saes[a]
+        t = H.coactivation(Z[a], _parent_array(pairs, sae.d_sae), sae.levels, hp.seed)
+        parts.append(t[t.n_child >= hp.min_count].assign(architecture=a, mode=mode, variant=variant_label(a, mode)))
+    t = pd.concat(parts, ignore_index=True)
+    t = t[["variant", "architecture", "mode"] + [c for c in t.columns if c not in ("variant", "architecture", "mode")]]
+    common.write_table(t, setup["out"] / "coactivation.csv")
+    return t
+
+
+def coactivation_summary(coactivation: pd.DataFrame) -> pd.DataFrame:
+    """Per variant: pairs, mean P(parent | child) and lift, real vs shuffled parents."""
+    cols = ["p_parent_given_child", "p_parent_given_child_shuffled", "lift", "lift_shuffled"]
+    g = coactivation.groupby("variant", sort=False)
+    return g[cols].mean().assign(pairs=g.size())[["pairs", *cols]]
+
+
+def decoder_cosine(setup: dict, saes: dict, parents: dict) -> pd.DataFrame:
+    """Per SAE and parent mode, ``cross_level_decoder_cosine`` of the parent-child pairs."""
+    from ..analysis import hierarchy as H
+    parts = []
+    for (a, mode), pairs in parents.items():
+        t = H.cross_level_decoder_cosine(saes[a].W_dec, saes[a].levels, pairs, setup["hierarchy"].seed)
+        parts.append(t.assign(architecture=a, mode=mode, variant=variant_label(a, mode)))
+    t = pd.concat(parts, ignore_index=True)
+    t = t[["variant", "architecture", "mode"] + [c for c in t.columns if c not in ("variant", "architecture", "mode")]]
+    common.write_table(t, setup["out"] / "decoder_cosine.csv")
+    return t
+
+
+def level_correlation(setup: dict, saes: dict, Z: dict) -> pd.DataFrame:
+    """Per multi-level SAE, ``level_correlation`` of consecutive levels."""
+    from ..analysis import hierarchy as H
+    hp = setup["hierarchy"]
+    parts = [H.level_correlation(Z[a], sae.levels, hp.seed, hp.min_count).assign(architecture=a)
+             for a, sae in saes.items() if len(sae.levels) > 1]
+    cols = ["architecture", "level", "n_latents", "best_abs_r", "mean_abs_r", "best_abs_r_shuffled", "mean_abs_r_shuffled"]
+    t = pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
+    common.write_table(t, setup["out"] / "level_correlation.csv")
+    return t
+
+
+def scores(setup: dict, saes: dict, Z: dict) -> pd.DataFrame:
+    """``hierarchy_score`` per SAE: inferred parents for all, and given parents where the SAE has them."""
+    from ..analysis import hierarchy as H
+    hp, rows = setup["hierarchy"], []
+    for a, sae in saes.items():
+        modes = [None] + ([sae.parent_of] if sae.parent_of is not None else [])
+        for p in modes:
+            s = H.hierarchy_score(Z[a], sae.levels, p, hp.seed, hp.min_count)
+            rows.append(dict(architecture=a, variant=variant_label(a, s["mode"]), **s))
+    t = pd.DataFrame(rows)
+    common.write_table(t, setup["out"] / "scores.csv")
+    return t
+
+
+def levels(setup: dict, saes: dict, Z: dict, X) -> pd.DataFrame:
+    """Per SAE and level: width, dead, dead_fraction, l0, n_tokens (``dead_per_level``) and
+    nmse_cumulative (``treesae.metrics.reconstruction_metrics`` on the same tokens; NaN where prefixes
+    of levels are not trained to reconstruct, e.g. stacked, except at the last level, where it is the
+    SAE's own nMSE)."""
+    from ..analysis import hierarchy as H
+    from ..metrics import reconstruction_metrics
+    parts = []
+    for a, sae in saes.items():
+        t = H.dead_per_level(Z[a], sae.levels)
+        rm = reconstruction_metrics(sae, X, setup["hierarchy"].batch_size)
+        t["nmse_cumulative"] = [rm.get(f"nmse_cumulative_level{i}", np.nan) for i in t.level]
+        t.loc[t.index[-1], "nmse_cumulative"] = rm["nmse"]  # all levels: the SAE's reconstruction
+        parts.append(t.assign(variant=a, run=setup["runs"].index[setup["runs"].architecture == a][0]))
+    t = pd.concat(parts, ignore_index=True)
+    t = t[["variant", "run", "level", "width", "dead", "dead_fraction", "l0", "nmse_cumulative", "n_tokens"]]
+    common.write_table(t, setup["out"] / "levels.csv")
+    return t
+
+
+def l0_per_token(setup: dict, X) -> pd.DataFrame:
+    """Histogram of active latents per token for every frontier SAE (architecture, k): rows
+    (architecture, k, l0, count)."""
+    import torch
+    rows = []
+    for name, r in setup["frontier"].iterrows():
+        sae = common.load_saes([name])[name]
+        counts = []
+        with torch.no_grad():
+            for i in range(0, len(X), setup["hierarchy"].batch_size):
+                z = sae.encode(X[i:i + setup["hierarchy"].batch_size])
+                z = z.to_dense() if z.layout != torch.strided else z
+                counts.append((z != 0).sum(1))
+        v, c = np.unique(torch.cat(counts).numpy(), return_counts=True)
+        rows.append(pd.DataFrame({"architecture": r.architecture, "k": int(r.k), "l0": v, "count": c}))
+    t = pd.concat(rows, ignore_index=True).sort_values(["architecture", "k", "l0"], kind="stable").reset_index(drop=True)
+    common.write_table(t, setup["out"] / "l0_per_token.csv")
+    return t
+
+
+def summarize(setup: dict) -> dict:
+    """Headline numbers, written to metrics.json (stage 06 prefixes "hierarchy.").
+
+    Keys (A: an architecture of the stage; l: a level; K: a frontier k):
+      n_tokens, k, d_sae, layer, corpus, min_count, architectures
+      {A}.run
+      {A}.score, {A}.score_raw, {A}.score_baseline, {A}.n_children          inferred parents (like for like)
+      {A}.score_given, {A}.score_given_raw, {A}.score_given_baseline        given parents (tree)
+      {A}.coact.{p_parent_given_child,p_parent_given_child_shuffled,lift,lift_shuffled}   means over pairs, inferred
+      {A}.coact_given.{...}                                                the same, given parents
+      {A}.decoder_cos, {A}.decoder_cos_shuffled (inferred); {A}.decoder_cos_given[_shuffled]
+      {A}.level{l}.{width,dead,dead_fraction,l0,nmse_cumulative}
+      {A}.level{l}.{best_abs_r,best_abs_r_shuffled,mean_abs_r}            correlation with level l-1
+      {A}.dead, {A}.dead_fraction                                         all levels together
+      l0_per_token.{A}.k{K}.{mean,std,p10,p50,p90,min,max,frac_zero}      every frontier architecture
+    """
+    out, hp, b = setup["out"], setup["hierarchy"], setup["base"]
+    r = lambda n: common.read_table(out / n)  # noqa: E731
+    co, cos, lc, sc, lv, l0 = (r(n) for n in ("coactivation.csv", "decoder_cosine.csv", "level_correlation.csv",
+                                                "scores.csv", "levels.csv", "l0_per_token.csv"))
+    m = dict(n_tokens=int(lv.n_tokens.iloc[0]), k=int(b.k), d_sae=int(b.d_sae), layer=int(b.layer), corpus=b.dataset,
+             min_count=hp.min_count, architectures=list(setup["runs"].architecture))
+    for name, row in setup["runs"].iterrows():
+        m[f"{row.architecture}.run"] = name
+    for _, s in sc.iterrows():
+        tag = "" if s["mode"] == "inferred" else f"_{s['mode']}"
+        m[f"{s.architecture}.score{tag}"], m[f"{s.architecture}.score{tag}_raw"] = s.score, s.raw
+        m[f"{s.architecture}.score{tag}_baseline"], m[f"{s.architecture}.n_children{tag}"] = s.baseline, s.n_children
+    for (a, mode), g in co.groupby(["architecture", "mode"], sort=False):
+        tag = "coact" if mode == "inferred" else f"coact_{mode}"
+        for c in ("p_parent_given_child", "p_parent_given_child_shuffled", "lift", "lift_shuffled"):
+            m[f"{a}.{tag}.{c}"] = g[c].mean()
+    for (a, mode), g in cos.groupby(["architecture", "mode"], sort=False):
+        tag = "decoder_cos" if mode == "inferred" else f"decoder_cos_{mode}"
+        m[f"{a}.{tag}"], m[f"{a}.{tag}_shuffled"] = g.cos.mean(), g.cos_shuffled.mean()
+    for _, row in lv.iterrows():
+        for c in ("width", "dead", "dead_fraction", "l0", "nmse_cumulative"):
+            m[f"{row.variant}.level{int(row.level)}.{c}"] = row[c]
+    for a, g in lv.groupby("variant", sort=False):
+        m[f"{a}.dead"], m[f"{a}.dead_fraction"] = int(g.dead.sum()), g.dead.sum() / g.width.sum()
+    for _, row in lc.iterrows():
+        for c in ("best_abs_r", "best_abs_r_shuffled", "mean_abs_r"):
+            m[f"{row.architecture}.level{int(row.level)}.{c}"] = row[c]
+    for (a, k), g in l0.groupby(["architecture", "k"], sort=False):
+        v, c = g.l0.to_numpy(float), g["count"].to_numpy(float)
+        w = c / c.sum()
+        mean = (v * w).sum()
+        cdf = np.cumsum(w)
+        q = lambda p: v[np.searchsorted(cdf, p - 1e-12)]  # noqa: E731
+        key = f"l0_per_token.{a}.k{int(k)}"
+        m.update({f"{key}.mean": mean, f"{key}.std": np.sqrt((w * (v - mean) ** 2).sum()), f"{key}.p10": q(0.1),
+                  f"{key}.p50": q(0.5), f"{key}.p90": q(0.9), f"{key}.min": v.min(), f"{key}.max": v.max(),
+                  f"{key}.frac_zero": w[v == 0].sum()})
+    return common.write_metrics(out / "metrics.json", m)

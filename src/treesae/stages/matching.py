@@ -1,0 +1,255 @@
+"""Stage 04: feature matching across SAEs (BRIEF 1c part two, 1d).
+
+Every SAE of stage 02 enters; pairs are those that differ in exactly one training factor
+(``analysis.matching.single_factor_pairs``) plus SAEs of adjacent harvested layers (``layer_pairs``),
+not all pairs (each matching costs seconds). Per pair, latents are matched one-to-one by the cosine of
+their decoder rows and, separately, of their encoder columns (Hungarian assignment); a latent is
+*shared* when its matched cosine exceeds ``threshold`` (0.7), and the shared ratio is over the smaller
+dictionary. Writes to data/analysis/matching/:
+
+* ``pairs.csv``: ``compare_saes`` per pair (n_a, n_b, dec/enc shared ratio and mean cosine, agree =
+  fraction of latents whose decoder and encoder partners coincide, within-SAE top-2 control) with the
+  differing factor and its two values.
+* ``factors.csv``: ``factor_table``: mean (min, max) shared ratio per differing factor.
+* ``pair_features.csv``: per latent of one representative pair (the base run and the run that differs
+  from it in ``pair_factor``, the seed by default): decoder and encoder partners and cosines, and each
+  latent's within-SAE top-2 cosine.
+* ``top2.csv``: per SAE, the within-SAE control: cosine of each decoder row to its nearest other row.
+* ``layer_pairs.csv``: matching along layers (x = the lower layer).
+* ``embedding_umap.csv`` / ``embedding_tsne.csv``: 2-D maps of unit decoder rows of a few SAEs
+  (``decoder_embedding``, a seeded subsample of each), with their factors.
+* ``metrics.json``: the headline numbers (keys in ``summarize``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from . import common
+
+NAME = "matching"
+FACTORS = ["dataset", "seed", "architecture", "k", "d_sae", "b_dec_init", "tied_init", "aux_k", "layer"]
+
+
+@dataclass
+class MatchingParams:
+    threshold: float = 0.7             # a matched latent is shared above this cosine
+    factors: list = field(default_factory=lambda: list(FACTORS))  # training factors a single-factor pair may differ in
+    method: str = "auto"               # assignment solver: auto, sparse (certified), dense (scipy)
+    n_jobs: int = 1                    # pairs matched concurrently (threads); results do not depend on it
+    pair_factor: str = "seed"          # representative pair: the base run and the run differing only in this factor
+    embedding_grids: list = field(default_factory=lambda: ["base", "layer", "seed", "dataset"])
+    max_per_sae: int = 500             # decoder rows per SAE in the embedding (seeded subsample)
+    n_neighbors: int = 15
+    min_dist: float = 0.1
+    perplexity: float = 30.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"matching.threshold must be in (0, 1), got {self.threshold}")
+        if self.method not in ("auto", "sparse", "dense"):
+            raise ValueError(f"matching.method must be auto, sparse or dense, got {self.method!r}")
+        if self.max_per_sae < 2 or self.n_jobs < 1:
+            raise ValueError("matching.max_per_sae must be >= 2 and matching.n_jobs >= 1")
+
+
+def meta_table(metrics: pd.DataFrame, factors) -> pd.DataFrame:
+    """One row per SAE (index: run name) with the factor columns the matching compares."""
+    missing = [f for f in factors if f not in metrics.columns]
+    if missing:
+        raise ValueError(f"metrics.csv lacks factor column(s) {missing}; matching.factors: {list(factors)}")
+    return metrics[list(factors)].copy()
+
+
+def adjacent_layer_pairs(meta: pd.DataFrame, factors) -> list[tuple]:
+    """SAEs at consecutive harvested layers that agree on every other factor, (lower, upper)."""
+    from ..analysis import matching as M
+    return M.layer_pairs(meta, tuple(factors))
+
+
+def plan_pairs(meta: pd.DataFrame, factors) -> list[tuple]:
+    """single_factor_pairs + layer_pairs, without duplicates (unordered), in that order."""
+    from ..analysis import matching as M
+    seen, out = set(), []
+    for a, b in M.single_factor_pairs(meta, tuple(factors)) + adjacent_layer_pairs(meta, factors):
+        key = frozenset((a, b))
+        if key not in seen:
+            seen.add(key)
+            out.append((a, b))
+    return out
+
+
+def representative_pair(metrics: pd.DataFrame, meta: pd.DataFrame, factor: str, factors) -> tuple:
+    """(base run, the first run that differs from it only in ``factor``)."""
+    from ..analysis import matching as M
+    base = common.base_run(metrics).name
+    for other in meta.index:
+        if other != base and M.differing_factor(meta, base, other, tuple(factors)) == factor:
+            return base, other
+    raise ValueError(f"no SAE differs from the base run {base} in {factor!r} alone; set matching.pair_factor to a "
+                     f"factor with a grid (e.g. seed, dataset, k).")
+
+
+# --- stage 04, one call per notebook cell ---
+
+def setup(model: dict, matching: dict) -> dict:
+    """Validate the section, pin threads, choose the pairs to match."""
+    from .. import config
+    mp, mt = config.parse(config.ModelParams, model), config.parse(MatchingParams, matching)
+    config.pin_threads(mp.threads)
+    metrics = common.read_metrics()
+    meta = meta_table(metrics, mt.factors)
+    pairs = plan_pairs(meta, mt.factors)
+    if not pairs:
+        raise ValueError("no pair of SAEs differs in a single factor: the sweep has nothing to match.")
+    return dict(model=mp, matching=mt, metrics=metrics, meta=meta, pairs=pairs,
+                pair=representative_pair(metrics, meta, mt.pair_factor, mt.factors), out=common.out_dir(NAME))
+
+
+def plan(setup: dict) -> pd.DataFrame:
+    """The pairs to match and the factor each differs in."""
+    from ..analysis import matching as M
+    f = tuple(setup["matching"].factors)
+    return pd.DataFrame([dict(a=a, b=b, factor=M.differing_factor(setup["meta"], a, b, f)) for a, b in setup["pairs"]])
+
+
+def load_saes(setup: dict) -> dict:
+    """{run name: SAE} for every SAE in a pair or in the embedding."""
+    names = list(dict.fromkeys([n for p in setup["pairs"] for n in p] + list(embedding_runs(setup).index)))
+    return common.load_saes(names)
+
+
+def compare(setup: dict, saes: dict) -> pd.DataFrame:
+    """``compare_saes`` over the planned pairs, with the differing factor and its two values."""
+    from ..analysis import matching as M
+    mt, meta = setup["matching"], setup["meta"]
+    t = M.compare_saes(saes, setup["pairs"], threshold=mt.threshold, method=mt.method, n_jobs=mt.n_jobs)
+    t.insert(2, "factor", [M.differing_factor(meta, a, b, tuple(mt.factors)) for a, b in zip(t.a, t.b)])
+    t.insert(3, "value_a", [meta.at[a, f] for a, f in zip(t.a, t.factor)])
+    t.insert(4, "value_b", [meta.at[b, f] for b, f in zip(t.b, t.factor)])
+    t.insert(5, "architecture_a", [setup["metrics"].at[a, "architecture"] for a in t.a])
+    t.insert(6, "architecture_b", [setup["metrics"].at[b, "architecture"] for b in t.b])
+    common.write_table(t, setup["out"] / "pairs.csv")
+    return t
+
+
+def factors(setup: dict, pairs: pd.DataFrame) -> pd.DataFrame:
+    """Shared ratio by the one factor that differs (ascending: the factor that changes features most first)."""
+    from ..analysis import matching as M
+    t = M.factor_table(pairs, setup["meta"], tuple(setup["matching"].factors))
+    common.write_table(t, setup["out"] / "factors.csv")
+    return t
+
+
+def pair_features(setup: dict, saes: dict) -> pd.DataFrame:
+    """Per latent of the representative pair: decoder vs encoder matching (``match_pair``) and the
+    within-SAE top-2 cosine of the latent (in its own SAE) and of its decoder partner."""
+    from ..analysis import matching as M
+    a, b = setup["pair"]
+    t = M.match_pair(saes[a], saes[b], setup["matching"].method)
+    src, dst = (b, a) if bool(t.swapped.iloc[0]) else (a, b)
+    t.insert(0, "a", src)
+    t.insert(1, "b", dst)
+    t["top2_i"] = M.within_sae_top2(M.directions(saes[src], "decoder"))[t.i]
+    t["top2_j_dec"] = M.within_sae_top2(M.directions(saes[dst], "decoder"))[t.j_dec]
+    common.write_table(t, setup["out"] / "pair_features.csv")
+    return t
+
+
+def top2(setup: dict, saes: dict) -> pd.DataFrame:
+    """Within-SAE control per SAE: mean, median, p90 of each decoder row's cosine to its nearest other
+    row, and the fraction above the threshold."""
+    from ..analysis import matching as M
+    thr, rows = setup["matching"].threshold, []
+    for n in dict.fromkeys(x for p in setup["pairs"] for x in p):
+        c = M.within_sae_top2(M.directions(saes[n], "decoder"))
+        rows.append(dict(name=n, architecture=setup["metrics"].at[n, "architecture"], n_latents=len(c),
+                         top2_mean=c.mean(), top2_median=np.median(c), top2_p90=np.quantile(c, 0.9),
+                         frac_above=(c > thr).mean()))
+    t = pd.DataFrame(rows)
+    common.write_table(t, setup["out"] / "top2.csv")
+    return t
+
+
+def layers(setup: dict, pairs: pd.DataFrame) -> pd.DataFrame:
+    """Matching along layers: the adjacent-layer pairs, x = the lower layer; series = architecture."""
+    adj = {frozenset(p) for p in adjacent_layer_pairs(setup["meta"], setup["matching"].factors)}
+    m = setup["metrics"]
+    t = pairs[[frozenset((a, b)) in adj for a, b in zip(pairs.a, pairs.b)]].copy()
+    la, lb = t.a.map(m.layer), t.b.map(m.layer)
+    t = t.assign(layer=np.minimum(la, lb), layer_b=np.maximum(la, lb), series=t.architecture_a)
+    t = t[["layer", "layer_b", "series", "a", "b", "dec_shared", "enc_shared", "dec_mean_cos", "enc_mean_cos", "agree"]]
+    t = t.sort_values(["series", "layer"], kind="stable").reset_index(drop=True)
+    common.write_table(t, setup["out"] / "layer_pairs.csv")
+    return t
+
+
+def embedding_runs(setup: dict) -> pd.DataFrame:
+    """The SAEs of the decoder map: runs in ``embedding_grids`` with the base run's architecture."""
+    m = setup["metrics"]
+    return common.pick(m, setup["matching"].embedding_grids, architecture=common.base_run(m).architecture)
+
+
+def embedding(setup: dict, saes: dict, method: str) -> pd.DataFrame:
+    """``decoder_embedding`` (UMAP or t-SNE, cosine) of the embedding SAEs, with their factors."""
+    from ..analysis import matching as M
+    mt, runs = setup["matching"], embedding_runs(setup)
+    t = M.decoder_embedding({n: saes[n] for n in runs.index}, method=method, seed=mt.seed, max_per_sae=mt.max_per_sae,
+                            n_neighbors=mt.n_neighbors, min_dist=mt.min_dist, perplexity=mt.perplexity)
+    t = t.join(runs[["architecture", "dataset", "layer", "d_sae", "k", "seed"]].rename(columns={"seed": "sae_seed"}),
+               on="sae")
+    t.insert(0, "method", method)
+    common.write_table(t, setup["out"] / f"embedding_{method}.csv")
+    return t
+
+
+def summarize(setup: dict) -> dict:
+    """Headline numbers, written to metrics.json (stage 06 prefixes "matching.").
+
+    Keys (F: a differing factor; La_Lb: adjacent layers; R: a run name):
+      threshold, n_saes, n_pairs, factors (factors with pairs, most feature-changing first)
+      most_changing_factor, least_changing_factor, dataset_changes_most (bool)
+      factor.{F}.{n_pairs,dec_shared,dec_shared_min,dec_shared_max,enc_shared,dec_mean_cos}
+      pair.{a,b,factor}                 the representative pair
+      pair.{dec_shared,enc_shared,dec_mean_cos,enc_mean_cos,agree}
+      pair.frac_shared_dec_only / frac_shared_enc_only / frac_shared_both
+      pair.corr_dec_enc                 Pearson r over latents of decoder- vs encoder-matched cosine
+      pair.mean_cos_dec_at_enc          mean decoder cosine of the encoder-matched partner
+      top2.frac_above_mean, top2.median_mean      within-SAE control, mean over SAEs
+      top2.base.{frac_above,median}               the base run's
+      layers.L{a}_L{b}.{dec_shared,enc_shared,dec_mean_cos}
+      embedding.n_saes, embedding.points_per_sae
+    """
+    out, mt, base = setup["out"], setup["matching"], common.base_run(setup["metrics"]).name
+    pairs, fac, feats = (common.read_table(out / n) for n in ("pairs.csv", "factors.csv", "pair_features.csv"))
+    t2, lay, emb = (common.read_table(out / n) for n in ("top2.csv", "layer_pairs.csv", "embedding_umap.csv"))
+    thr = mt.threshold
+    m = dict(threshold=thr, n_saes=len(set(pairs.a) | set(pairs.b)), n_pairs=len(pairs), factors=list(fac.factor),
+             most_changing_factor=fac.factor.iloc[0] if len(fac) else None,
+             least_changing_factor=fac.factor.iloc[-1] if len(fac) else None,
+             dataset_changes_most=bool(len(fac) and fac.factor.iloc[0] == "dataset"))
+    for _, r in fac.iterrows():
+        for c in ("n_pairs", "dec_shared", "dec_shared_min", "dec_shared_max", "enc_shared", "dec_mean_cos"):
+            m[f"factor.{r.factor}.{c}"] = r[c]
+    a, b = setup["pair"]
+    row = pairs[((pairs.a == a) & (pairs.b == b)) | ((pairs.a == b) & (pairs.b == a))]
+    m.update({"pair.a": a, "pair.b": b, "pair.factor": mt.pair_factor})
+    if len(row):
+        for c in ("dec_shared", "enc_shared", "dec_mean_cos", "enc_mean_cos", "agree"):
+            m[f"pair.{c}"] = row[c].iloc[0]
+    d, e = feats.cos_dec > thr, feats.cos_enc > thr
+    m.update({"pair.frac_shared_dec_only": (d & ~e).mean(), "pair.frac_shared_enc_only": (~d & e).mean(),
+              "pair.frac_shared_both": (d & e).mean(), "pair.corr_dec_enc": feats.cos_dec.corr(feats.cos_enc),
+              "pair.mean_cos_dec_at_enc": feats.cos_dec_at_enc.mean()})
+    m["top2.frac_above_mean"], m["top2.median_mean"] = t2.frac_above.mean(), t2.top2_median.mean()
+    tb = t2.set_index("name")
+    if base in tb.index:
+        m["top2.base.frac_above"], m["top2.base.median"] = tb.at[base, "frac_above"], tb.at[base, "top2_median"]
+    for _, r in lay.iterrows():
+        for c in ("dec_shared", "enc_shared", "dec_mean_cos"):
+            m[f"layers.L{int(r.layer)}_L{int(r.layer_b)}.{c}"] = r[c]
+    m["embedding.n_saes"], m["embedding.points_per_sae"] = emb.sae.nunique(), int(emb.groupby("sae").size().max())
+    return common.write_metrics(out / "metrics.json", m)

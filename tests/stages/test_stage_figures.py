@@ -1,0 +1,92 @@
+"""Stage 06 glue: the paper's numbers from the runs table and the stage metrics (no figures drawn here)."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from treesae import paths
+from treesae.stages import common, figures as S
+
+from synthetic_runs import TRAIN, metrics_table
+
+
+def tables():
+    m = metrics_table()
+    curves = pd.concat([pd.DataFrame({"tokens": [409600, 819200, 1_000_000], "dead_fraction": [0.1, d, d]}).assign(
+        run=n, variant=v, architecture="topk") for n, v, d in [("base", "default", 0.01), ("na", "no_aux_k", 0.4)]])
+    corpora = pd.DataFrame([dict(corpus=c, model="smollm2-135m", n_layers=30, d_model=576, layers="3,9,15,21",
+                                 context_len=128, n_contexts=4096, n_tokens=524288, n_train_tokens=471040,
+                                 n_heldout_tokens=53248, n_documents=n) for c, n in (("brown", 500), ("pydocs", 5141))])
+    return {"metrics": m, "curves": curves, "position.corpora": corpora,
+            "position.metrics": {"sink_norm_ratio_layer9": 6.5, "layers": [3, 9, 15, 21]},
+            "matching.metrics": {"factor.seed.dec_shared": 0.31, "most_changing_factor": "dataset"},
+            "hierarchy.metrics": {"tree.score": 0.7, "topk.score": 0.1}}
+
+
+def test_option_tag_and_run_groups():
+    assert S.option_tag("{}") == "default" and S.option_tag('{"aux_k": false}') == "no_aux_k"
+    assert S.option_tag('{"geometric_median_init": false}') == "no_geometric_median_init"
+    m = metrics_table()
+    assert len(S.frontier(m)) == 21
+    assert sorted(S.recipe_runs(m).variant) == ["default", "no_aux_k", "no_geometric_median_init", "no_tied_init"]
+
+
+def test_numbers_keys_and_values():
+    n = S.numbers(tables(), {"train": TRAIN | {"optim": {"n_tokens": 1_000_000, "batch_size": 4096, "lr": 3e-4,
+                                                          "lr_end": 3e-5}}, "profile": "default"})
+    m = metrics_table()
+    top32 = m.loc["topk-brown-L15-d4608-k32-s0"]
+    assert n["frontier.topk.k32.nmse"] == pytest.approx(top32.nmse) and n["base.nmse"] == n["frontier.topk.k32.nmse"]
+    assert n["frontier.topk.k32.nmse_vs_topk"] == 1.0
+    assert n["dead.topk.default"] == pytest.approx(top32.dead_fraction) and n["dead.topk.no_aux_k"] == 0.5
+    assert {"dead.topk.no_tied_init", "dead.topk.no_geometric_median_init", "recipe.no_aux_k.nmse"} <= set(n)
+    assert n["recipe.default.nmse"] == n["base.nmse"]
+    assert n["dead_training.topk.no_aux_k.final"] == 0.4 and n["dead_training.topk.default.max"] == 0.1
+    assert n["n_saes"] == len(m) == 32 and n["n_architectures"] == 7
+    assert n["n_tokens_harvested"] == 2 * 524288 and n["model"] == "smollm2-135m"
+    assert n["harvest.layers"] == [3, 9, 15, 21] and n["harvest.layers_text"] == "3, 9, 15, 21"
+    assert n["harvest.pydocs.n_documents"] == 5141 and n["profile"] == "default"
+    assert n["train.dead_window_tokens"] == 100_000 and n["train.tokens_per_sae"] == 1_000_000
+    assert n["frontier.ks"] == [16, 32, 64] and n["frontier.architectures"][:2] == ["relu", "topk"]
+    assert n["frontier.best_nmse.k32"] in m.architecture.values and n["treesae.best_variant"] in ("stacked", "residual", "tree")
+    assert "levels.tree.k32.level2.nmse_cumulative" in n and "levels.stacked.k32.level2.nmse_cumulative" not in n
+    assert {"seed.s0.nmse", "seed.s2.nmse", "seed.nmse_std", "dataset.pydocs.nmse", "dataset.brown.nmse",
+            "size.d9216.nmse", "layer.L3.ce_increase"} <= set(n)
+    assert n["position.sink_norm_ratio_layer9"] == 6.5 and n["matching.factor.seed.dec_shared"] == 0.31
+    assert n["hierarchy.tree.score"] == 0.7
+    assert f"run.{top32.name}.kl_score" in n
+    t = common.tidy(n)
+    assert json.dumps(t, sort_keys=True, allow_nan=False) == json.dumps(common.tidy(S.numbers(tables(), {
+        "train": TRAIN | {"optim": {"n_tokens": 1_000_000, "batch_size": 4096, "lr": 3e-4, "lr_end": 3e-5}},
+        "profile": "default"})), sort_keys=True)
+
+
+def test_numbers_needs_only_the_runs_table():
+    n = S.numbers({"metrics": metrics_table()})
+    assert n["frontier.tree.k64.l0"] == 64 and "model" not in n and not any(k.startswith("position.") for k in n)
+
+
+def _workspace():
+    root = paths.root()
+    if root == paths.REPO or not (root / "paper" / "numbers.json").exists():
+        pytest.skip("no built workspace (set TREESAE_ROOT to build/smoke after `make smoke`)")
+    return root
+
+
+def test_workspace_figures_and_numbers():
+    """The smoke workspace's stage 06 outputs: every slug drawn; numbers.json is what numbers() gives."""
+    import yaml
+    root = _workspace()
+    for slug in S.slugs():
+        assert any((root / "figures" / f"{slug}{x}").stat().st_size > 1000 for x in (".png", ".gif")
+                   if (root / "figures" / f"{slug}{x}").exists()), slug
+    p = yaml.safe_load((root / "params.yaml").read_text())
+    setup = dict(train=p["train"], profile=p["profile"])
+    again = common.tidy(S.numbers(S.load_tables(setup), setup))
+    assert json.loads((root / "paper" / "numbers.json").read_text()) == again
+    for key in ("frontier.topk.k16.nmse", "dead.topk.default", "dead.topk.no_aux_k", "matching.factor.seed.dec_shared",
+                "hierarchy.tree.score", "hierarchy.tree.score_given", "position.sink_norm_ratio_layer9", "n_saes",
+                "n_tokens_harvested", "model", "harvest.layers"):
+        assert key in again, key
+    assert np.isfinite(again["hierarchy.topk.score"])
