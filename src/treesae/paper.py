@@ -70,3 +70,9 @@ def print_pdf(page: Path, pdf: Path) -> Path | None:
                         "--no-pdf-header-footer", f"--print-to-pdf={pdf}", page.resolve().as_uri()],
                        check=True, capture_output=True, timeout=120)
     return pdf
+
+
+if __name__ == "__main__":
+    import json
+    out = render(json.loads((paths.root() / "paper" / "numbers.json").read_text()))
+    print("\n".join(f"{k}: {v}" for k, v in out.items()))

@@ -1,6 +1,6 @@
 """A profile's workspace: a directory with its own params.yaml, DVC state and data/.
 
-``python -m treesae.workspace smoke build/smoke`` copies dvc.yaml, notebooks/ and src/ into
+``python -m treesae.workspace smoke build/smoke`` copies dvc.yaml, notebooks/, src/ and the paper template into
 ``build/smoke``, writes the merged params.yaml and runs DVC there with ``TREESAE_ROOT`` set, so the
 smoke pipeline never touches the paper's data.
 """
@@ -18,7 +18,9 @@ def make(profile: str, dest) -> Path:
     for d in ("notebooks", "src"):
         shutil.rmtree(dest / d, ignore_errors=True)
         shutil.copytree(paths.REPO / d, dest / d, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", ".ipynb_checkpoints"))
-    shutil.copy2(paths.REPO / "dvc.yaml", dest / "dvc.yaml")
+    for f in ("dvc.yaml", "paper/template.md", "figures/README.md"):
+        (dest / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(paths.REPO / f, dest / f)
     config.write_profile(profile, dest / "params.yaml")
     if not (dest / ".dvc").exists():
         subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=dest, check=True)
