@@ -255,6 +255,17 @@ class BaseSAE(nn.Module):
     def _generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(self.cfg.seed)
 
+    def _init_flat_weights(self) -> None:
+        """One level: unit-norm decoder rows, the encoder tied to their transpose (``tied_init``) or
+        drawn independently, zero biases."""
+        cfg, gen = self.cfg, self._generator()
+        W_dec = unit_rows((cfg.d_sae, cfg.d_in), gen, cfg.decoder_init_norm)
+        W_enc = W_dec if cfg.tied_init else unit_rows((cfg.d_sae, cfg.d_in), gen, cfg.decoder_init_norm)
+        self.W_enc = nn.Parameter(W_enc.t().contiguous())
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.W_dec = nn.Parameter(W_dec)
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+
 
 def scalar_logs(**values: Tensor | float) -> dict[str, Tensor]:
     return {k: (v.detach() if isinstance(v, Tensor) else torch.tensor(float(v))) for k, v in values.items()}

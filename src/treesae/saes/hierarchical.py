@@ -105,6 +105,22 @@ def geometric_widths(size: int, n_levels: int, growth: float) -> list[int]:
     return widths + [size - sum(widths)]
 
 
+@dataclass(kw_only=True)
+class GrowthConfig(HierarchicalConfig):
+    """growth: width ratio between consecutive levels (with ``size``)."""
+
+    growth: float = 2.0
+
+    def __post_init__(self):
+        self._check(self.growth > 0, f"growth must be > 0, got {self.growth}")
+        super().__post_init__()
+
+    def _split(self, size, n_levels):
+        widths = geometric_widths(size, n_levels, self.growth)
+        self._check(min(widths) >= 1, f"size={size} is too small for {n_levels} levels at growth {self.growth}")
+        return widths
+
+
 class LevelEncoder(nn.Module):
     """One level's encoder: ``W_enc [d_in_l, w_l]``, ``b_enc [w_l]``, optional LayerNorm on its input."""
 

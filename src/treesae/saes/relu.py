@@ -16,10 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
-from torch import nn
 
-from .base import BaseSAE, FlatConfig, nmse, scalar_logs, unit_rows
+from .base import BaseSAE, FlatConfig, nmse, scalar_logs
 from .sparse import Codes
 
 
@@ -49,13 +47,7 @@ class ReLUSAE(BaseSAE):
 
     def __init__(self, cfg: ReLUConfig):
         super().__init__(cfg)
-        gen = self._generator()
-        W_dec = unit_rows((cfg.d_sae, cfg.d_in), gen, cfg.decoder_init_norm)
-        W_enc = W_dec if cfg.tied_init else unit_rows((cfg.d_sae, cfg.d_in), gen, cfg.decoder_init_norm)
-        self.W_enc = nn.Parameter(W_enc.t().contiguous())
-        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
-        self.W_dec = nn.Parameter(W_dec)
-        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+        self._init_flat_weights()
 
     def encode(self, x):
         x = self._prep(x)

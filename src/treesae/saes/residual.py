@@ -20,26 +20,15 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from .hierarchical import HierarchicalConfig, HierarchicalSAE, LevelOut, LevelsMixin, geometric_widths, linear_columns
+from .hierarchical import GrowthConfig, HierarchicalSAE, LevelOut, LevelsMixin, linear_columns
 from .sparse import Codes, topk_select
 
 
 @dataclass(kw_only=True)
-class ResidualConfig(HierarchicalConfig):
-    """growth: width ratio between consecutive levels (with ``size``)."""
+class ResidualConfig(GrowthConfig):
+    """See ``GrowthConfig`` (growth) and ``HierarchicalConfig``."""
 
     architecture: ClassVar[str] = "residual"
-
-    growth: float = 2.0
-
-    def __post_init__(self):
-        self._check(self.growth > 0, f"growth must be > 0, got {self.growth}")
-        super().__post_init__()
-
-    def _split(self, size, n_levels):
-        widths = geometric_widths(size, n_levels, self.growth)
-        self._check(min(widths) >= 1, f"size={size} is too small for {n_levels} levels at growth {self.growth}")
-        return widths
 
 
 class ResidualCore(LevelsMixin):

@@ -26,32 +26,22 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from .hierarchical import (HierarchicalConfig, HierarchicalSAE, LevelEncoder, LevelOut, LevelsMixin, geometric_widths,
+from .hierarchical import (GrowthConfig, HierarchicalSAE, LevelEncoder, LevelOut, LevelsMixin,
                            linear_columns)
 from .base import unit_rows
 from .sparse import Codes, topk_select
 
 
 @dataclass(kw_only=True)
-class StackedConfig(HierarchicalConfig):
-    """growth: width ratio between consecutive levels (with ``size``). layer_norm: LayerNorm
-    between levels. level_residual: identity shortcut between pre-activations (module docstring)."""
+class StackedConfig(GrowthConfig):
+    """layer_norm: LayerNorm between levels. level_residual: identity shortcut between
+    pre-activations (module docstring). growth: see ``GrowthConfig``."""
 
     architecture: ClassVar[str] = "stacked"
 
-    growth: float = 2.0
     layer_norm: bool = True
     level_residual: bool = False
     level_loss: str = "final"
-
-    def __post_init__(self):
-        self._check(self.growth > 0, f"growth must be > 0, got {self.growth}")
-        super().__post_init__()
-
-    def _split(self, size, n_levels):
-        widths = geometric_widths(size, n_levels, self.growth)
-        self._check(min(widths) >= 1, f"size={size} is too small for {n_levels} levels at growth {self.growth}")
-        return widths
 
 
 class StackedCore(LevelsMixin):

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .base import AuxKConfig, BaseSAE, FlatConfig, aux_nmse, auxk_reconstruction, nmse, scalar_logs, unit_rows
+from .base import AuxKConfig, BaseSAE, FlatConfig, aux_nmse, auxk_reconstruction, nmse, scalar_logs
 from .sparse import Codes, topk_select
 
 
@@ -55,13 +55,7 @@ class TopKSAE(BaseSAE):
 
     def __init__(self, cfg: TopKConfig):
         super().__init__(cfg)
-        gen = self._generator()
-        W_dec = unit_rows((cfg.d_sae, cfg.d_in), gen, cfg.decoder_init_norm)
-        W_enc = W_dec if cfg.tied_init else unit_rows((cfg.d_sae, cfg.d_in), gen, cfg.decoder_init_norm)
-        self.W_enc = nn.Parameter(W_enc.t().contiguous())
-        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
-        self.W_dec = nn.Parameter(W_dec)
-        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+        self._init_flat_weights()
 
     def _select(self, pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return topk_select(pre, self.cfg.k)
