@@ -62,8 +62,6 @@ def test_interrupted_harvest_resumes_and_matches(tiny_model, tiny_corpus, tmp_pa
         ActivationCache.open(out)
     progress = json.loads((H.partial_dir(out) / "progress.json").read_text())
     assert [s["index"] for s in progress["shards"]] == [0, 1]
-    monkeypatch.setattr(H, "forward_layers", real)
-    calls["n"] = 0
     counted = []
     monkeypatch.setattr(H, "forward_layers", lambda *a: counted.append(1) or real(*a))
     cache = run(tiny_model, tiny_corpus, out)

@@ -54,14 +54,14 @@ def split_k(k: int, n_levels: int) -> list[int]:
     return [k // n_levels + (l >= n_levels - k % n_levels) for l in range(n_levels)]
 
 
-def expand(train: dict) -> list[Run]:
-    """All runs of the sweep, deduplicated, in a stable order."""
+def _runs_by_grid(train: dict) -> dict[Run, list[str]]:
+    """Every run of the sweep (deduplicated, in a stable order) with the grids it belongs to."""
     base = dict(train["base"])
     unknown = sorted(set(base) - set(RUN_FIELDS))
     if unknown:
         raise ValueError(f"train.base has unknown field(s) {unknown}; fields: {list(RUN_FIELDS)}")
     runs = {}
-    for gname, grid in {"base": {}, **train.get("grids", {})}.items():
+    for gname, grid in {"base": {}, **(train.get("grids") or {})}.items():
         bad = sorted(set(grid) - set(RUN_FIELDS))
         if bad:
             raise ValueError(f"train.grids.{gname} varies unknown field(s) {bad}; fields: {list(RUN_FIELDS)}")
@@ -69,22 +69,18 @@ def expand(train: dict) -> list[Run]:
         for values in itertools.product(*(grid[k] for k in keys)):
             spec = dict(base, **dict(zip(keys, values)))
             spec["options"] = tuple(sorted((spec.get("options") or {}).items()))
-            run = Run(**spec)
-            runs.setdefault(run, []).append(gname)
-    return list(runs)
+            runs.setdefault(Run(**spec), []).append(gname)
+    return runs
+
+
+def expand(train: dict) -> list[Run]:
+    """All runs of the sweep, deduplicated, in a stable order."""
+    return list(_runs_by_grid(train))
 
 
 def grids_of(train: dict) -> dict[str, list[str]]:
     """Run name -> the grids it belongs to (a run can serve several analyses)."""
-    out = {}
-    base = dict(train["base"])
-    for gname, grid in {"base": {}, **train.get("grids", {})}.items():
-        keys = list(grid)
-        for values in itertools.product(*(grid[k] for k in keys)):
-            spec = dict(base, **dict(zip(keys, values)))
-            spec["options"] = tuple(sorted((spec.get("options") or {}).items()))
-            out.setdefault(Run(**spec).name, []).append(gname)
-    return out
+    return {run.name: grids for run, grids in _runs_by_grid(train).items()}
 
 
 def sae_config(run: Run, d_in: int, architectures: dict) -> dict:
