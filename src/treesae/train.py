@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 SCHEDULES = ("constant", "linear", "cosine")
 
@@ -345,7 +345,7 @@ def train_sweep(saes: dict, data, cfg: TrainConfig, out_dir=None, progress: bool
             if out_dir is not None:
                 out_dir.mkdir(parents=True, exist_ok=True)
             with tqdm(total=n_steps * B, initial=start * B, unit="tok", unit_scale=True, disable=not progress,
-                      desc="train_sweep", smoothing=0.1) as pbar:
+                      desc="train_sweep", smoothing=0.1, mininterval=10) as pbar:
                 for step in range(start, n_steps):
                     x = get_rows(data, order.indices(step * B, B))
                     lr, tokens = get_lr(step, cfg), (step + 1) * B

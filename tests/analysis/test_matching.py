@@ -91,6 +91,24 @@ def test_within_sae_top2():
     assert t[5] == pytest.approx(1, abs=1e-6)
 
 
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka", "relu", "stacked", "residual", "tree"])
+def test_cosine_to_init_is_one_before_training(arch):
+    from treesae.sweep import Run, build
+    extra = {"relu": {"l1_coef_by_k": {4: 1.0}}, "tree": {"n_levels": 2}}
+    sae = build(Run(architecture=arch, corpus="x", layer=0, d_sae=64, k=4, seed=3), 16, extra)
+    np.testing.assert_allclose(M.cosine_to_init(sae), 1, atol=1e-6)
+
+
+def test_cosine_to_init():
+    from treesae.saes import build
+    sae = build("topk", d_in=16, d_sae=64, k=4, seed=3)
+    with torch.no_grad():
+        sae.W_dec[:10] = -sae.W_dec[:10]
+    c = M.cosine_to_init(sae)
+    np.testing.assert_allclose(c[:10], -1, atol=1e-6)
+    np.testing.assert_allclose(c[10:], 1, atol=1e-6)
+
+
 def fake_saes():
     A, B, _ = planted_pair(n=300, d=32, shared=0.5, seed=2)
     _, Cm, _ = planted_pair(n=300, d=32, shared=0.2, seed=3)

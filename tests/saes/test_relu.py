@@ -36,3 +36,19 @@ def test_encode_and_decoder_norm_weighted_l1(x_small, apply_b_dec):
     torch.testing.assert_close(logs["l1"], l1.detach())
     assert logs["l0"] == (z > 0).sum() / 48 and logs["l0"] > 0
     torch.testing.assert_close(z_out, z.detach())
+
+
+def test_l1_warm_up_ramps_with_optimizer_steps(x_small, tmp_path):
+    from treesae.saes import load_sae, save_sae
+    sae = build("relu", d_in=12, d_sae=32, l1_coef=0.3, l1_warm_up_steps=4)
+    l1 = lambda: sae.training_loss(x_small)[1]["l1"]  # noqa: E731
+    nmse = lambda: sae.training_loss(x_small)[1]["nmse"]  # noqa: E731
+    for step, scale in enumerate([0.25, 0.5, 0.75, 1.0, 1.0]):
+        assert sae.l1_scale == scale
+        torch.testing.assert_close(sae.training_loss(x_small)[0], nmse() + 0.3 * scale * l1())
+        sae.after_optimizer_step()
+    assert int(sae.steps) == 5
+    with pytest.raises(ValueError, match="l1_warm_up_steps must be >= 0"):
+        ReLUConfig(d_in=8, d_sae=16, l1_warm_up_steps=-1)
+    save_sae(sae, tmp_path / "s")  # the counter is training state: not exported, reset on load
+    assert int(load_sae(tmp_path / "s").steps) == 0

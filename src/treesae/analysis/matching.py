@@ -194,6 +194,12 @@ def within_sae_top2(W, block: int = 1024) -> np.ndarray:
     return out
 
 
+def cosine_to_init(sae) -> np.ndarray:
+    """Cosine of each decoder row to the same row of a freshly initialised SAE of the same config
+    (same seed, hence the same random decoder): how far training moved each feature from its init."""
+    return (normalize_rows(directions(sae)) * normalize_rows(directions(type(sae)(sae.cfg)))).sum(1).astype(np.float64)
+
+
 def directions(sae, kind: str = "decoder"):
     """Dictionary directions as rows [d_sae, d_in] (float32 numpy), or None when undefined.
 

@@ -358,8 +358,8 @@ def extract(saes: Mapping[str, Any], meta: pd.DataFrame, caches, model=None, *, 
     source_of: dict[Any, int] = {}
     it = order
     if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(order, desc="browser")
+        from tqdm import tqdm
+        it = tqdm(order, desc="browser", mininterval=10)
     for n in it:
         key, src = resolved[n]
         if key != cur_key:

@@ -135,13 +135,16 @@ for _cls, _cfg in SAE_LENS_CLASSES.values():
 
 
 # ------------------------------------------------------------------------------- conversion
+TRAINING_ONLY = ("threshold_updates", "steps")  # buffers that only matter during training
+
+
 def _dtype_str(sae: BaseSAE) -> str:
     return str(sae.W_dec.dtype).removeprefix("torch.")
 
 
 def _sae_lens_spec(sae: BaseSAE) -> tuple[type, type, dict[str, Any], dict[str, Tensor]]:
     """(sae-lens class, config class, extra config fields, state dict) for one of our SAEs."""
-    state = {k: v.detach().cpu().contiguous() for k, v in sae.state_dict().items() if k != "threshold_updates"}
+    state = {k: v.detach().cpu().contiguous() for k, v in sae.state_dict().items() if k not in TRAINING_ONLY}
     arch, cfg = sae.architecture, sae.cfg
     if isinstance(sae, HierarchicalSAE):
         cls, cfg_cls = SAE_LENS_CLASSES[arch]
@@ -198,7 +201,6 @@ def load_sae(path: str | Path) -> BaseSAE:
         state["threshold"] = state["threshold"][0]
     elif "threshold" in sae.state_dict():  # matryoshka with topk selection: the threshold is unused
         state["threshold"] = sae.threshold
-    if "threshold_updates" in sae.state_dict():  # training-only counter, not exported
-        state["threshold_updates"] = sae.threshold_updates
+    state |= {k: v for k, v in sae.state_dict().items() if k in TRAINING_ONLY}  # counters, not exported
     sae.load_state_dict(state, strict=True)
     return sae.eval()

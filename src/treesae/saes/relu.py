@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
 
 from .base import BaseSAE, FlatConfig, nmse, scalar_logs
 from .sparse import Codes
@@ -23,12 +24,15 @@ from .sparse import Codes
 
 @dataclass(kw_only=True)
 class ReLUConfig(FlatConfig):
-    """l1_coef: sparsity coefficient (see module docstring). apply_b_dec_to_input: subtract b_dec
-    before the encoder."""
+    """l1_coef: sparsity coefficient (see module docstring). l1_warm_up_steps: the coefficient ramps
+    linearly from 0 over this many optimiser steps (the update uses 5% of training; without it short
+    runs collapse to L0 ~ 0 at coefficients that target L0 ~ 16). apply_b_dec_to_input: subtract
+    b_dec before the encoder."""
 
     architecture: ClassVar[str] = "relu"
 
     l1_coef: float = 0.2
+    l1_warm_up_steps: int = 0
     apply_b_dec_to_input: bool = False
     normalize_decoder: bool = False
     geometric_median_init: bool = False
@@ -38,6 +42,7 @@ class ReLUConfig(FlatConfig):
     def __post_init__(self):
         super().__post_init__()
         self._check(self.l1_coef >= 0, f"l1_coef must be >= 0, got {self.l1_coef}")
+        self._check(self.l1_warm_up_steps >= 0, f"l1_warm_up_steps must be >= 0, got {self.l1_warm_up_steps}")
         self._check(not self.sparse, "the ReLU SAE has no sparse kernels; set sparse=False")
 
 
@@ -48,6 +53,17 @@ class ReLUSAE(BaseSAE):
     def __init__(self, cfg: ReLUConfig):
         super().__init__(cfg)
         self._init_flat_weights()
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # training-only, for the warm-up
+
+    @property
+    def l1_scale(self) -> float:
+        w = self.cfg.l1_warm_up_steps
+        return min(1.0, (int(self.steps) + 1) / w) if w else 1.0
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        super().after_optimizer_step()
+        self.steps += 1
 
     def encode(self, x):
         x = self._prep(x)
@@ -60,7 +76,7 @@ class ReLUSAE(BaseSAE):
         x_hat = self.decode(z)
         recon = nmse(x_hat, x)
         l1 = (z * self.W_dec.norm(dim=1)).sum() / x.norm(dim=1).sum().clamp_min(1e-12)
-        loss = recon + self.cfg.l1_coef * l1
+        loss = recon + self.cfg.l1_coef * self.l1_scale * l1
         B = x.shape[0]
         logs = scalar_logs(loss=loss, mse=(x_hat - x).pow(2).sum() / B, nmse=recon,
                            l0=(z > 0).sum() / B, aux=0.0, l1=l1)

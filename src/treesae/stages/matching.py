@@ -14,7 +14,8 @@ dictionary. Writes to data/analysis/matching/:
 * ``pair_features.csv``: per latent of one representative pair (the base run and the run that differs
   from it in ``pair_factor``, the seed by default): decoder and encoder partners and cosines, and each
   latent's within-SAE top-2 cosine.
-* ``top2.csv``: per SAE, the within-SAE control: cosine of each decoder row to its nearest other row.
+* ``top2.csv``: per SAE, two controls: each decoder row's cosine to its nearest other row (within-SAE
+  redundancy) and to its own random init (how far training moved it; same-seed SAEs share the init).
 * ``layer_pairs.csv``: matching along layers (x = the lower layer).
 * ``embedding_umap.csv`` / ``embedding_tsne.csv``: 2-D maps of unit decoder rows of a few SAEs
   (``decoder_embedding``, a seeded subsample of each), with their factors.
@@ -160,15 +161,16 @@ def pair_features(setup: dict, saes: dict) -> pd.DataFrame:
 
 
 def top2(setup: dict, saes: dict) -> pd.DataFrame:
-    """Within-SAE control per SAE: mean, median, p90 of each decoder row's cosine to its nearest other
-    row, and the fraction above the threshold."""
+    """Controls per SAE. Within-SAE: mean, median, p90 of each decoder row's cosine to its nearest other
+    row, and the fraction above the threshold. Init: median cosine of decoder rows to their random init
+    and the fraction above the threshold (SAEs with the same seed share that init)."""
     from ..analysis import matching as M
     thr, rows = setup["matching"].threshold, []
     for n in dict.fromkeys(x for p in setup["pairs"] for x in p):
-        c = M.within_sae_top2(M.directions(saes[n], "decoder"))
+        c, i = M.within_sae_top2(M.directions(saes[n], "decoder")), M.cosine_to_init(saes[n])
         rows.append(dict(name=n, architecture=setup["metrics"].at[n, "architecture"], n_latents=len(c),
                          top2_mean=c.mean(), top2_median=np.median(c), top2_p90=np.quantile(c, 0.9),
-                         frac_above=(c > thr).mean()))
+                         frac_above=(c > thr).mean(), init_median=np.median(i), init_frac_above=(i > thr).mean()))
     t = pd.DataFrame(rows)
     common.write_table(t, setup["out"] / "top2.csv")
     return t
@@ -212,6 +214,7 @@ def summarize(setup: dict) -> dict:
     Keys (F: a differing factor; La_Lb: adjacent layers; R: a run name):
       threshold, n_saes, n_pairs, factors (factors with pairs, most feature-changing first)
       most_changing_factor, least_changing_factor, dataset_changes_most (bool)
+      most_changing_factor_same_init    the same among factors compared from a shared init (all but seed)
       factor.{F}.{n_pairs,dec_shared,dec_shared_min,dec_shared_max,enc_shared,dec_mean_cos}
       pair.{a,b,factor}                 the representative pair
       pair.{dec_shared,enc_shared,dec_mean_cos,enc_mean_cos,agree}
@@ -220,6 +223,8 @@ def summarize(setup: dict) -> dict:
       pair.mean_cos_dec_at_enc          mean decoder cosine of the encoder-matched partner
       top2.frac_above_mean, top2.median_mean      within-SAE control, mean over SAEs
       top2.base.{frac_above,median}               the base run's
+      init.frac_above_mean, init.median_mean      decoder rows still near their random init, mean over SAEs
+      init.base.{frac_above,median}               the base run's
       layers.L{a}_L{b}.{dec_shared,enc_shared,dec_mean_cos}
       embedding.n_saes, embedding.points_per_sae
     """
@@ -230,7 +235,8 @@ def summarize(setup: dict) -> dict:
     m = dict(threshold=thr, n_saes=len(set(pairs.a) | set(pairs.b)), n_pairs=len(pairs), factors=list(fac.factor),
              most_changing_factor=fac.factor.iloc[0] if len(fac) else None,
              least_changing_factor=fac.factor.iloc[-1] if len(fac) else None,
-             dataset_changes_most=bool(len(fac) and fac.factor.iloc[0] == "dataset"))
+             dataset_changes_most=bool(len(fac) and fac.factor.iloc[0] == "dataset"),
+             most_changing_factor_same_init=next((f for f in fac.factor if f != "seed"), None))
     for _, r in fac.iterrows():
         for c in ("n_pairs", "dec_shared", "dec_shared_min", "dec_shared_max", "enc_shared", "dec_mean_cos"):
             m[f"factor.{r.factor}.{c}"] = r[c]
@@ -245,9 +251,11 @@ def summarize(setup: dict) -> dict:
               "pair.frac_shared_both": (d & e).mean(), "pair.corr_dec_enc": feats.cos_dec.corr(feats.cos_enc),
               "pair.mean_cos_dec_at_enc": feats.cos_dec_at_enc.mean()})
     m["top2.frac_above_mean"], m["top2.median_mean"] = t2.frac_above.mean(), t2.top2_median.mean()
+    m["init.frac_above_mean"], m["init.median_mean"] = t2.init_frac_above.mean(), t2.init_median.mean()
     tb = t2.set_index("name")
     if base in tb.index:
         m["top2.base.frac_above"], m["top2.base.median"] = tb.at[base, "frac_above"], tb.at[base, "top2_median"]
+        m["init.base.frac_above"], m["init.base.median"] = tb.at[base, "init_frac_above"], tb.at[base, "init_median"]
     for _, r in lay.iterrows():
         for c in ("dec_shared", "enc_shared", "dec_mean_cos"):
             m[f"layers.L{int(r.layer)}_L{int(r.layer_b)}.{c}"] = r[c]
