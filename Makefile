@@ -55,6 +55,7 @@ determinism: smoke
 bench: setup
 	python benchmarks/bench_harvest.py --contexts 64 256
 	python benchmarks/bench_train.py
+	python benchmarks/bench_eval.py
 
 clean:
 	rm -rf build

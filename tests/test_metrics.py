@@ -138,6 +138,33 @@ def test_downstream_identities(tiny_lm):
     assert allpos["ce_zero"] != pytest.approx(float(manual.mean()), rel=1e-3)
 
 
+class Half(nn.Module):
+    def forward(self, x):
+        return 0.5 * x
+
+
+def test_downstream_reference_is_reused_and_matches_a_full_forward(tiny_lm):
+    from treesae.metrics import downstream_reference
+    tok = torch.randint(0, 64, (6, 16), generator=torch.Generator().manual_seed(1))
+    hook = "blocks.1.hook_resid_pre"
+    ref = downstream_reference(tiny_lm, tok, hook, batch_size=4)
+    half = downstream_metrics(tiny_lm, Half(), tok, hook, batch_size=4, reference=ref)
+    assert half == downstream_metrics(tiny_lm, Half(), tok, hook, batch_size=4)
+
+    def halve_after_first(act, hook):
+        act = act.clone()
+        act[:, 1:] *= 0.5
+        return act
+
+    with torch.no_grad():  # the spliced run starts at the hook's layer; a full forward gives the same CE
+        full = tiny_lm.run_with_hooks(tok, return_type="loss", loss_per_token=True, fwd_hooks=[(hook, halve_after_first)])
+    assert half["ce_sae"] == pytest.approx(float(full[:, 1:].mean()), rel=1e-5) and abs(half["ce_increase"]) > 1e-3
+    with pytest.raises(ValueError, match="reference was computed for other tokens"):
+        downstream_metrics(tiny_lm, Half(), tok[:, :8], hook, batch_size=4, reference=ref)
+    with pytest.raises(ValueError, match="splice at blocks.<L>.hook_resid_pre"):
+        downstream_reference(tiny_lm, tok, "blocks.1.hook_resid_mid")
+
+
 def test_per_level_metrics_of_the_real_architectures():
     from treesae.saes import build
     x = _acts(600, 16)

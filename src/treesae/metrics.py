@@ -109,8 +109,56 @@ def _ce_kl(logits, clean_logp, tokens, pos):
     return ce, kl, logp
 
 
+def _first_scored(tokens, exclude_first: bool) -> tuple[torch.Tensor, int, slice]:
+    tokens = torch.as_tensor(np.asarray(tokens) if not torch.is_tensor(tokens) else tokens).long()
+    first = 1 if exclude_first else 0
+    pos = slice(first, tokens.shape[1] - 1)
+    if pos.stop - pos.start < 1:
+        raise ValueError(f"contexts of length {tokens.shape[1]} leave no scored position")
+    return tokens, first, pos
+
+
+def _layer_of(hook_name: str) -> int:
+    parts = hook_name.split(".")
+    if len(parts) != 3 or parts[0] != "blocks" or parts[2] != "hook_resid_pre" or not parts[1].isdigit():
+        raise ValueError(f"downstream metrics splice at blocks.<L>.hook_resid_pre, got {hook_name!r}")
+    return int(parts[1])
+
+
 @torch.no_grad()
-def downstream_metrics(model, sae, tokens, hook_name: str, batch_size: int = 8, exclude_first: bool = True) -> dict:
+def downstream_reference(model, tokens, hook_name: str, batch_size: int = 8, exclude_first: bool = True) -> dict:
+    """The SAE-independent half of ``downstream_metrics``, computed once per (tokens, hook) and reused for
+    every SAE: per batch, the clean residual at the hook and clean log-probs; clean and zero-ablated CE/KL
+    sums. Memory: n_ctx * ctx_len * d_vocab floats of log-probs."""
+    tokens, first, pos = _first_scored(tokens, exclude_first)
+    layer = _layer_of(hook_name)
+
+    def zero(act, hook):
+        act = act.clone()
+        act[:, first:] = 0
+        return act
+
+    batches, sums, count = [], dict(ce_clean=0.0, ce_zero=0.0, kl_zero=0.0), 0
+    with eval_mode(model):
+        for i in range(0, tokens.shape[0], batch_size):
+            tok = tokens[i:i + batch_size]
+            logits, cache = model.run_with_cache(tok, return_type="logits", names_filter=hook_name)
+            ce, _, clean_logp = _ce_kl(logits, None, tok, pos)
+            resid = cache[hook_name]
+            z_ce, z_kl, _ = _ce_kl(model.run_with_hooks(resid, start_at_layer=layer, return_type="logits",
+                                                        fwd_hooks=[(hook_name, zero)]), clean_logp, tok, pos)
+            sums["ce_clean"] += float(ce)
+            sums["ce_zero"] += float(z_ce)
+            sums["kl_zero"] += float(z_kl)
+            batches.append((tok, resid, clean_logp))
+            count += tok.shape[0] * (pos.stop - pos.start)
+    return dict(hook_name=hook_name, layer=layer, first=first, pos=pos, batches=batches, sums=sums, count=count,
+                exclude_first=exclude_first, n_ctx=int(tokens.shape[0]), batch_size=batch_size)
+
+
+@torch.no_grad()
+def downstream_metrics(model, sae, tokens, hook_name: str, batch_size: int = 8, exclude_first: bool = True,
+                       reference: dict | None = None) -> dict:
     """CE/KL with the SAE reconstruction spliced in at ``hook_name`` vs clean and zero-ablated runs.
 
     tokens: int [n_ctx, ctx_len]. Logits at position t predict token t+1, so positions 0..T-2 are scored.
@@ -120,12 +168,16 @@ def downstream_metrics(model, sae, tokens, hook_name: str, batch_size: int = 8, 
     0..T-2 are scored. All numbers are means over the scored predictions (nats):
     ce_clean, ce_sae, ce_zero; ce_increase = ce_sae - ce_clean; ce_score = (ce_zero - ce_sae)/(ce_zero - ce_clean);
     kl_sae / kl_zero = mean KL(clean || spliced / ablated); kl_score = (kl_zero - kl_sae)/kl_zero.
+    The spliced and ablated runs start at the hook's layer from the clean residual (``start_at_layer``).
+    ``reference``: ``downstream_reference`` of the same tokens and hook (computed here when None).
     """
-    tokens = torch.as_tensor(np.asarray(tokens) if not torch.is_tensor(tokens) else tokens).long()
-    first = 1 if exclude_first else 0
-    pos = slice(first, tokens.shape[1] - 1)
-    if pos.stop - pos.start < 1:
-        raise ValueError(f"contexts of length {tokens.shape[1]} leave no scored position")
+    tokens, first, pos = _first_scored(tokens, exclude_first)
+    ref = reference or downstream_reference(model, tokens, hook_name, batch_size, exclude_first)
+    if (ref["hook_name"], ref["exclude_first"], ref["n_ctx"], ref["batch_size"]) != \
+            (hook_name, exclude_first, int(tokens.shape[0]), batch_size) or \
+            not torch.equal(torch.cat([b[0] for b in ref["batches"]]), tokens):
+        raise ValueError("downstream_metrics: reference was computed for other tokens, hook or settings; "
+                         "recompute it with downstream_reference(model, tokens, hook_name, ...)")
 
     def splice(act, hook):
         a = act[:, first:]
@@ -134,27 +186,17 @@ def downstream_metrics(model, sae, tokens, hook_name: str, batch_size: int = 8, 
         act[:, first:] = rec
         return act
 
-    def zero(act, hook):
-        act = act.clone()
-        act[:, first:] = 0
-        return act
-
-    sums = dict(ce_clean=0.0, ce_sae=0.0, ce_zero=0.0, kl_sae=0.0, kl_zero=0.0)
-    count = 0
+    sums = dict(ref["sums"], ce_sae=0.0, kl_sae=0.0)
     with eval_mode(sae), eval_mode(model):
-        for i in range(0, tokens.shape[0], batch_size):
-            tok = tokens[i:i + batch_size]
-            ce, _, clean_logp = _ce_kl(model(tok, return_type="logits"), None, tok, pos)
-            sums["ce_clean"] += float(ce)
-            for name, fn in (("sae", splice), ("zero", zero)):
-                logits = model.run_with_hooks(tok, return_type="logits", fwd_hooks=[(hook_name, fn)])
-                ce, kl, _ = _ce_kl(logits, clean_logp, tok, pos)
-                sums[f"ce_{name}"] += float(ce)
-                sums[f"kl_{name}"] += float(kl)
-            count += tok.shape[0] * (pos.stop - pos.start)
-    m = {k: v / count for k, v in sums.items()}
+        for tok, resid, clean_logp in ref["batches"]:
+            logits = model.run_with_hooks(resid, start_at_layer=ref["layer"], return_type="logits",
+                                          fwd_hooks=[(hook_name, splice)])
+            ce, kl, _ = _ce_kl(logits, clean_logp, tok, pos)
+            sums["ce_sae"] += float(ce)
+            sums["kl_sae"] += float(kl)
+    m = {k: sums[k] / ref["count"] for k in ("ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero")}
     m["ce_increase"] = m["ce_sae"] - m["ce_clean"]
     m["ce_score"] = (m["ce_zero"] - m["ce_sae"]) / (m["ce_zero"] - m["ce_clean"])
     m["kl_score"] = (m["kl_zero"] - m["kl_sae"]) / m["kl_zero"]
-    m.update(n_predictions=count, exclude_first=exclude_first, hook_name=hook_name)
+    m.update(n_predictions=ref["count"], exclude_first=exclude_first, hook_name=hook_name)
     return m

@@ -24,6 +24,8 @@ def _fmt(x, digits=3):
     """Significant digits, thousands separators for large numbers."""
     if isinstance(x, int) or (isinstance(x, float) and x.is_integer() and abs(x) >= 1000):
         return f"{int(x):,}"
+    if abs(x) >= 10 ** digits:  # no exponent: 153.2 -> "153" at 2 digits
+        return f"{x:,.0f}"
     return f"{x:.{digits}g}"
 
 

@@ -176,21 +176,26 @@ def evaluate(setup: dict, saes: dict, lm=None, progress: bool = True) -> pd.Data
     """Held-out metrics of every SAE: reconstruction (nMSE, FVU, L0, dead, per level) and, with the
     model, downstream CE / KL with the reconstruction spliced in. Writes data/train/metrics.csv."""
     from .corpora import safe_name
-    from .metrics import downstream_metrics, reconstruction_metrics
+    from .metrics import downstream_metrics, downstream_reference, reconstruction_metrics
     s, ev = setup, setup["train"].eval
-    rows, acts = [], {}
+    rows, acts, refs = [], {}, {}
+    downstream = lm is not None and ev.get("downstream_contexts", 0)
     for run in sorted(s["runs"], key=lambda r: (r.corpus, r.layer)):  # one group's activations in memory at a time
         key = (run.corpus, run.layer)
         cache = ActivationCache.open(paths.data("activations", safe_name(run.corpus)))
         if key not in acts:
             acts = {key: cache.activations(run.layer, "heldout", drop_first=s["train"].drop_first,
                                            max_tokens=ev.get("heldout_tokens"))}
+            if downstream:  # clean and zero-ablated runs: once per group, not per SAE
+                ctx = cache.contexts("heldout")[: ev["downstream_contexts"]]
+                toks = torch.from_numpy(np.asarray(cache.tokens[ctx])).long()
+                refs = {key: downstream_reference(lm, toks, hook_name(run.layer), ev.get("downstream_batch_size", 8),
+                                                  s["train"].drop_first)}
         row = dict(name=run.name, **reconstruction_metrics(saes[run.name], acts[key]))
-        if lm is not None and ev.get("downstream_contexts", 0):
-            ctx = cache.contexts("heldout")[: ev["downstream_contexts"]]
-            toks = torch.from_numpy(np.asarray(cache.tokens[ctx])).long()
+        if downstream:
             row.update(downstream_metrics(lm, saes[run.name], toks, hook_name(run.layer),
-                                          batch_size=ev.get("downstream_batch_size", 8), exclude_first=s["train"].drop_first))
+                                          batch_size=ev.get("downstream_batch_size", 8), exclude_first=s["train"].drop_first,
+                                          reference=refs[key]))
         rows.append(row)
         if progress:
             print(f"{run.name}: nmse {row['nmse']:.4f} l0 {row['l0']:.1f} dead {row['dead_fraction']:.3f}"

@@ -62,6 +62,19 @@ def test_numbers_keys_and_values():
         "profile": "default"})), sort_keys=True)
 
 
+def test_nmse_at_l0_interpolates_log_log_without_extrapolating():
+    assert S.nmse_at_l0([10, 40], [0.4, 0.1], 20) == pytest.approx(0.2)  # nmse = 4 / l0 is a line in log-log
+    assert S.nmse_at_l0([40, 10], [0.1, 0.4], 40) == pytest.approx(0.1)
+    assert np.isnan(S.nmse_at_l0([10, 40], [0.4, 0.1], 64)) and np.isnan(S.nmse_at_l0([], [], 16))
+    n = S.numbers(tables())
+    assert n["frontier.topk.l0_32.nmse_vs_topk"] == pytest.approx(1.0)
+    v = n["treesae.best_variant_at_l0"]
+    ratios = [n[k] for k in n if k.startswith(f"frontier.{v}.l0_") and k.endswith("nmse_vs_topk")]
+    assert len(ratios) == 3 and n["treesae.best_variant_at_l0_nmse_vs_topk"] == pytest.approx(np.mean(ratios))
+    best = n["frontier.best_nmse.l0_32"]
+    assert all(n[f"frontier.{best}.l0_32.nmse"] <= n[f"frontier.{a}.l0_32.nmse"] for a in n["frontier.architectures"])
+
+
 def test_numbers_needs_only_the_runs_table():
     n = S.numbers({"metrics": metrics_table()})
     assert n["frontier.tree.k64.l0"] == 64 and "model" not in n and not any(k.startswith("position.") for k in n)

@@ -199,6 +199,17 @@ def _put(out: dict, key: str, value):
     out[key] = value
 
 
+def nmse_at_l0(l0, nmse, target: float) -> float:
+    """nMSE at L0 = ``target`` on one architecture's frontier, interpolated linearly in log-log between
+    its measured points; NaN outside their L0 range (no extrapolation)."""
+    ok = (np.asarray(l0) > 0) & (np.asarray(nmse) > 0)
+    x, y = np.log(np.asarray(l0, float)[ok]), np.log(np.asarray(nmse, float)[ok])
+    if not len(x) or not x.min() <= np.log(target) <= x.max():
+        return float("nan")
+    o = np.argsort(x)
+    return float(np.exp(np.interp(np.log(target), x[o], y[o])))
+
+
 def numbers(tables: dict, params: dict | None = None) -> dict:
     """Every number the paper quotes, under stable keys (floats rounded to 6 significant digits when
     written by ``write_numbers``; NaN / missing values are left out). Sections are computed when their
@@ -222,6 +233,9 @@ def numbers(tables: dict, params: dict | None = None) -> dict:
       frontier.best_nmse.k{k}, frontier.best_ce.k{k}             architecture with the lowest value
       treesae.best_variant, treesae.best_variant_ce              lowest mean nMSE / CE increase over k
       treesae.best_variant_nmse_vs_topk                          its mean nMSE ratio to TopK
+      frontier.{arch}.l0_{k}.nmse, .nmse_vs_topk   nMSE at L0 = k (``nmse_at_l0``), its ratio to TopK at k
+      frontier.best_nmse.l0_{k}                  architecture with the lowest nMSE at L0 = k
+      treesae.best_variant_at_l0, treesae.best_variant_at_l0_nmse_vs_topk   the same comparison at matched L0
       levels.{arch}.k{k}.level{i}.{l0,dead_fraction,nmse_cumulative}   multi-level frontier SAEs
       dead.{arch}.{variant}                     held-out dead fraction of the base architecture's recipe
                                                 runs: default, no_aux_k, no_tied_init, no_geometric_median_init
@@ -299,6 +313,17 @@ def numbers(tables: dict, params: dict | None = None) -> dict:
         out[f"frontier.best_nmse.k{k}"] = g.architecture.iloc[int(np.argmin(g.nmse.to_numpy()))]
         if "ce_increase" in g and g.ce_increase.notna().any():
             out[f"frontier.best_ce.k{k}"] = g.architecture.iloc[int(np.nanargmin(g.ce_increase.to_numpy()))]
+    topk = f[f.architecture == "topk"].set_index("k").nmse
+    for a, g in f.groupby("architecture"):  # at matched L0: measured L0 often misses the target k
+        for k in ks:
+            v = nmse_at_l0(g.l0.to_numpy(), g.nmse.to_numpy(), k)
+            _put(out, f"frontier.{a}.l0_{k}.nmse", v)
+            if k in topk.index:
+                _put(out, f"frontier.{a}.l0_{k}.nmse_vs_topk", float(v / topk[k]))
+    for k in ks:
+        at = {a: out[f"frontier.{a}.l0_{k}.nmse"] for a in archs if f"frontier.{a}.l0_{k}.nmse" in out}
+        if at:
+            out[f"frontier.best_nmse.l0_{k}"] = min(at, key=at.get)
     tree = f[f.architecture.isin(HIERARCHICAL)]
     if len(tree):
         mean_nmse = tree.groupby("architecture").nmse.mean()
@@ -310,6 +335,12 @@ def numbers(tables: dict, params: dict | None = None) -> dict:
         common_k = best.index.intersection(top.index)
         if len(common_k):
             _put(out, "treesae.best_variant_nmse_vs_topk", float((best[common_k] / top[common_k]).mean()))
+        at_l0 = {a: np.nanmean([out.get(f"frontier.{a}.l0_{k}.nmse_vs_topk", np.nan) for k in ks])
+                 for a in sorted(set(tree.architecture)) if any(f"frontier.{a}.l0_{k}.nmse_vs_topk" in out for k in ks)}
+        if at_l0:
+            best_l0 = min(at_l0, key=at_l0.get)
+            out["treesae.best_variant_at_l0"] = best_l0
+            _put(out, "treesae.best_variant_at_l0_nmse_vs_topk", float(at_l0[best_l0]))
 
     rec = recipe_runs(m)
     for name, r in rec.iterrows():

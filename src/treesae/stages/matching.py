@@ -12,7 +12,7 @@ dictionary. Writes to data/analysis/matching/:
   differing factor and its two values.
 * ``factors.csv``: ``factor_table``: mean (min, max) shared ratio per differing factor.
 * ``pair_features.csv``: per latent of one representative pair (the base run and the run that differs
-  from it in ``pair_factor``, the seed by default): decoder and encoder partners and cosines, and each
+  from it in ``pair_factor``, the dataset by default): decoder and encoder partners and cosines, and each
   latent's within-SAE top-2 cosine.
 * ``top2.csv``: per SAE, two controls: each decoder row's cosine to its nearest other row (within-SAE
   redundancy) and to its own random init (how far training moved it; same-seed SAEs share the init).
@@ -32,6 +32,7 @@ from . import common
 
 NAME = "matching"
 FACTORS = ["dataset", "seed", "architecture", "k", "d_sae", "b_dec_init", "tied_init", "aux_k", "layer"]
+INIT_FACTORS = ("seed", "tied_init")  # change the random init (tied_init: an independent encoder init)
 
 
 @dataclass
@@ -40,7 +41,7 @@ class MatchingParams:
     factors: list = field(default_factory=lambda: list(FACTORS))  # training factors a single-factor pair may differ in
     method: str = "auto"               # assignment solver: auto, sparse (certified), dense (scipy)
     n_jobs: int = 1                    # pairs matched concurrently (threads); results do not depend on it
-    pair_factor: str = "seed"          # representative pair: the base run and the run differing only in this factor
+    pair_factor: str = "dataset"       # representative pair: the base run and the run differing only in this factor
     embedding_grids: list = field(default_factory=lambda: ["base", "layer", "seed", "dataset"])
     max_per_sae: int = 500             # decoder rows per SAE in the embedding (seeded subsample)
     n_neighbors: int = 15
@@ -214,7 +215,7 @@ def summarize(setup: dict) -> dict:
     Keys (F: a differing factor; La_Lb: adjacent layers; R: a run name):
       threshold, n_saes, n_pairs, factors (factors with pairs, most feature-changing first)
       most_changing_factor, least_changing_factor, dataset_changes_most (bool)
-      most_changing_factor_same_init    the same among factors compared from a shared init (all but seed)
+      most_changing_factor_same_init    the same among factors that keep the random init (not INIT_FACTORS)
       factor.{F}.{n_pairs,dec_shared,dec_shared_min,dec_shared_max,enc_shared,dec_mean_cos}
       pair.{a,b,factor}                 the representative pair
       pair.{dec_shared,enc_shared,dec_mean_cos,enc_mean_cos,agree}
@@ -236,7 +237,7 @@ def summarize(setup: dict) -> dict:
              most_changing_factor=fac.factor.iloc[0] if len(fac) else None,
              least_changing_factor=fac.factor.iloc[-1] if len(fac) else None,
              dataset_changes_most=bool(len(fac) and fac.factor.iloc[0] == "dataset"),
-             most_changing_factor_same_init=next((f for f in fac.factor if f != "seed"), None))
+             most_changing_factor_same_init=next((f for f in fac.factor if f not in INIT_FACTORS), None))
     for _, r in fac.iterrows():
         for c in ("n_pairs", "dec_shared", "dec_shared_min", "dec_shared_max", "enc_shared", "dec_mean_cos"):
             m[f"factor.{r.factor}.{c}"] = r[c]
