@@ -83,6 +83,7 @@ def _frontier(metrics, y, ylabel, title, path, logy):
     ax.set(xscale="log", yscale="log" if logy else "linear", xlabel="L0 (mean active latents per token)",
            ylabel=ylabel, title=title)
     _no_minor_labels(ax)
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), frameon=False)  # off the data
     return _save(fig, path)
 
 
@@ -263,7 +264,9 @@ def matching_by_factor(factors: pd.DataFrame, path) -> Path:
     if {"dec_shared_min", "dec_shared_max"} <= set(f.columns):
         ax.errorbar(x - 0.2, f.dec_shared, yerr=[f.dec_shared - f.dec_shared_min, f.dec_shared_max - f.dec_shared],
                     fmt="none", ecolor="0.2", lw=1, capsize=2)
-    labels = [f"{a}\n(n={int(n)})" for a, n in zip(f.factor, f.n_pairs)] if "n_pairs" in f.columns else list(f.factor)
+    names = [a if len(a) <= 8 else "\n".join(a.rsplit("_", 1)) for a in f.factor]  # long labels wrap: no collisions
+    labels = [f"{a}\n(n={int(n)})" for a, n in zip(names, f.n_pairs)] if "n_pairs" in f.columns else names
+    ax.tick_params(axis="x", labelsize=8)
     ax.set_xticks(x, labels)
     ax.set(ylabel="shared ratio (cos > 0.7)", ylim=(0, 1), title="Which factor changes the features")
     ax.legend()
