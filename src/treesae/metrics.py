@@ -152,7 +152,7 @@ def downstream_reference(model, tokens, hook_name: str, batch_size: int = 8, exc
             sums["kl_zero"] += float(z_kl)
             batches.append((tok, resid, clean_logp))
             count += tok.shape[0] * (pos.stop - pos.start)
-    return dict(hook_name=hook_name, layer=layer, first=first, pos=pos, batches=batches, sums=sums, count=count,
+    return dict(hook_name=hook_name, layer=layer, batches=batches, sums=sums, count=count,
                 exclude_first=exclude_first, n_ctx=int(tokens.shape[0]), batch_size=batch_size)
 
 

@@ -178,7 +178,7 @@ def evaluate(setup: dict, saes: dict, lm=None, progress: bool = True) -> pd.Data
     from .corpora import safe_name
     from .metrics import downstream_metrics, downstream_reference, reconstruction_metrics
     s, ev = setup, setup["train"].eval
-    rows, acts, refs = [], {}, {}
+    rows, acts, ref = [], {}, None
     downstream = lm is not None and ev.get("downstream_contexts", 0)
     for run in sorted(s["runs"], key=lambda r: (r.corpus, r.layer)):  # one group's activations in memory at a time
         key = (run.corpus, run.layer)
@@ -189,13 +189,13 @@ def evaluate(setup: dict, saes: dict, lm=None, progress: bool = True) -> pd.Data
             if downstream:  # clean and zero-ablated runs: once per group, not per SAE
                 ctx = cache.contexts("heldout")[: ev["downstream_contexts"]]
                 toks = torch.from_numpy(np.asarray(cache.tokens[ctx])).long()
-                refs = {key: downstream_reference(lm, toks, hook_name(run.layer), ev.get("downstream_batch_size", 8),
-                                                  s["train"].drop_first)}
+                ref = downstream_reference(lm, toks, hook_name(run.layer), ev.get("downstream_batch_size", 8),
+                                           s["train"].drop_first)
         row = dict(name=run.name, **reconstruction_metrics(saes[run.name], acts[key]))
         if downstream:
             row.update(downstream_metrics(lm, saes[run.name], toks, hook_name(run.layer),
                                           batch_size=ev.get("downstream_batch_size", 8), exclude_first=s["train"].drop_first,
-                                          reference=refs[key]))
+                                          reference=ref))
         rows.append(row)
         if progress:
             print(f"{run.name}: nmse {row['nmse']:.4f} l0 {row['l0']:.1f} dead {row['dead_fraction']:.3f}"
