@@ -313,17 +313,17 @@ def numbers(tables: dict, params: dict | None = None) -> dict:
         out[f"frontier.best_nmse.k{k}"] = g.architecture.iloc[int(np.argmin(g.nmse.to_numpy()))]
         if "ce_increase" in g and g.ce_increase.notna().any():
             out[f"frontier.best_ce.k{k}"] = g.architecture.iloc[int(np.nanargmin(g.ce_increase.to_numpy()))]
+    # at matched L0 (measured L0 often misses the target k): at[k][arch] = nMSE at L0 = k, where defined
     topk = f[f.architecture == "topk"].set_index("k").nmse
-    for a, g in f.groupby("architecture"):  # at matched L0: measured L0 often misses the target k
-        for k in ks:
-            v = nmse_at_l0(g.l0.to_numpy(), g.nmse.to_numpy(), k)
-            _put(out, f"frontier.{a}.l0_{k}.nmse", v)
-            if k in topk.index:
-                _put(out, f"frontier.{a}.l0_{k}.nmse_vs_topk", float(v / topk[k]))
+    at = {k: {a: v for a in archs if np.isfinite(v := nmse_at_l0(f.l0[f.architecture == a], f.nmse[f.architecture == a], k))}
+          for k in ks}
+    vs_topk = {k: {a: v / topk[k] for a, v in at[k].items()} for k in ks if k in topk.index}
     for k in ks:
-        at = {a: out[f"frontier.{a}.l0_{k}.nmse"] for a in archs if f"frontier.{a}.l0_{k}.nmse" in out}
-        if at:
-            out[f"frontier.best_nmse.l0_{k}"] = min(at, key=at.get)
+        for a, v in at[k].items():
+            out[f"frontier.{a}.l0_{k}.nmse"] = v
+            _put(out, f"frontier.{a}.l0_{k}.nmse_vs_topk", vs_topk.get(k, {}).get(a))
+        if at[k]:
+            out[f"frontier.best_nmse.l0_{k}"] = min(at[k], key=at[k].get)
     tree = f[f.architecture.isin(HIERARCHICAL)]
     if len(tree):
         mean_nmse = tree.groupby("architecture").nmse.mean()
@@ -335,12 +335,12 @@ def numbers(tables: dict, params: dict | None = None) -> dict:
         common_k = best.index.intersection(top.index)
         if len(common_k):
             _put(out, "treesae.best_variant_nmse_vs_topk", float((best[common_k] / top[common_k]).mean()))
-        at_l0 = {a: np.nanmean([out.get(f"frontier.{a}.l0_{k}.nmse_vs_topk", np.nan) for k in ks])
-                 for a in sorted(set(tree.architecture)) if any(f"frontier.{a}.l0_{k}.nmse_vs_topk" in out for k in ks)}
+        ratios = {a: [r[a] for r in vs_topk.values() if a in r] for a in sorted(set(tree.architecture))}
+        at_l0 = {a: float(np.mean(r)) for a, r in ratios.items() if r}
         if at_l0:
             best_l0 = min(at_l0, key=at_l0.get)
             out["treesae.best_variant_at_l0"] = best_l0
-            _put(out, "treesae.best_variant_at_l0_nmse_vs_topk", float(at_l0[best_l0]))
+            _put(out, "treesae.best_variant_at_l0_nmse_vs_topk", at_l0[best_l0])
 
     rec = recipe_runs(m)
     for name, r in rec.iterrows():
