@@ -2,7 +2,8 @@
 
 ``python -m treesae.workspace smoke build/smoke`` copies dvc.yaml, notebooks/, src/ and the paper template into
 ``build/smoke``, writes the merged params.yaml and runs DVC there with ``TREESAE_ROOT`` set, so the
-smoke pipeline never touches the paper's data.
+smoke pipeline never touches the paper's data. ``python -m treesae.workspace --changed BEFORE AFTER`` lists
+the stage outputs whose hash differs between two dvc.lock files (``make determinism``).
 """
 import shutil
 import subprocess
@@ -28,7 +29,24 @@ def make(profile: str, dest) -> Path:
     return dest
 
 
+def changed_outputs(before, after, ignore=("build/notebooks/",)) -> list[str]:
+    """Outputs of the stages in dvc.lock ``after`` whose hash differs from (or is missing in) dvc.lock
+    ``before``; executed notebooks (timestamps, durations) are ignored."""
+    import yaml
+
+    def outs(lock):
+        stages = yaml.safe_load(Path(lock).read_text())["stages"]
+        return {o["path"]: o.get("md5") for st in stages.values() for o in st.get("outs", [])
+                if not o["path"].startswith(tuple(ignore))}
+    old, new = outs(before), outs(after)
+    return sorted(p for p in new if old.get(p) != new[p])
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--changed":
+        diff = changed_outputs(sys.argv[2], sys.argv[3])
+        print("\n".join(f"changed: {p}" for p in diff) or "every output came back bit for bit")
+        sys.exit(1 if diff else 0)
     if len(sys.argv) != 3:
-        sys.exit("usage: python -m treesae.workspace PROFILE DEST")
+        sys.exit("usage: python -m treesae.workspace PROFILE DEST | --changed BEFORE_LOCK AFTER_LOCK")
     print(make(sys.argv[1], sys.argv[2]))
