@@ -71,11 +71,34 @@ def test_sparse_assignment_equals_scipy(seed):
             assert (dict(zip(r, c)) == dict(zip(r0, c0)))
 
 
+@pytest.mark.parametrize("kind", ["random", "ties", "low_rank", "tiny"])
+def test_dense_and_scipy_methods_reach_the_same_optimum(kind):
+    """method="auto" (lapjv on square matrices, scipy otherwise) reaches scipy's optimum."""
+    rng = np.random.default_rng(7)
+    n = 2 if kind == "tiny" else 300
+    C = {"random": lambda: rng.standard_normal((n, n)), "ties": lambda: np.round(rng.standard_normal((n, n)), 1),
+         "tiny": lambda: rng.standard_normal((n, n)),
+         "low_rank": lambda: np.outer(rng.standard_normal(n), rng.standard_normal(n)) + 0.1 * rng.standard_normal((n, n))}[kind]()
+    C = C.astype(np.float32)
+    r0, c0 = M.assign(C, "scipy")
+    best = C[r0, c0].astype(np.float64).sum()
+    for shape in (C, C[: n // 2 or 1]):  # square (lapjv) and rectangular (scipy)
+        r, c = M.assign(shape)
+        rs, cs = M.assign(shape, "scipy")
+        assert sorted(r) == list(range(min(shape.shape))) and len(set(c)) == len(c)
+        assert shape[r, c].astype(np.float64).sum() == pytest.approx(shape[rs, cs].astype(np.float64).sum(), abs=1e-6)
+    if kind in ("random", "low_rank"):  # continuous values: a unique optimum, so the same pairs
+        r, c = M.assign(C)
+        assert C[r, c].astype(np.float64).sum() == pytest.approx(best, abs=1e-6) and np.array_equal(c, c0)
+    with pytest.raises(ValueError, match="method must be"):
+        M.assign(C, "hungarian")
+
+
 def test_sparse_assignment_medium():
-    """A 1,200 x 1,500 instance goes through the sparse path (auto) and matches scipy."""
+    """A 1,200 x 1,500 instance goes through the sparse path and matches scipy."""
     A, B, _ = planted_pair(n=1200, d=48, shared=0.5, noise=0.3, n_b=1500, seed=5)
     C = M.cosine_matrix(A, B)
-    r, c = M.assign(C)
+    r, c = M.assign(C, "sparse")
     r0, c0 = linear_sum_assignment(C.astype(np.float64), maximize=True)
     assert C[r, c].astype(np.float64).sum() == pytest.approx(C[r0, c0].astype(np.float64).sum(), abs=1e-6)
 
