@@ -41,6 +41,10 @@ def tables():
                            "enc_shared": np.linspace(0.1, 0.4, 8), "dec_mean_cos": np.linspace(0.4, 0.7, 8)})
     emb = pd.DataFrame({"x": rng.normal(size=300), "y": rng.normal(size=300), "sae": np.repeat(["a", "b", "c"], 100),
                         "layer": np.tile([3, 6], 150)})
+    names = [f"{a}-k{k}" for a in ("topk", "relu", "tree") for k in (16, 32)]
+    allp = pd.DataFrame([dict(a=a, b=b, architecture_a=a.split("-")[0], architecture_b=b.split("-")[0],
+                              dec_shared=rng.random(), enc_shared=np.nan if "tree" in a + b else rng.random())
+                         for i, a in enumerate(names) for b in names[i + 1:] if (a, b) != ("topk-k16", "relu-k32")])
     toks = pd.DataFrame({"layer": np.repeat([3, 6, 9], 200), "sae_nmse": rng.random(600) * 0.5,
                          "ce_increase": rng.normal(0.1, 0.2, 600)})
     l0 = pd.DataFrame({"architecture": np.repeat(["topk", "batchtopk", "relu"], 300),
@@ -49,11 +53,11 @@ def tables():
             "treesae_levels": (levels,), "hierarchy_correlation": (coact, cosine),
             "position_activation_layers": (profile,), "position_deciles": (deciles,),
             "position_intervention": (interv,), "matching_enc_vs_dec": (feats,), "matching_by_factor": (factors,),
-            "matching_layers": (layers,), "decoder_umap": (emb,), "lm_vs_sae_loss": (toks,), "l0_distribution": (l0,)}
+            "matching_layers": (layers,), "matching_all_pairs": (allp,), "decoder_umap": (emb,), "lm_vs_sae_loss": (toks,), "l0_distribution": (l0,)}
 
 
 def test_registry_covers_every_slug():
-    assert set(F.FIGURES) == set(tables()) and len(F.FIGURES) == 14
+    assert set(F.FIGURES) == set(tables()) and len(F.FIGURES) == 15
     assert all(f.__doc__ and "Columns" in f.__doc__ for f in F.FIGURES.values())
 
 

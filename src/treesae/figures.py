@@ -294,6 +294,30 @@ def matching_layers(pairs: pd.DataFrame, path) -> Path:
     return _save(fig, path)
 
 
+def matching_all_pairs(pairs: pd.DataFrame, path) -> Path:
+    """Shared ratio (cos > 0.7) between every matched pair of SAEs: decoder matching below the diagonal,
+    encoder matching above (blank: pair not matched, or encoder directions undefined). SAEs are ordered
+    by architecture, then name. Columns: a, b, dec_shared, enc_shared, architecture_a, architecture_b."""
+    _need(pairs, "a", "b", "dec_shared", "enc_shared", "architecture_a", "architecture_b", name="pairs")
+    arch = dict(zip(pairs.a, pairs.architecture_a)) | dict(zip(pairs.b, pairs.architecture_b))
+    rank = {a: i for i, a in enumerate(_order(arch.values()))}
+    names = sorted(arch, key=lambda s: (rank[arch[s]], s))
+    idx = {s: i for i, s in enumerate(names)}
+    M = np.full((len(names), len(names)), np.nan)
+    for a, b, d, e in zip(pairs.a, pairs.b, pairs.dec_shared, pairs.enc_shared):
+        lo, hi = sorted((idx[a], idx[b]))
+        M[hi, lo], M[lo, hi] = d, e
+    n = len(names)
+    fig, axs = _fig(max(5.0, 2.5 + 0.22 * n), max(4.2, 1.8 + 0.2 * n))
+    ax = axs[0, 0]
+    sns.heatmap(M, vmin=0, vmax=1, cmap="viridis", square=True, ax=ax, xticklabels=names, yticklabels=names,
+                cbar_kws=dict(label="shared ratio (cos > 0.7)", shrink=0.7))
+    ax.tick_params(labelsize=max(4, 9 - n // 8))
+    ax.grid(False)
+    ax.set(title="Shared features, every pair (below: decoder, above: encoder)")
+    return _save(fig, path)
+
+
 def decoder_umap(emb: pd.DataFrame, path, title: str = "Decoder directions (UMAP, cosine)") -> Path:
     """2-D map (UMAP or t-SNE, ``decoder_embedding``) of unit decoder rows of several SAEs, one colour per
     SAE. Columns: x, y, sae."""
@@ -389,5 +413,5 @@ def l0_distribution(l0: pd.DataFrame, path) -> Path:
 FIGURES = {f.__name__: f for f in [frontier_nmse_l0, frontier_ce_l0, dead_latents_training, treesae_levels,
                                    hierarchy_correlation, position_activation_layers, position_deciles,
                                    position_intervention, matching_enc_vs_dec, matching_by_factor, matching_layers,
-                                   decoder_umap, lm_vs_sae_loss, l0_distribution]}
+                                   matching_all_pairs, decoder_umap, lm_vs_sae_loss, l0_distribution]}
 ANIMATIONS = {"decoder_umap_layers": decoder_umap_animation}

@@ -2,6 +2,7 @@
 from types import SimpleNamespace
 
 import pandas as pd
+import pytest
 
 from treesae.stages import hierarchy, matching, position
 
@@ -22,6 +23,16 @@ def test_matching_pairs_single_factor_and_adjacent_layers():
     # 7 architectures x 3 k: C(7,2)*3 architecture pairs, 7*C(3,2) k pairs; seeds 0,1,2; sizes; layers; recipes
     assert counts == {"architecture": 63, "k": 21, "seed": 3, "d_sae": 3, "layer": 6, "dataset": 1, "aux_k": 1,
                       "tied_init": 1, "b_dec_init": 1}
+    every = matching.plan_pairs(meta, matching.FACTORS, "all")  # the planned pairs first, then every other pair
+    assert every[:len(pairs)] == pairs and len(every) == len({frozenset(p) for p in every}) == len(m) * (len(m) - 1) // 2
+    assert matching.MatchingParams().pairs == "all"
+    t = matching.annotate_pairs(pd.DataFrame(every, columns=["a", "b"]), meta, m, matching.FACTORS)
+    one = t.factor.notna()  # pairs differing in several factors keep a row, without factor values
+    assert one.sum() == len(pairs) and t[~one].value_a.isna().all() and t[~one].value_b.isna().all()
+    r = t.set_index(["a", "b"]).loc[("topk-brown-L15-d4608-k32-s0", "topk-brown-L15-d4608-k32-s1")]
+    assert (r.factor, r.value_a, r.value_b, r.architecture_b) == ("seed", 0, 1, "topk")
+    with pytest.raises(ValueError, match="matching.pairs must be all or planned"):
+        matching.MatchingParams(pairs="some")
     assert matching.representative_pair(m, meta, "seed", matching.FACTORS) == ("topk-brown-L15-d4608-k32-s0",
                                                                               "topk-brown-L15-d4608-k32-s1")
 

@@ -30,7 +30,7 @@ TABLES = {  # name -> path under data/ (what stage 06 reads; dvc.yaml lists the 
     "position.intervention": "analysis/position/intervention.csv",
     "position.lm_vs_sae_tokens": "analysis/position/lm_vs_sae_tokens.csv",
     "position.corpora": "analysis/position/corpora.csv", "position.metrics": "analysis/position/metrics.json",
-    "matching.factors": "analysis/matching/factors.csv", "matching.pair_features": "analysis/matching/pair_features.csv",
+    "matching.pairs": "analysis/matching/pairs.csv", "matching.factors": "analysis/matching/factors.csv", "matching.pair_features": "analysis/matching/pair_features.csv",
     "matching.layer_pairs": "analysis/matching/layer_pairs.csv",
     "matching.embedding_umap": "analysis/matching/embedding_umap.csv",
     "matching.embedding_tsne": "analysis/matching/embedding_tsne.csv", "matching.metrics": "analysis/matching/metrics.json",
@@ -134,6 +134,8 @@ def figure_args(tables: dict, slug: str) -> tuple:
         return (t["matching.factors"],), {}
     if slug == "matching_layers":
         return (t["matching.layer_pairs"],), {}
+    if slug == "matching_all_pairs":
+        return (t["matching.pairs"],), {}
     if slug == "decoder_umap":
         return (t["matching.embedding_umap"],), {}
     if slug == "decoder_tsne":

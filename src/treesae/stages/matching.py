@@ -1,8 +1,9 @@
 """Stage 04: feature matching across SAEs (BRIEF 1c part two, 1d).
 
-Every SAE of stage 02 enters; pairs are those that differ in exactly one training factor
-(``analysis.matching.single_factor_pairs``) plus SAEs of adjacent harvested layers (``layer_pairs``),
-not all pairs (each matching costs seconds). Per pair, latents are matched one-to-one by the cosine of
+Every SAE of stage 02 enters. ``pairs: all`` (the default) matches every unordered pair of SAEs;
+``pairs: planned`` only those the factor and layer analyses need: pairs that differ in exactly one
+training factor (``analysis.matching.single_factor_pairs``) plus SAEs of adjacent harvested layers
+(``layer_pairs``), a fifth of all pairs in the default sweep. Per pair, latents are matched one-to-one by the cosine of
 their decoder rows and, separately, of their encoder columns (Hungarian assignment); a latent is
 *shared* when its matched cosine exceeds ``threshold`` (0.7), and the shared ratio is over the smaller
 dictionary. Writes to data/analysis/matching/:
@@ -23,6 +24,7 @@ dictionary. Writes to data/analysis/matching/:
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,8 +41,9 @@ INIT_FACTORS = ("seed", "tied_init")  # change the random init (tied_init: an in
 class MatchingParams:
     threshold: float = 0.7             # a matched latent is shared above this cosine
     factors: list = field(default_factory=lambda: list(FACTORS))  # training factors a single-factor pair may differ in
-    method: str = "auto"               # assignment solver: auto, sparse (certified), dense (scipy)
-    n_jobs: int = 1                    # pairs matched concurrently (threads); results do not depend on it
+    pairs: str = "all"                 # all: every unordered pair of SAEs; planned: single-factor + adjacent-layer pairs
+    method: str = "auto"               # assignment solver (all exact): auto (lapjv / scipy), sparse (certified), scipy
+    n_jobs: int = 2                    # pairs matched concurrently (threads); results do not depend on it
     pair_factor: str = "dataset"       # representative pair: the base run and the run differing only in this factor
     embedding_grids: list = field(default_factory=lambda: ["base", "layer", "seed", "dataset"])
     max_per_sae: int = 500             # decoder rows per SAE in the embedding (seeded subsample)
@@ -52,8 +55,10 @@ class MatchingParams:
     def __post_init__(self):
         if not 0 < self.threshold < 1:
             raise ValueError(f"matching.threshold must be in (0, 1), got {self.threshold}")
-        if self.method not in ("auto", "sparse", "dense"):
-            raise ValueError(f"matching.method must be auto, sparse or dense, got {self.method!r}")
+        if self.pairs not in ("all", "planned"):
+            raise ValueError(f"matching.pairs must be all or planned, got {self.pairs!r}")
+        if self.method not in ("auto", "sparse", "scipy"):
+            raise ValueError(f"matching.method must be auto, sparse or scipy, got {self.method!r}")
         if self.max_per_sae < 2 or self.n_jobs < 1:
             raise ValueError("matching.max_per_sae must be >= 2 and matching.n_jobs >= 1")
 
@@ -72,11 +77,13 @@ def adjacent_layer_pairs(meta: pd.DataFrame, factors) -> list[tuple]:
     return M.layer_pairs(meta, tuple(factors))
 
 
-def plan_pairs(meta: pd.DataFrame, factors) -> list[tuple]:
-    """single_factor_pairs + layer_pairs, without duplicates (unordered), in that order."""
+def plan_pairs(meta: pd.DataFrame, factors, which: str = "planned") -> list[tuple]:
+    """single_factor_pairs + layer_pairs, without duplicates (unordered), in that order; ``which="all"``
+    appends every other unordered pair of meta's index (in index order)."""
     from ..analysis import matching as M
     seen, out = set(), []
-    for a, b in M.single_factor_pairs(meta, tuple(factors)) + adjacent_layer_pairs(meta, factors):
+    rest = list(itertools.combinations(meta.index, 2)) if which == "all" else []
+    for a, b in M.single_factor_pairs(meta, tuple(factors)) + adjacent_layer_pairs(meta, factors) + rest:
         key = frozenset((a, b))
         if key not in seen:
             seen.add(key)
@@ -104,9 +111,10 @@ def setup(model: dict, matching: dict) -> dict:
     config.pin_threads(mp.threads)
     metrics = common.read_metrics()
     meta = meta_table(metrics, mt.factors)
-    pairs = plan_pairs(meta, mt.factors)
+    pairs = plan_pairs(meta, mt.factors, mt.pairs)
     if not pairs:
-        raise ValueError("no pair of SAEs differs in a single factor: the sweep has nothing to match.")
+        raise ValueError("no pair of SAEs to match: the sweep needs two SAEs (with pairs: planned, two that differ "
+                         "in a single factor).")
     return dict(model=mp, matching=mt, metrics=metrics, meta=meta, pairs=pairs,
                 pair=representative_pair(metrics, meta, mt.pair_factor, mt.factors), out=common.out_dir(NAME))
 
@@ -127,14 +135,24 @@ def load_saes(setup: dict) -> dict:
 def compare(setup: dict, saes: dict) -> pd.DataFrame:
     """``compare_saes`` over the planned pairs, with the differing factor and its two values."""
     from ..analysis import matching as M
-    mt, meta = setup["matching"], setup["meta"]
+    mt = setup["matching"]
     t = M.compare_saes(saes, setup["pairs"], threshold=mt.threshold, method=mt.method, n_jobs=mt.n_jobs)
-    t.insert(2, "factor", [M.differing_factor(meta, a, b, tuple(mt.factors)) for a, b in zip(t.a, t.b)])
-    t.insert(3, "value_a", [meta.at[a, f] for a, f in zip(t.a, t.factor)])
-    t.insert(4, "value_b", [meta.at[b, f] for b, f in zip(t.b, t.factor)])
-    t.insert(5, "architecture_a", [setup["metrics"].at[a, "architecture"] for a in t.a])
-    t.insert(6, "architecture_b", [setup["metrics"].at[b, "architecture"] for b in t.b])
+    t = annotate_pairs(t, setup["meta"], setup["metrics"], mt.factors)
     common.write_table(t, setup["out"] / "pairs.csv")
+    return t
+
+
+def annotate_pairs(t: pd.DataFrame, meta: pd.DataFrame, metrics: pd.DataFrame, factors) -> pd.DataFrame:
+    """Insert after a, b: the one factor the pair differs in (None for several or none), its two values,
+    and both architectures."""
+    from ..analysis import matching as M
+    t = t.copy()
+    f = [M.differing_factor(meta, a, b, tuple(factors)) for a, b in zip(t.a, t.b)]
+    t.insert(2, "factor", f)
+    for i, side in ((3, "a"), (4, "b")):
+        t.insert(i, f"value_{side}", [meta.at[x, g] if g in meta.columns else None for x, g in zip(t[side], f)])
+    t.insert(5, "architecture_a", [metrics.at[a, "architecture"] for a in t.a])
+    t.insert(6, "architecture_b", [metrics.at[b, "architecture"] for b in t.b])
     return t
 
 
@@ -213,10 +231,12 @@ def summarize(setup: dict) -> dict:
     """Headline numbers, written to metrics.json (stage 06 prefixes "matching.").
 
     Keys (F: a differing factor; La_Lb: adjacent layers; R: a run name):
-      threshold, n_saes, n_pairs, factors (factors with pairs, most feature-changing first)
+      threshold, n_saes, n_pairs, all_pairs (bool), factors (factors with pairs, most feature-changing first)
       most_changing_factor, least_changing_factor, dataset_changes_most (bool)
       most_changing_factor_same_init    the same among factors that keep the random init (not INIT_FACTORS)
       factor.{F}.{n_pairs,dec_shared,dec_shared_min,dec_shared_max,enc_shared,dec_mean_cos}
+      seed.{same,diff}.{n_pairs,dec_shared}   mean decoder shared ratio over matched pairs whose seeds are
+                                        equal (a shared random decoder init) / differ
       pair.{a,b,factor}                 the representative pair
       pair.{dec_shared,enc_shared,dec_mean_cos,enc_mean_cos,agree}
       pair.frac_shared_dec_only / frac_shared_enc_only / frac_shared_both
@@ -233,11 +253,18 @@ def summarize(setup: dict) -> dict:
     pairs, fac, feats = (common.read_table(out / n) for n in ("pairs.csv", "factors.csv", "pair_features.csv"))
     t2, lay, emb = (common.read_table(out / n) for n in ("top2.csv", "layer_pairs.csv", "embedding_umap.csv"))
     thr = mt.threshold
-    m = dict(threshold=thr, n_saes=len(set(pairs.a) | set(pairs.b)), n_pairs=len(pairs), factors=list(fac.factor),
+    m = dict(threshold=thr, n_saes=len(set(pairs.a) | set(pairs.b)), n_pairs=len(pairs), all_pairs=mt.pairs == "all",
+             factors=list(fac.factor),
              most_changing_factor=fac.factor.iloc[0] if len(fac) else None,
              least_changing_factor=fac.factor.iloc[-1] if len(fac) else None,
              dataset_changes_most=bool(len(fac) and fac.factor.iloc[0] == "dataset"),
              most_changing_factor_same_init=next((f for f in fac.factor if f not in INIT_FACTORS), None))
+    seed = setup["metrics"].seed
+    same = pairs.a.map(seed).to_numpy() == pairs.b.map(seed).to_numpy()
+    for key, sel in (("same", same), ("diff", ~same)):
+        m[f"seed.{key}.n_pairs"] = int(sel.sum())
+        if sel.any():
+            m[f"seed.{key}.dec_shared"] = pairs.dec_shared[sel].mean()
     for _, r in fac.iterrows():
         for c in ("n_pairs", "dec_shared", "dec_shared_min", "dec_shared_max", "enc_shared", "dec_mean_cos"):
             m[f"factor.{r.factor}.{c}"] = r[c]
