@@ -3,10 +3,10 @@
 Every SAE of stage 02 enters. ``pairs: all`` (the default) matches every unordered pair of SAEs;
 ``pairs: planned`` only those the factor and layer analyses need: pairs that differ in exactly one
 training factor (``analysis.matching.single_factor_pairs``) plus SAEs of adjacent harvested layers
-(``layer_pairs``), a fifth of all pairs in the default sweep. Per pair, latents are matched one-to-one by the cosine of
-their decoder rows and, separately, of their encoder columns (Hungarian assignment); a latent is
-*shared* when its matched cosine exceeds ``threshold`` (0.7), and the shared ratio is over the smaller
-dictionary. Writes to data/analysis/matching/:
+(``layer_pairs``), a fifth of all pairs in the default sweep. Per pair, latents are matched one-to-one
+by the cosine of their decoder rows and, separately, of their encoder columns (Hungarian assignment); a
+latent is *shared* when its matched cosine exceeds ``threshold`` (0.7), and the shared ratio is over the
+smaller dictionary. Writes to data/analysis/matching/:
 
 * ``pairs.csv``: ``compare_saes`` per pair (n_a, n_b, dec/enc shared ratio and mean cosine, agree =
   fraction of latents whose decoder and encoder partners coincide, within-SAE top-2 control) with the
@@ -133,7 +133,7 @@ def load_saes(setup: dict) -> dict:
 
 
 def compare(setup: dict, saes: dict) -> pd.DataFrame:
-    """``compare_saes`` over the planned pairs, with the differing factor and its two values."""
+    """``compare_saes`` over the pairs of ``plan_pairs``, annotated (``annotate_pairs``)."""
     from ..analysis import matching as M
     mt = setup["matching"]
     t = M.compare_saes(saes, setup["pairs"], threshold=mt.threshold, method=mt.method, n_jobs=mt.n_jobs)
