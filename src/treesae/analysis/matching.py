@@ -28,7 +28,10 @@ none (near-init or different-seed dictionaries); on the default sweep it is slow
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import itertools
+from pathlib import Path
 
 import lapjv
 import numpy as np
@@ -40,6 +43,8 @@ from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
 THRESHOLD = 0.7
 FACTORS = ("dataset", "seed", "architecture", "k", "d_sae", "b_dec_init", "tied_init", "layer")
+PAIR_COLUMNS = ["a", "b", "n_a", "n_b", "dec_shared", "dec_mean_cos", "enc_shared", "enc_mean_cos", "agree", "top2_a",
+                "top2_b"]
 
 
 def _np32(W) -> np.ndarray:
@@ -255,8 +260,32 @@ def match_pair(sae_a, sae_b, method: str = "auto") -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------- many SAEs
+@functools.cache
+def _code_digest() -> bytes:
+    """This module's source and the solvers' versions: a change to either invalidates cached pair rows."""
+    from importlib.metadata import version
+    libs = " ".join(version(p) for p in ("numpy", "scipy", "torch", "lapjv"))
+    return hashlib.sha256(Path(__file__).read_bytes() + libs.encode()).digest()
+
+
+def _digest(*arrays) -> bytes:
+    h = hashlib.sha256()
+    for W in arrays:
+        h.update(b"none" if W is None else f"{W.dtype}{W.shape}".encode())
+        if W is not None:
+            h.update(np.ascontiguousarray(W).data)
+    return h.digest()
+
+
+def pair_key(digest_a: bytes, digest_b: bytes, threshold: float, method: str) -> str:
+    """Cache key of one ordered pair's ``compare_saes`` row: the two SAEs' unit decoder and encoder directions
+    (digests), threshold, method, and ``_code_digest``."""
+    params = f"{method}|{float(threshold).hex()}".encode()
+    return hashlib.sha256(_code_digest() + digest_a + digest_b + params).hexdigest()
+
+
 def compare_saes(saes: dict, pairs=None, threshold: float = THRESHOLD, method: str = "auto",
-                 features: bool = False, n_jobs: int = 1):
+                 features: bool = False, n_jobs: int = 1, cache=None):
     """Match every pair (default: all unordered pairs, in dict order) by decoder and by encoder.
 
     Per pair: n_a, n_b; dec_shared / enc_shared = shared ratio (cos > threshold, over the smaller SAE);
@@ -268,36 +297,54 @@ def compare_saes(saes: dict, pairs=None, threshold: float = THRESHOLD, method: s
     assignments, 1.7 s on average over the default sweep's 496 pairs on 2 cores with n_jobs=2 (0.3 s to
     ~15 s, see the module docstring); ``single_factor_pairs`` / ``layer_pairs`` pick the pairs the factor
     and layer analyses need when all pairs are too many.
+
+    cache: None, or a thread-safe store with ``get(key)`` (a row without a, b, or None) and ``cache[key] = row``
+    (a dict, or ``stages.matching.PairCache`` on disk), keyed by ``pair_key``. Cached pairs are not recomputed
+    (features=True recomputes all: per-latent tables are not cached); each computed row is stored as soon as
+    its pair finishes, so an interrupted call loses only the pairs in flight. The table is the same either way.
     """
     from concurrent.futures import ThreadPoolExecutor
     names = list(saes)
     pairs = list(itertools.combinations(names, 2)) if pairs is None else [tuple(p) for p in pairs]
     used = list(dict.fromkeys(n for p in pairs for n in p))
-    dirs = {}
+    dirs, digest = {}, {}
     for n in used:
-        e = directions(saes[n], "encoder")
-        dirs[n] = dict(W_dec=normalize_rows(directions(saes[n], "decoder")),
-                       W_enc=None if e is None else normalize_rows(e).T)
-    top2 = {n: float((within_sae_top2(dirs[n]["W_dec"]) > threshold).mean()) for n in used}
+        d, e = normalize_rows(directions(saes[n], "decoder")), directions(saes[n], "encoder")
+        e = None if e is None else normalize_rows(e)
+        dirs[n] = dict(W_dec=d, W_enc=None if e is None else e.T)
+        digest[n] = _digest(d, e) if cache is not None else None
+    keys = [pair_key(digest[a], digest[b], threshold, method) if cache is not None else None for a, b in pairs]
+    rows = [cache.get(k) if cache is not None and not features else None for k in keys]
+    todo = [i for i, r in enumerate(rows) if r is None]
+    if cache is not None:
+        print(f"matching: {len(pairs) - len(todo)}/{len(pairs)} pairs cached, {len(todo)} to compute", flush=True)
+    top2 = {n: float((within_sae_top2(dirs[n]["W_dec"]) > threshold).mean())
+            for n in dict.fromkeys(x for i in todo for x in pairs[i])}
+    done, step = itertools.count(1), max(1, len(todo) // 10)
 
-    def one(pair):
-        a, b = pair
+    def one(i):
+        a, b = pairs[i]
         f = match_pair(dirs[a], dirs[b], method)
         enc = bool(f.cos_enc.notna().all())
-        row = dict(a=a, b=b, n_a=len(dirs[a]["W_dec"]), n_b=len(dirs[b]["W_dec"]),
+        row = dict(n_a=len(dirs[a]["W_dec"]), n_b=len(dirs[b]["W_dec"]),
                    dec_shared=shared_ratio(f.cos_dec, threshold), dec_mean_cos=float(f.cos_dec.mean()),
                    enc_shared=shared_ratio(f.cos_enc, threshold) if enc else np.nan,
                    enc_mean_cos=float(f.cos_enc.mean()) if enc else np.nan,
                    agree=float((f.j_dec == f.j_enc).mean()) if enc else np.nan, top2_a=top2[a], top2_b=top2[b])
+        if cache is not None:
+            cache[keys[i]] = row
+            if (k := next(done)) % step == 0:
+                print(f"matching: {k}/{len(todo)} computed", flush=True)
         return row, (f.assign(a=a, b=b) if features else None)
 
     if n_jobs > 1:
         with ThreadPoolExecutor(n_jobs) as ex:
-            out = list(ex.map(one, pairs))
+            out = list(ex.map(one, todo))
     else:
-        out = [one(p) for p in pairs]
-    table = pd.DataFrame([r for r, _ in out], columns=["a", "b", "n_a", "n_b", "dec_shared", "dec_mean_cos",
-                                                      "enc_shared", "enc_mean_cos", "agree", "top2_a", "top2_b"])
+        out = [one(i) for i in todo]
+    for i, (r, _) in zip(todo, out):
+        rows[i] = r
+    table = pd.DataFrame([dict(a=a, b=b, **r) for (a, b), r in zip(pairs, rows)], columns=PAIR_COLUMNS)
     if not features:
         return table
     feats = [f for _, f in out]

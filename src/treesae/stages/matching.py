@@ -21,15 +21,26 @@ smaller dictionary. Writes to data/analysis/matching/:
 * ``embedding_umap.csv`` / ``embedding_tsne.csv``: 2-D maps of unit decoder rows of a few SAEs
   (``decoder_embedding``, a seeded subsample of each), with their factors.
 * ``metrics.json``: the headline numbers (keys in ``summarize``).
+
+Resume: each pair's ``compare_saes`` row is stored as soon as it is matched, in data/.partial/matching/
+(``PairCache``; outside DVC's outputs), keyed by both SAEs' unit decoder and encoder directions, threshold,
+method and the matching code (``analysis.matching.pair_key``). A rerun after an interruption matches only the
+missing pairs and writes the same bytes. The cache is kept after success (~300 bytes a pair; stale keys are
+never read): a rerun for another reason (e.g. embedding settings, ``pairs: planned``) matches no pair again.
+``rm -rf data/.partial/matching`` clears it.
 """
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .. import paths
+from ..io import write_bytes_atomic
 from . import common
 
 NAME = "matching"
@@ -40,12 +51,12 @@ INIT_FACTORS = ("seed", "tied_init")  # change the random init (tied_init: an in
 @dataclass
 class MatchingParams:
     threshold: float = 0.7             # a matched latent is shared above this cosine
-    factors: list = field(default_factory=lambda: list(FACTORS))  # training factors a single-factor pair may differ in
+    factors: list[str] = field(default_factory=lambda: list(FACTORS))  # training factors a single-factor pair may differ in
     pairs: str = "all"                 # all: every unordered pair of SAEs; planned: single-factor + adjacent-layer pairs
     method: str = "auto"               # assignment solver (all exact): auto (lapjv / scipy), sparse (certified), scipy
     n_jobs: int = 2                    # pairs matched concurrently (threads); results do not depend on it
     pair_factor: str = "dataset"       # representative pair: the base run and the run differing only in this factor
-    embedding_grids: list = field(default_factory=lambda: ["base", "layer", "seed", "dataset"])
+    embedding_grids: list[str] = field(default_factory=lambda: ["base", "layer", "seed", "dataset"])
     max_per_sae: int = 500             # decoder rows per SAE in the embedding (seeded subsample)
     n_neighbors: int = 15
     min_dist: float = 0.1
@@ -102,12 +113,35 @@ def representative_pair(metrics: pd.DataFrame, meta: pd.DataFrame, factor: str, 
                      f"factor with a grid (e.g. seed, dataset, k).")
 
 
+class PairCache:
+    """``compare_saes`` rows on disk: ``root/<pair_key>.json``, each written atomically (one key per pair, so
+    threads never share a temporary file). An entry that does not parse, or holds another key or other
+    fields, reads as missing (and is recomputed)."""
+
+    def __init__(self, root):
+        from ..analysis.matching import PAIR_COLUMNS
+        self.root, self.fields = Path(root), set(PAIR_COLUMNS[2:])
+
+    def get(self, key):
+        try:
+            d = json.loads((self.root / f"{key}.json").read_text())
+            row = d["row"]
+            if d["key"] == key and set(row) == self.fields and all(type(v) in (int, float) for v in row.values()):
+                return row
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return None
+
+    def __setitem__(self, key, row):
+        write_bytes_atomic(self.root / f"{key}.json", json.dumps(dict(key=key, row=row), sort_keys=True).encode())
+
+
 # --- stage 04, one call per notebook cell ---
 
 def setup(model: dict, matching: dict) -> dict:
     """Validate the section, pin threads, choose the pairs to match."""
     from .. import config
-    mp, mt = config.parse(config.ModelParams, model), config.parse(MatchingParams, matching)
+    mp, mt = config.parse(config.ModelParams, model, "model"), config.parse(MatchingParams, matching, "matching")
     config.pin_threads(mp.threads)
     metrics = common.read_metrics()
     meta = meta_table(metrics, mt.factors)
@@ -133,10 +167,12 @@ def load_saes(setup: dict) -> dict:
 
 
 def compare(setup: dict, saes: dict) -> pd.DataFrame:
-    """``compare_saes`` over the pairs of ``plan_pairs``, annotated (``annotate_pairs``)."""
+    """``compare_saes`` over the pairs of ``plan_pairs``, annotated (``annotate_pairs``); resumes from
+    ``PairCache`` (module docstring)."""
     from ..analysis import matching as M
     mt = setup["matching"]
-    t = M.compare_saes(saes, setup["pairs"], threshold=mt.threshold, method=mt.method, n_jobs=mt.n_jobs)
+    t = M.compare_saes(saes, setup["pairs"], threshold=mt.threshold, method=mt.method, n_jobs=mt.n_jobs,
+                       cache=PairCache(paths.data(".partial", NAME)))
     t = annotate_pairs(t, setup["meta"], setup["metrics"], mt.factors)
     common.write_table(t, setup["out"] / "pairs.csv")
     return t
