@@ -70,12 +70,13 @@ def test_interrupted_harvest_resumes_and_matches(tiny_model, tiny_corpus, tmp_pa
     assert not H.partial_dir(out).exists()
 
 
-def test_damaged_partial_shard_is_refused(tiny_model, tiny_corpus, tmp_path, monkeypatch):
+def test_damaged_partial_shard_is_recomputed(tiny_model, tiny_corpus, tmp_path, monkeypatch):
+    ref = run(tiny_model, tiny_corpus, tmp_path / "ref")
     real, calls = H.forward_layers, []
 
     def dying(*a):
         calls.append(1)
-        if len(calls) == 4:  # first batch of shard 1: shard 0 is complete
+        if len(calls) == 7:  # first batch of shard 2: shards 0 and 1 are complete
             raise KeyboardInterrupt
         return real(*a)
 
@@ -83,11 +84,74 @@ def test_damaged_partial_shard_is_refused(tiny_model, tiny_corpus, tmp_path, mon
     out = tmp_path / "data" / "act"
     with pytest.raises(KeyboardInterrupt):
         run(tiny_model, tiny_corpus, out)
-    monkeypatch.setattr(H, "forward_layers", real)
     shard = H.partial_dir(out) / "shards" / "layer1_00000.npy"
     shard.write_bytes(shard.read_bytes()[:-8])
-    with pytest.raises(CacheError, match="damaged"):
-        run(tiny_model, tiny_corpus, out)
+    counted = []
+    monkeypatch.setattr(H, "forward_layers", lambda *a: counted.append(1) or real(*a))
+    cache = run(tiny_model, tiny_corpus, out)
+    assert len(counted) == 3 + 3 + 1  # shards 0 (damaged), 2 and 3; intact shard 1 kept
+    assert np.array_equal(cache.layer(1)[:], ref.layer(1)[:])
+
+
+def _flip(f, at=-3):
+    data = bytearray(f.read_bytes())
+    data[at] ^= 0xFF
+    f.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "swapped shards", "shard of another layer"])
+def test_damaged_shard_is_refused_before_use(tiny_model, tiny_corpus, tmp_path, damage):
+    cache = run(tiny_model, tiny_corpus, tmp_path / "act")
+    f = cache.shard_file(3, 1)
+    if damage == "flipped byte":
+        _flip(f)
+    elif damage == "swapped shards":  # same shape: shards 0 and 1 both hold 12 contexts
+        a, b = f.read_bytes(), cache.shard_file(3, 0).read_bytes()
+        f.write_bytes(b), cache.shard_file(3, 0).write_bytes(a)
+    else:
+        f.write_bytes(cache.shard_file(1, 1).read_bytes())
+    fresh = ActivationCache.open(cache.path)  # cheap checks (shapes) still pass
+    for use in (lambda: fresh.layer(3), lambda: fresh.activations(3)):
+        with pytest.raises(CacheError, match=r"layer3_0000[01]\.npy.*differs from what the harvest wrote.*Rerun the harvest"):
+            use()
+    fresh.layer(1)  # the other layer is intact
+
+
+def test_damaged_cache_is_repaired_by_the_harvest(tiny_model, tiny_corpus, tmp_path, monkeypatch):
+    cache = run(tiny_model, tiny_corpus, tmp_path / "act")
+    ref = cache.layer(3)[:]
+    _flip(cache.shard_file(3, 2))
+    real, counted = H.forward_layers, []
+    monkeypatch.setattr(H, "forward_layers", lambda *a: counted.append(1) or real(*a))
+    repaired = run(tiny_model, tiny_corpus, tmp_path / "act")
+    assert len(counted) == 3  # only shard 2 (12 contexts, batches of 5)
+    assert np.array_equal(repaired.layer(3)[:], ref)
+    assert not H.partial_dir(tmp_path / "act").exists()
+
+
+def _rewrite(cache, layer, index, fn):
+    """Replace a shard's contents and re-record its sha256, as a harvest that wrote bad data would."""
+    import hashlib
+    f = cache.shard_file(layer, index)
+    arr = fn(np.load(f))
+    np.save(f, arr)
+    meta = json.loads((cache.path / "meta.json").read_text())
+    meta["shards"][index]["sha256"][str(layer)] = hashlib.sha256(f.read_bytes()).hexdigest()
+    (cache.path / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda a: np.zeros_like(a), "is all zero"),
+    (lambda a: np.concatenate([a[..., :4], np.full_like(a[..., 4:5], 0.5), a[..., 5:]], -1), r"has 1 constant dimension\(s\) \(e.g. \[4\]\)"),
+    (lambda a: a * 100, "has median token norm .* where the harvest measured"),
+    (lambda a: a / 100, "has median token norm .* where the harvest measured"),
+])
+def test_implausible_activations_are_refused(tiny_model, tiny_corpus, tmp_path, bad, message):
+    cache = run(tiny_model, tiny_corpus, tmp_path / "act")
+    _rewrite(cache, 3, 1, bad)
+    fresh = ActivationCache.open(cache.path)
+    with pytest.raises(CacheError, match=rf"layer3_00001\.npy \(layer 3\) {message}"):
+        fresh.activations(3)
 
 
 def test_truncated_shard_is_detected(tiny_model, tiny_corpus, tmp_path):
@@ -107,6 +171,8 @@ def test_corrupt_shard_fails_verification(tiny_model, tiny_corpus, tmp_path):
     ActivationCache.open(cache.path)  # shapes still fine
     with pytest.raises(CacheError, match="sha256"):
         ActivationCache.open(cache.path, verify=True)
+    with pytest.raises(CacheError, match="sha256"):
+        ActivationCache.open(cache.path).layer(1)
 
 
 def test_cache_from_another_model_or_layer_is_refused(tiny_model, tiny_corpus, tmp_path):
@@ -128,10 +194,7 @@ def test_nan_activations_are_never_written(tiny_model, tiny_corpus, tmp_path):
 
 def test_nan_in_a_cache_is_caught_on_load(tiny_model, tiny_corpus, tmp_path):
     cache = run(tiny_model, tiny_corpus, tmp_path / "act")
-    f = cache.shard_file(3, 0)
-    arr = np.load(f)
-    arr[2, 5, 0] = np.nan
-    np.save(f, arr)
+    _rewrite(cache, 3, 0, lambda a: np.where(np.arange(a.size).reshape(a.shape) == 2 * 16 * 32 + 5 * 32, np.nan, a).astype(a.dtype))
     with pytest.raises(CacheError, match="NaN"):
         ActivationCache.open(cache.path).activations(3, "all")
 

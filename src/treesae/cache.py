@@ -10,14 +10,23 @@ Layout of a cache directory::
 A cache is written into ``data/.partial/activations-<corpus>``, one shard at a time (each write
 atomic, progress recorded in ``progress.json``), and renamed into place only when complete; so an
 interrupted harvest resumes where it stopped and a reader never sees a partial cache.
+
+Nothing reads a shard that differs from what the harvest wrote: the first access to a layer
+(``layer``, ``activations``) checks each of its shards' sha256 against ``meta.json`` (a flipped byte,
+a swapped shard, a shard copied from another layer) and its statistics against the harvest's own
+per-layer summary (all-zero, constant or off-scale data). Both run once per layer and process, at
+about the cost of reading the layer once more from the page cache.
 """
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .io import sha256_file
+
+SCALE_TOLERANCE = 4.0  # a shard's median token norm may differ from the harvest summary's by this factor
 
 
 class CacheError(RuntimeError):
@@ -62,6 +71,7 @@ class ShardedArray:
 class ActivationCache:
     def __init__(self, path: Path, meta: dict):
         self.path, self.meta = Path(path), meta
+        self._checked = set()  # layers whose shards passed check_layer in this process
         self.tokens = np.load(self.path / "tokens.npy", mmap_mode="r")
         self.doc_ids = np.load(self.path / "doc_ids.npy", mmap_mode="r")
         self.split = np.load(self.path / "split.npy", mmap_mode="r")
@@ -110,14 +120,56 @@ class ActivationCache:
                     raise CacheError(f"Shard {f} has shape {arr.shape} {arr.dtype}, expected {expected} {m['dtype']}. "
                                      "The cache is truncated or corrupt; delete it and rerun the harvest.")
                 if verify and sha256_file(f) != digest:
-                    raise CacheError(f"Shard {f} fails its sha256 check. The cache is corrupt; delete it and rerun the harvest.")
+                    raise CacheError(f"Shard {f} fails its sha256 check. {self.repair_hint()}")
 
     def shard_file(self, layer: int, index: int) -> Path:
         return self.path / "shards" / f"layer{layer}_{index:05d}.npy"
 
+    def repair_hint(self) -> str:
+        return (f"Rerun the harvest (`dvc repro harvest`, or notebooks/01_harvest.ipynb): it keeps the intact shards of "
+                f"{self.path} and recomputes only the damaged ones.")
+
+    def check_layer(self, layer: int):
+        """Refuse shards of ``layer`` whose bytes differ from the harvest's (sha256 in meta.json) or whose
+        statistics are implausible (all zero, a constant dimension, a median token norm off by more than
+        SCALE_TOLERANCE from the harvest's summary.csv at this layer)."""
+        ref = self._summary_norm(layer)
+        for sh in self.meta["shards"]:
+            f, digest = self.shard_file(layer, sh["index"]), sh["sha256"].get(str(layer))
+            if digest is None or sha256_file(f) != digest:
+                raise CacheError(f"Shard {f} (layer {layer}) differs from what the harvest wrote: its sha256 does not "
+                                 f"match meta.json (flipped bytes, or a shard swapped with or copied from another). "
+                                 f"{self.repair_hint()}")
+            x = np.load(f, mmap_mode="r")[:, 1:].astype(np.float32).reshape(-1, self.meta["d_model"])
+            if not np.isfinite(x).all():
+                raise CacheError(f"Shard {f} (layer {layer}): {int((~np.isfinite(x)).any(1).sum())} token activations are "
+                                 f"NaN/inf. Delete {self.path} and rerun the harvest (dtype float32 if float16 overflowed).")
+            norm = float(np.median(np.linalg.norm(x, axis=1)))
+            const = np.flatnonzero(x.max(0) == x.min(0))
+            problem = ("is all zero" if not x.any() else
+                       f"has {len(const)} constant dimension(s) (e.g. {const[:5].tolist()})" if len(const) else
+                       f"has median token norm {norm:.4g} where the harvest measured {ref:.4g} at this layer"
+                       if ref and not ref / SCALE_TOLERANCE <= norm <= ref * SCALE_TOLERANCE else None)
+            if problem:
+                raise CacheError(f"Shard {f} (layer {layer}) {problem}: these are not this model's activations. "
+                                 f"Delete {self.path} and rerun the harvest.")
+        self._checked.add(layer)
+
+    def _summary_norm(self, layer: int) -> float | None:
+        """Median over positions >= 1 of the harvest summary's median token norm at ``layer``."""
+        f = self.path / "summary.csv"
+        if not f.exists():
+            return None
+        import pandas as pd
+        s = pd.read_csv(f)
+        v = s[(s.layer == layer) & (s.position >= 1)].norm_median.median()
+        return float(v) if v == v and not math.isinf(v) else None
+
     def layer(self, layer: int) -> ShardedArray:
         if layer not in self.meta["layers"]:
             raise CacheError(f"Layer {layer} is not in cache {self.path} (layers {self.meta['layers']}).")
+        if layer not in self._checked:
+            self.check_layer(layer)
         shards = self.meta["shards"]
         return ShardedArray([self.shard_file(layer, s["index"]) for s in shards], [s["n_contexts"] for s in shards],
                             (self.meta["n_contexts"], self.meta["context_len"], self.meta["d_model"]), self.meta["dtype"])

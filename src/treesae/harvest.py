@@ -47,6 +47,12 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _damaged(cache_dir: Path, shards) -> set[int]:
+    """Indices of shards with a layer file missing or not matching its recorded sha256."""
+    return {s["index"] for s in shards for L, digest in s["sha256"].items()
+            if not (f := cache_dir / "shards" / f"layer{L}_{s['index']:05d}.npy").exists() or sha256_file(f) != digest}
+
+
 def partial_dir(out_dir: Path) -> Path:
     """Where an unfinished cache lives: outside the stage's output directory, which DVC clears."""
     return out_dir.parent.with_name(".partial") / f"{out_dir.parent.name}-{out_dir.name}"
@@ -61,21 +67,28 @@ def harvest(model, corpus_dir, out_dir, layers, dtype="float16", batch_size=32, 
         raise ValueError(f"harvest dtype must be 'float16' or 'float32', not {dtype!r}")
     tokens = np.load(corpus_dir / "tokens.npy")
     fp = _fingerprint(model, tokens, layers, dtype, shard_contexts)
-    if (out_dir / "meta.json").exists() and json.loads((out_dir / "meta.json").read_text()).get("fingerprint") == fp:
-        return ActivationCache.open(out_dir)
     part = partial_dir(out_dir)
     prog_file = part / "progress.json"
+    meta_file = out_dir / "meta.json"
+    if meta_file.exists() and json.loads(meta_file.read_text()).get("fingerprint") == fp:
+        shards = json.loads(meta_file.read_text())["shards"]
+        if not _damaged(out_dir, shards):
+            return ActivationCache.open(out_dir)
+        shutil.rmtree(part, ignore_errors=True)  # a finished cache with damaged shards: resume it as a partial one
+        part.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(out_dir, part)
+        os.remove(part / "meta.json")
+        write_json(prog_file, {"fingerprint": fp, "shards": shards})
     prog = json.loads(prog_file.read_text()) if prog_file.exists() else {}
     if prog.get("fingerprint") != fp:
         shutil.rmtree(part, ignore_errors=True)
         prog = {"fingerprint": fp, "shards": []}
     (part / "shards").mkdir(parents=True, exist_ok=True)
+    bad = _damaged(part, prog["shards"])  # a shard recorded as done must still be intact
+    if bad:
+        print(f"harvest {corpus_dir.name}: shard(s) {sorted(bad)} differ from their recorded sha256; recomputing only those")
+        prog["shards"] = [s for s in prog["shards"] if s["index"] not in bad]
     done = {s["index"] for s in prog["shards"]}
-    for s in prog["shards"]:  # a shard recorded as done must still be intact
-        for L, digest in s["sha256"].items():
-            f = part / "shards" / f"layer{L}_{s['index']:05d}.npy"
-            if not f.exists() or sha256_file(f) != digest:
-                raise CacheError(f"Partial harvest {part}: shard {f.name} is damaged. Delete {part} and rerun.")
 
     n_ctx, T = tokens.shape
     starts = list(range(0, n_ctx, shard_contexts))
@@ -154,7 +167,7 @@ def position_summary(model, tokens: np.ndarray, batch_size=32) -> pd.DataFrame:
 def setup(model: dict, harvest: dict):
     """Validate the params.yaml sections, pin threads, stay offline (unless HF_HUB_OFFLINE=0 is set)."""
     from . import config
-    return config.runtime(model), config.parse(config.HarvestParams, harvest)
+    return config.runtime(model), config.parse(config.HarvestParams, harvest, "harvest")
 
 
 def load(params):
@@ -173,6 +186,10 @@ def run(lm, params, progress=True) -> dict:
                                out_dir=paths.data("corpora", name))
         out[corpus] = harvest(lm, cdir, paths.data("activations", name), hp.layers, hp.dtype, hp.batch_size,
                               hp.shard_contexts, hp.summary_contexts, progress)
+    keep = {corpora.safe_name(c) for c in hp.corpora}
+    for d in (paths.data("activations"), paths.data("corpora")):  # outputs persist (dvc.yaml): drop other corpora's
+        for stale in [x for x in d.iterdir() if x.is_dir() and x.name not in keep]:
+            shutil.rmtree(stale)
     return out
 
 
