@@ -22,11 +22,18 @@ def fsync_replace(tmp: Path, dst: Path):
 
 
 def write_bytes_atomic(path, data: bytes):
+    """Write through a temporary sibling and one rename: ``path`` holds the old bytes or the new ones.
+    A failed write (full disk, read-only folder) leaves the old file and no temporary behind."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    fsync_replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        fsync_replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, f"Could not write {path} ({e.strerror or e}); the previous version, if any, is "
+                               f"unchanged. Free disk space or make {path.parent} writable, then rerun.") from e
 
 
 def write_json(path, obj):

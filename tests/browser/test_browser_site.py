@@ -96,6 +96,11 @@ def test_deterministic_and_atomic(data, tmp_path):
     with pytest.raises(Exception):
         browser.write_site(bad, a)
     assert tree_bytes(a) == tb and sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
+    # a killed run's temp dirs (their pid is gone) are removed by the next write; a live run's are not
+    for left in (".a.tmp-999999999", ".a.old-999999999", f".a.tmp-{os.getppid()}"):
+        (tmp_path / left).mkdir()
+    browser.write_site(data, a, shard_size=16)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".a.tmp-{os.getppid()}", "a", "b"]
 
 
 def test_extract_is_deterministic(saes, meta, heldout, model, data, tmp_path):

@@ -157,7 +157,11 @@ def write_site(data: dict, out_dir: str | Path, shard_size: int = SHARD_SIZE, ti
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    for stale in [*out_dir.parent.glob(f".{out_dir.name}.tmp-*"), *out_dir.parent.glob(f".{out_dir.name}.old-*")]:
+        # left by a killed run (its pid is gone)
+        pid = stale.name.rsplit("-", 1)[-1]
+        if stale == tmp or not pid.isdigit() or not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(stale, ignore_errors=True)
     try:
         _write_tree(data, tmp, shard_size, title)
         old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")

@@ -175,12 +175,15 @@ def to_sae_lens(sae: BaseSAE, metadata: dict[str, Any] | None = None) -> SAE:
 
 
 def save_sae(sae: BaseSAE, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
-    """Write ``path/{cfg.json, sae_weights.safetensors, treesae.json}``; returns ``path``."""
+    """Write ``path/{cfg.json, sae_weights.safetensors, treesae.json}`` (atomically: a reader sees the old
+    SAE or the new one, never a mix); returns ``path``."""
+    from ..io import atomic_dir
     path = Path(path)
-    to_sae_lens(sae, metadata).save_model(path)
-    info = {"format": FORMAT_VERSION, "architecture": sae.architecture, "config": sae.cfg.to_dict(),
-            "sae_lens_architecture": json.loads((path / "cfg.json").read_text())["architecture"]}
-    (path / TREESAE_FILENAME).write_text(json.dumps(info, indent=2) + "\n")
+    with atomic_dir(path) as tmp:
+        to_sae_lens(sae, metadata).save_model(tmp)
+        info = {"format": FORMAT_VERSION, "architecture": sae.architecture, "config": sae.cfg.to_dict(),
+                "sae_lens_architecture": json.loads((tmp / "cfg.json").read_text())["architecture"]}
+        (tmp / TREESAE_FILENAME).write_text(json.dumps(info, indent=2) + "\n")
     return path
 
 
