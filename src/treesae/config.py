@@ -2,22 +2,57 @@
 
 A profile (``profiles/<name>.yaml``) overrides some values of ``params.yaml``; ``write_profile``
 merges them into a workspace's own ``params.yaml``, so every stage always reads one plain file.
+YAML is read as DVC reads it (YAML 1.2, ruamel.yaml): ``1e-3`` is a number, ``yes`` a string.
 """
 import copy
+import io
 import os
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 
 from . import paths
+
+
+def _plain(x):
+    """ruamel's containers and scalars as plain dict / list / int / float / str / bool."""
+    if isinstance(x, dict):
+        return {_plain(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_plain(v) for v in x]
+    for t in (bool, int, float, str):
+        if isinstance(x, t):
+            return t(x)
+    return x
+
+
+def load_yaml(text: str, source="params.yaml"):
+    try:
+        return _plain(YAML(typ="safe", pure=True).load(text))
+    except YAMLError as e:
+        raise ValueError(f"{source} is not valid YAML: {e}") from None
+
+
+def dump_yaml(obj) -> str:
+    y = YAML(typ="safe", pure=True)
+    y.default_flow_style, y.sort_base_mapping_type_on_output = False, False
+    buf = io.StringIO()
+    y.dump(obj, buf)
+    return buf.getvalue()
 
 
 def read_params(root: Path | None = None) -> dict:
     f = Path(root or paths.root()) / "params.yaml"
     if not f.exists():
         raise FileNotFoundError(f"{f} not found: run from a checkout of the repository (or set TREESAE_ROOT).")
-    return yaml.safe_load(f.read_text())
+    params = load_yaml(f.read_text(), str(f))
+    if not isinstance(params, dict):
+        raise ValueError(f"{f} must be a mapping of sections (model, harvest, train, ...), got {type(params).__name__}.")
+    return params
 
 
 def section(name: str) -> dict:
@@ -43,10 +78,11 @@ def profile_params(profile: str) -> dict:
     if not f.exists():
         known = ["default"] + sorted(p.stem for p in (paths.REPO / "profiles").glob("*.yaml"))
         raise ValueError(f"Unknown profile {profile!r}; known profiles: {known}.")
-    unknown = _unknown_keys(params, yaml.safe_load(f.read_text()) or {})
+    over = load_yaml(f.read_text(), str(f)) or {}
+    unknown = _unknown_keys(params, over)
     if unknown:
         raise ValueError(f"{f} overrides keys that params.yaml does not have: {unknown}. Fix the spelling.")
-    return merge(params, yaml.safe_load(f.read_text()) or {})
+    return merge(params, over)
 
 
 def _unknown_keys(base, over, prefix="", depth=2):
@@ -64,7 +100,7 @@ def write_profile(profile: str, dest: Path):
     params = profile_params(profile)
     params["profile"] = profile
     text = f"# Generated from params.yaml + profiles/{profile}.yaml by treesae.config; edit those instead.\n"
-    Path(dest).write_text(text + yaml.safe_dump(params, sort_keys=False))
+    Path(dest).write_text(text + dump_yaml(params))
 
 
 def pin_threads(n: int):
@@ -82,7 +118,7 @@ def pin_threads(n: int):
 def runtime(model: dict) -> "ModelParams":
     """Validate the model section, pin threads, and stay offline unless a hub model is asked for."""
     from .model import LOCAL_MODELS, set_offline
-    mp = parse(ModelParams, model)
+    mp = parse(ModelParams, model, "model")
     pin_threads(mp.threads)
     if mp.name in LOCAL_MODELS:
         set_offline()
@@ -107,8 +143,8 @@ class ModelParams:
 
 @dataclass
 class HarvestParams:
-    corpora: list = field(default_factory=lambda: ["brown", "pydocs"])
-    layers: list = field(default_factory=lambda: [3, 9, 15, 21])
+    corpora: list[str] = field(default_factory=lambda: ["brown", "pydocs"])
+    layers: list[int] = field(default_factory=lambda: [3, 9, 15, 21])
     context_len: int = 128
     max_contexts: int | None = 4096
     heldout_fraction: float = 0.1
@@ -119,7 +155,12 @@ class HarvestParams:
     seed: int = 0
 
     def __post_init__(self):
+        from .corpora import SOURCES
         _check(len(self.corpora) > 0, "harvest.corpora is empty: name at least one corpus (brown, pydocs or hf:<dataset>)")
+        for c in self.corpora:
+            _check(c in SOURCES or c.startswith("hf:") and len(c) > 3,
+                   f"harvest.corpora: unknown corpus {c!r}; use one of {sorted(SOURCES)} or 'hf:<dataset>[:<split>[:<field>]]'")
+        _check(len(set(self.corpora)) == len(self.corpora), f"harvest.corpora lists a corpus twice: {self.corpora}")
         _check(len(self.layers) > 0 and all(isinstance(L, int) and L >= 0 for L in self.layers),
                f"harvest.layers must be a non-empty list of layer indices >= 0, got {self.layers}")
         _check(self.context_len >= 2, f"harvest.context_len must be >= 2, got {self.context_len}")
@@ -130,11 +171,52 @@ class HarvestParams:
             _check(getattr(self, k) >= 1, f"harvest.{k} must be >= 1, got {getattr(self, k)}")
 
 
-def parse(cls, values: dict | None):
-    """Build a params dataclass, naming unknown keys (typos) instead of ignoring them."""
+def describe(hint) -> str:
+    """A type hint in words: ``int | None`` -> "an integer or null"."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(describe(a) for a in typing.get_args(hint))
+    origin, args = typing.get_origin(hint) or hint, typing.get_args(hint)
+    words = {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a mapping",
+             list: "a list", tuple: "a list", type(None): "null"}
+    of = f" of {describe(args[0]).split(' ', 1)[-1]}s" if args and origin in (list, tuple) else ""
+    return words.get(origin, getattr(origin, "__name__", str(origin))) + of
+
+
+def type_ok(value, hint) -> bool:
+    """YAML values against a field's type hint (bool is not an int; an int is a float)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(type_ok(value, a) for a in typing.get_args(hint))
+    origin, args = typing.get_origin(hint) or hint, typing.get_args(hint)
+    if hint is typing.Any:
+        return True
+    if origin is type(None):
+        return value is None
+    if origin is bool:
+        return isinstance(value, bool)
+    if origin is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple)) and all(type_ok(v, args[0]) for v in value) if args else isinstance(value, (list, tuple))
+    return isinstance(value, origin) if isinstance(origin, type) else True
+
+
+def parse(cls, values: dict | None, section: str | None = None):
+    """Build a params dataclass from a params.yaml section, naming unknown keys (typos) and values of
+    the wrong type (section, key, value, expected type) instead of ignoring them or failing later."""
+    section = section or cls.__name__
+    if values is not None and not isinstance(values, dict):
+        raise ValueError(f"params.yaml: {section} must be a mapping of keys to values, got {values!r}.")
     values = dict(values or {})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in fields(cls) if f.init]
+    unknown = sorted(set(values) - set(known))
     if unknown:
-        raise ValueError(f"Unknown parameter(s) {unknown} for {cls.__name__}; known: {sorted(known)}. Check params.yaml.")
+        raise ValueError(f"params.yaml: unknown key(s) {unknown} in {section}; known keys: {', '.join(known)}. "
+                         "Fix the spelling.")
+    for k, v in values.items():
+        if not type_ok(v, hints.get(k, typing.Any)):
+            raise ValueError(f"params.yaml: {section}.{k} must be {describe(hints[k])}, got {v!r} "
+                             f"({type(v).__name__}).")
     return cls(**values)

@@ -18,7 +18,7 @@ import torch
 
 from . import paths
 from .cache import ActivationCache, hook_name
-from .io import write_json
+from .io import write_bytes_atomic, write_json
 
 HIERARCHICAL = ("stacked", "residual", "tree")
 RUN_FIELDS = ("architecture", "corpus", "layer", "d_sae", "k", "seed", "options")
@@ -54,17 +54,45 @@ def split_k(k: int, n_levels: int) -> list[int]:
     return [k // n_levels + (l >= n_levels - k % n_levels) for l in range(n_levels)]
 
 
+RUN_TYPES = dict(architecture=str, corpus=str, layer=int, d_sae=int, k=int, seed=int, options=dict)
+
+
+def _check_field(where: str, key: str, value):
+    from .config import describe, type_ok
+    if not type_ok(value, RUN_TYPES[key]):
+        raise ValueError(f"params.yaml: {where}.{key} must be {describe(RUN_TYPES[key])}, got {value!r} "
+                         f"({type(value).__name__}).")
+    if key in ("d_sae", "k") and value < 1 or key == "layer" and value < 0:
+        raise ValueError(f"params.yaml: {where}.{key} must be {'>= 0' if key == 'layer' else '>= 1'}, got {value}.")
+
+
 def _runs_by_grid(train: dict) -> dict[Run, list[str]]:
     """Every run of the sweep (deduplicated, in a stable order) with the grids it belongs to."""
+    if not isinstance(train.get("base"), dict):
+        raise ValueError(f"params.yaml: train.base must be a mapping of run fields {list(RUN_FIELDS)}, got {train.get('base')!r}.")
     base = dict(train["base"])
     unknown = sorted(set(base) - set(RUN_FIELDS))
-    if unknown:
-        raise ValueError(f"train.base has unknown field(s) {unknown}; fields: {list(RUN_FIELDS)}")
+    missing = sorted(set(RUN_FIELDS[:-1]) - set(base))
+    if unknown or missing:
+        raise ValueError(f"params.yaml: train.base has unknown field(s) {unknown}, lacks {missing}; fields: {list(RUN_FIELDS)}")
+    for key, value in base.items():
+        _check_field("train.base", key, value)
     runs = {}
-    for gname, grid in {"base": {}, **(train.get("grids") or {})}.items():
+    grids = train.get("grids") or {}
+    if not isinstance(grids, dict):
+        raise ValueError(f"params.yaml: train.grids must be a mapping of grid names to {{field: [values]}}, got {grids!r}.")
+    for gname, grid in {"base": {}, **grids}.items():
+        if not isinstance(grid, dict):
+            raise ValueError(f"params.yaml: train.grids.{gname} must map run fields to lists of values, got {grid!r}.")
         bad = sorted(set(grid) - set(RUN_FIELDS))
         if bad:
-            raise ValueError(f"train.grids.{gname} varies unknown field(s) {bad}; fields: {list(RUN_FIELDS)}")
+            raise ValueError(f"params.yaml: train.grids.{gname} varies unknown field(s) {bad}; fields: {list(RUN_FIELDS)}")
+        for key, values in grid.items():
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"params.yaml: train.grids.{gname}.{key} must be a non-empty list of values, got "
+                                 f"{values!r}; an empty grid trains nothing (delete the grid instead).")
+            for v in values:
+                _check_field(f"train.grids.{gname}", key, v)
         keys = list(grid)
         for values in itertools.product(*(grid[k] for k in keys)):
             spec = dict(base, **dict(zip(keys, values)))
@@ -109,6 +137,19 @@ def build(run: Run, d_in: int, architectures: dict):
 # --- stage 02, one call per notebook cell ---
 
 @dataclass
+class EvalParams:
+    heldout_tokens: int | None = 32768     # held-out tokens for the reconstruction metrics (null: all)
+    downstream_contexts: int = 16          # held-out contexts for CE / KL with the reconstruction spliced in (0: none)
+    downstream_batch_size: int = 8
+
+    def __post_init__(self):
+        if self.heldout_tokens is not None and self.heldout_tokens < 1 or self.downstream_contexts < 0 \
+                or self.downstream_batch_size < 1:
+            raise ValueError("params.yaml: train.eval needs heldout_tokens >= 1 (or null), downstream_contexts >= 0, "
+                             f"downstream_batch_size >= 1; got {self}")
+
+
+@dataclass
 class TrainParams:
     base: dict
     grids: dict = field(default_factory=dict)
@@ -118,22 +159,45 @@ class TrainParams:
     drop_first: bool = True
 
 
-def setup(model: dict, harvest: dict, train: dict):
-    """Validate everything and build every SAE before any training starts (fast failure)."""
+def check(model, harvest, train: dict) -> dict:
+    """Validate the train section against the parsed model / harvest params: types of every key and
+    sub-section, architectures, grids, that each run's corpus and layer were harvested, and every SAE
+    config (built on a tiny d_in). Returns the parsed params and the runs; nothing is loaded."""
     from . import config
-    from .harvest import setup as harvest_setup
+    from .saes import ARCHITECTURES
     from .train import TrainConfig
-    mp, hp = harvest_setup(model, harvest)
-    tp = config.parse(TrainParams, train)
+    tp = config.parse(TrainParams, train, "train")
+    tp.eval = config.parse(EvalParams, tp.eval, "train.eval")
+    bad = sorted(set(tp.architectures) - set(ARCHITECTURES))
+    if bad:
+        raise ValueError(f"params.yaml: train.architectures names unknown architecture(s) {bad}; known: "
+                         f"{', '.join(ARCHITECTURES)}.")
+    for name, extra in tp.architectures.items():
+        if not isinstance(extra, dict):
+            raise ValueError(f"params.yaml: train.architectures.{name} must be a mapping of config fields, got {extra!r}.")
     runs = expand(train)
     for run in runs:
-        if run.corpus not in hp.corpora:
-            raise ValueError(f"run {run.name}: corpus {run.corpus!r} is not harvested (harvest.corpora: {hp.corpora}).")
-        if run.layer not in hp.layers:
-            raise ValueError(f"run {run.name}: layer {run.layer} is not harvested (harvest.layers: {hp.layers}).")
-        build(run, 8, tp.architectures)  # config validation (k vs d_sae, unknown fields) on a tiny d_in
-    TrainConfig(**{"threads": mp.threads, **tp.optim})
-    return dict(model=mp, harvest=hp, train=tp, runs=runs)
+        if run.architecture not in ARCHITECTURES:
+            raise ValueError(f"params.yaml: run {run.name}: unknown architecture {run.architecture!r}; known: "
+                             f"{', '.join(ARCHITECTURES)}.")
+        if run.corpus not in harvest.corpora:
+            raise ValueError(f"run {run.name}: corpus {run.corpus!r} is not harvested (harvest.corpora: {harvest.corpora}).")
+        if run.layer not in harvest.layers:
+            raise ValueError(f"run {run.name}: layer {run.layer} is not harvested (harvest.layers: {harvest.layers}).")
+        try:
+            build(run, 8, tp.architectures)  # config validation (k vs d_sae, unknown fields) on a tiny d_in
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"params.yaml: run {run.name} (train.base / grids / architectures.{run.architecture}): {e}") from None
+    optim = config.parse(TrainConfig, {"threads": model.threads, **tp.optim}, "train.optim")
+    return dict(train=tp, runs=runs, optim=optim)
+
+
+def setup(model: dict, harvest: dict, train: dict):
+    """Validate everything and build every SAE before any training starts (fast failure)."""
+    from .harvest import setup as harvest_setup
+    mp, hp = harvest_setup(model, harvest)
+    c = check(mp, hp, train)
+    return dict(model=mp, harvest=hp, train=c["train"], runs=c["runs"])
 
 
 def plan(setup: dict) -> pd.DataFrame:
@@ -144,6 +208,7 @@ def plan(setup: dict) -> pd.DataFrame:
 
 def train_all(setup: dict, progress: bool = True) -> dict:
     """Train each (corpus, layer) group in one pass over its cached activations; save every SAE."""
+    from . import config
     from .corpora import safe_name
     from .saes import save_sae
     from .train import TrainConfig, train_sweep
@@ -151,7 +216,7 @@ def train_all(setup: dict, progress: bool = True) -> dict:
     groups = {}
     for run in s["runs"]:
         groups.setdefault((run.corpus, run.layer), []).append(run)
-    cfg = TrainConfig(**{"threads": s["model"].threads, **tp.optim})
+    cfg = config.parse(TrainConfig, {"threads": s["model"].threads, **tp.optim}, "train.optim")
     curves_dir, sae_dir = paths.data("train", "curves"), paths.data("saes")
     curves_dir.mkdir(parents=True, exist_ok=True)
     trained = {}
@@ -166,9 +231,12 @@ def train_all(setup: dict, progress: bool = True) -> dict:
                              progress=progress)
         for r in runs:
             save_sae(saes[r.name], sae_dir / r.name, metadata={"hook_name": hook_name(layer), "model_name": s["model"].name})
-            curves[r.name].to_csv(curves_dir / f"{r.name}.csv", index=False, float_format="%.6g")
+            write_bytes_atomic(curves_dir / f"{r.name}.csv", curves[r.name].to_csv(index=False, float_format="%.6g").encode())
             trained[r.name] = saes[r.name]
         del data
+    names = {r.name for r in s["runs"]}  # outputs persist (dvc.yaml): drop SAEs of runs no longer in the sweep
+    for stale in [d for d in sae_dir.iterdir() if d.name not in names] + [f for f in curves_dir.iterdir() if f.stem not in names]:
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     return trained
 
 
@@ -179,22 +247,22 @@ def evaluate(setup: dict, saes: dict, lm=None, progress: bool = True) -> pd.Data
     from .metrics import downstream_metrics, downstream_reference, reconstruction_metrics
     s, ev = setup, setup["train"].eval
     rows, acts, ref = [], {}, None
-    downstream = lm is not None and ev.get("downstream_contexts", 0)
+    downstream = lm is not None and ev.downstream_contexts
     for run in sorted(s["runs"], key=lambda r: (r.corpus, r.layer)):  # one group's activations in memory at a time
         key = (run.corpus, run.layer)
         cache = ActivationCache.open(paths.data("activations", safe_name(run.corpus)))
         if key not in acts:
             acts = {key: cache.activations(run.layer, "heldout", drop_first=s["train"].drop_first,
-                                           max_tokens=ev.get("heldout_tokens"))}
+                                           max_tokens=ev.heldout_tokens)}
             if downstream:  # clean and zero-ablated runs: once per group, not per SAE
-                ctx = cache.contexts("heldout")[: ev["downstream_contexts"]]
+                ctx = cache.contexts("heldout")[: ev.downstream_contexts]
                 toks = torch.from_numpy(np.asarray(cache.tokens[ctx])).long()
-                ref = downstream_reference(lm, toks, hook_name(run.layer), ev.get("downstream_batch_size", 8),
+                ref = downstream_reference(lm, toks, hook_name(run.layer), ev.downstream_batch_size,
                                            s["train"].drop_first)
         row = dict(name=run.name, **reconstruction_metrics(saes[run.name], acts[key]))
         if downstream:
             row.update(downstream_metrics(lm, saes[run.name], toks, hook_name(run.layer),
-                                          batch_size=ev.get("downstream_batch_size", 8), exclude_first=s["train"].drop_first,
+                                          batch_size=ev.downstream_batch_size, exclude_first=s["train"].drop_first,
                                           reference=ref))
         rows.append(row)
         if progress:
@@ -202,7 +270,7 @@ def evaluate(setup: dict, saes: dict, lm=None, progress: bool = True) -> pd.Data
                   + (f" ce+ {row['ce_increase']:.3f}" if "ce_increase" in row else ""))
     table = plan(s).join(pd.DataFrame(rows).set_index("name"))
     out = paths.data("train")
-    table.to_csv(out / "metrics.csv", float_format="%.6g")
+    write_bytes_atomic(out / "metrics.csv", table.to_csv(float_format="%.6g").encode())
     write_json(out / "metrics.json", {n: {k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()
                                           if k in ("nmse", "fvu", "l0", "dead_fraction", "ce_increase", "ce_score", "kl_score")}
                                       for n, r in table.iterrows()})

@@ -8,7 +8,7 @@ from .. import config, paths
 class BrowserParams:
     n_top_contexts: int = 12
     max_contexts: int | None = None
-    window: tuple = (24, 8)
+    window: tuple[int, ...] = (24, 8)
     match_top: int = 3
     match_group: str | None = None
     shard_size: int = 256
@@ -22,7 +22,7 @@ class BrowserParams:
 
 
 def setup(model: dict, browser: dict):
-    return config.runtime(model), config.parse(BrowserParams, browser)
+    return config.runtime(model), config.parse(BrowserParams, browser, "browser")
 
 
 def inputs(params):

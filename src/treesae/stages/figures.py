@@ -78,7 +78,7 @@ def recipe_runs(metrics: pd.DataFrame) -> pd.DataFrame:
 
 def setup(figures: dict, train: dict, profile: str = "default") -> dict:
     from .. import config
-    fp = config.parse(FiguresParams, figures)
+    fp = config.parse(FiguresParams, figures, "figures")
     out = paths.root() / "figures"
     out.mkdir(parents=True, exist_ok=True)
     keep = {f"{s}{x}" for s in slugs() for x in (".png", ".gif")}

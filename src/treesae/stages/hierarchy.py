@@ -37,7 +37,7 @@ NAME = "hierarchy"
 
 @dataclass
 class HierarchyParams:
-    architectures: list = field(default_factory=lambda: ["topk", "matryoshka", "stacked", "residual", "tree"])
+    architectures: list[str] = field(default_factory=lambda: ["topk", "matryoshka", "stacked", "residual", "tree"])
     max_tokens: int = 32768        # held-out tokens (position 0 excluded)
     min_count: int = 5             # latents firing fewer times are left out of the parent statistics
     batch_size: int = 4096
@@ -82,7 +82,7 @@ def variant_label(architecture: str, mode: str) -> str:
 def setup(model: dict, hierarchy: dict) -> dict:
     """Validate the section, pin threads, pick the SAEs and the held-out tokens."""
     from .. import config
-    mp, hp = config.parse(config.ModelParams, model), config.parse(HierarchyParams, hierarchy)
+    mp, hp = config.parse(config.ModelParams, model, "model"), config.parse(HierarchyParams, hierarchy, "hierarchy")
     config.pin_threads(mp.threads)
     metrics = common.read_metrics()
     return dict(model=mp, hierarchy=hp, metrics=metrics, base=common.base_run(metrics),

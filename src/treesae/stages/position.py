@@ -65,8 +65,8 @@ def setup(model: dict, harvest: dict, position: dict) -> dict:
     from ..cache import ActivationCache
     from ..corpora import safe_name
     from ..model import DEFAULT_MODEL, set_offline
-    mp, hp = config.parse(config.ModelParams, model), config.parse(config.HarvestParams, harvest)
-    pp = config.parse(PositionParams, position)
+    mp, hp = config.parse(config.ModelParams, model, "model"), config.parse(config.HarvestParams, harvest, "harvest")
+    pp = config.parse(PositionParams, position, "position")
     config.pin_threads(mp.threads)
     if mp.name == DEFAULT_MODEL:
         set_offline()

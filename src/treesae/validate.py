@@ -1,0 +1,75 @@
+"""One validation pass over every section of params.yaml, before any stage does work.
+
+``python -m treesae.validate`` is DVC's first stage: every other stage depends on its output
+(``build/params.ok``, the same bytes whenever it passes), so a typo anywhere in params.yaml fails in
+seconds, before DVC has cleared any stage's outputs. ``treesae.notebook`` (the command of every
+notebook stage) runs the same pass first. Messages name the section, key, bad value and what is
+allowed. Nothing is loaded: no model, no cache, no SAE weights.
+"""
+import sys
+
+from . import config, paths
+
+SECTIONS = ("profile", "model", "harvest", "train", "position", "matching", "hierarchy", "figures", "browser")
+
+
+def _subset(where: str, values, allowed, what: str):
+    bad = [v for v in values if v not in allowed]
+    if bad:
+        raise ValueError(f"params.yaml: {where} names unknown {what} {bad}; allowed: {', '.join(map(str, allowed))}.")
+
+
+def validate(params: dict | None = None) -> dict:
+    """Parse and cross-check every section; returns the parsed sections (and the sweep's runs)."""
+    from .browser.stage import BrowserParams
+    from .saes import ARCHITECTURES
+    from .stages.figures import FiguresParams
+    from .stages.hierarchy import HierarchyParams
+    from .stages.matching import FACTORS, MatchingParams
+    from .stages.position import PositionParams
+    from .sweep import check
+    params = config.read_params() if params is None else params
+    _subset("the top level", params, SECTIONS, "section(s)")
+    missing = [s for s in SECTIONS if s not in params]
+    if missing:
+        raise ValueError(f"params.yaml lacks section(s) {missing}; every stage reads its own (see the repository's params.yaml).")
+    if not isinstance(params["profile"], str):
+        raise ValueError(f"params.yaml: profile must be a string (a profile name), got {params['profile']!r}.")
+    out = dict(model=config.parse(config.ModelParams, params["model"], "model"),
+               harvest=config.parse(config.HarvestParams, params["harvest"], "harvest"))
+    out.update(check(out["model"], out["harvest"], params["train"]))
+    out["position"] = pp = config.parse(PositionParams, params["position"], "position")
+    out["matching"] = mt = config.parse(MatchingParams, params["matching"], "matching")
+    out["hierarchy"] = hi = config.parse(HierarchyParams, params["hierarchy"], "hierarchy")
+    out["figures"] = config.parse(FiguresParams, params["figures"], "figures")
+    out["browser"] = config.parse(BrowserParams, params["browser"], "browser")
+
+    runs, corpora = out["runs"], out["harvest"].corpora
+    if len(runs) < 2:
+        raise ValueError(f"params.yaml: train expands to {len(runs)} SAE(s); the analyses compare SAEs and need at least "
+                         "two (add a grid).")
+    _subset("position.corpus", [pp.corpus], corpora, "corpus (not harvested)")
+    _subset("position.architecture", [pp.architecture], list(ARCHITECTURES), "architecture")
+    _subset("hierarchy.architectures", hi.architectures, list(ARCHITECTURES), "architecture(s)")
+    _subset("matching.factors", mt.factors, FACTORS, "factor(s)")
+    _subset("matching.pair_factor", [mt.pair_factor], mt.factors, "factor (not in matching.factors)")
+    _subset("matching.embedding_grids", mt.embedding_grids, ["base", *(out["train"].grids or {})], "grid(s)")
+    if not any(r.architecture == pp.architecture and r.corpus == pp.corpus for r in runs):
+        raise ValueError(f"params.yaml: position.architecture {pp.architecture!r} has no SAE on corpus {pp.corpus!r} "
+                         "in train's base run or grids.")
+    return out
+
+
+def main():
+    try:
+        validate()
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"Invalid parameters, nothing was run and no output was touched:\n  {e}")
+    ok = paths.root() / "build" / "params.ok"
+    ok.parent.mkdir(parents=True, exist_ok=True)
+    ok.write_text("params.yaml is valid\n")  # constant: a passing check never invalidates a stage
+    print(f"params.yaml is valid ({paths.root() / 'params.yaml'})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""treesae.notebook (every DVC stage's command): params reach the notebook as DVC reads them, and bad
+params stop it before the notebook runs."""
+import os
+
+import nbformat
+import pytest
+
+from treesae import config, notebook
+
+CHECK = 'assert isinstance(train["optim"]["lr"], float) and train["optim"]["lr"] == 0.001, train["optim"]\nprint("lr ok")'
+
+
+@pytest.fixture
+def root(tmp_path, monkeypatch):
+    text = config.dump_yaml(config.profile_params("smoke"))
+    (tmp_path / "params.yaml").write_text(text.replace("lr: 0.001", "lr: 1e-3"))  # as people write it
+    assert "lr: 1e-3" in (tmp_path / "params.yaml").read_text()
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    nb.cells = [nbformat.v4.new_code_cell("train = None", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell(CHECK)]
+    (tmp_path / "notebooks").mkdir()
+    nbformat.write(nb, tmp_path / "notebooks" / "t.ipynb")
+    monkeypatch.setenv("TREESAE_ROOT", str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(config.paths.REPO / "src"), os.environ.get("PYTHONPATH")])))
+    return tmp_path
+
+
+def test_yaml_1_2_numbers_reach_the_notebook(root):
+    out = notebook.run("notebooks/t.ipynb")
+    assert out == root / "build" / "notebooks" / "t.ipynb"
+    assert "lr ok" in nbformat.read(out, 4).cells[-1].outputs[0]["text"]
+
+
+def test_bad_params_stop_before_the_notebook_runs(root):
+    (root / "params.yaml").write_text((root / "params.yaml").read_text().replace("drop_first: true", "drop_first: yes"))
+    with pytest.raises(ValueError, match=r"train\.drop_first must be true or false, got 'yes'"):
+        notebook.run("notebooks/t.ipynb")
+    assert not (root / "build" / "notebooks" / "t.ipynb").exists()
