@@ -53,3 +53,61 @@ def test_position_zero_is_the_attention_sink():
     s = pd.read_csv(ROOT / "data/activations/brown/summary.csv")
     layer6 = s[s.layer == 6].set_index("position").norm_median
     assert layer6[0] > 3 * layer6.iloc[1:].median()
+
+
+def _outputs():
+    """Bytes of the outputs a mistake must never cost: the activation cache's meta, every SAE, the metrics."""
+    files = [*sorted((ROOT / "data/activations").glob("*/meta.json")), *sorted((ROOT / "data/saes").glob("*/*")),
+             ROOT / "data/train/metrics.csv", ROOT / "data/train/metrics.json"]
+    return {f: f.read_bytes() for f in files}
+
+
+def _status():
+    return subprocess.run(["dvc", "status"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+
+
+@pytest.fixture
+def restore_params():
+    text = (ROOT / "params.yaml").read_text()
+    yield text
+    (ROOT / "params.yaml").write_text(text)
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("  dtype: float16", "  dtype: fp16", "harvest.dtype must be float16 or float32"),
+    ("  drop_first: true", "  drop_first: yes", "train.drop_first must be true or false, got 'yes'"),
+    ("    downstream_contexts:", "    downstream_context:", r"unknown key(s) ['downstream_context'] in train.eval"),
+])
+def test_a_typo_costs_no_finished_work(restore_params, old, new, message):
+    before, status = _outputs(), _status()
+    assert old in restore_params
+    (ROOT / "params.yaml").write_text(restore_params.replace(old, new, 1))
+    res = subprocess.run(["dvc", "repro"], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode != 0 and message in res.stderr + res.stdout, res.stderr[-2000:]
+    assert "Running stage 'harvest'" not in res.stdout and "Running stage 'train'" not in res.stdout
+    assert _outputs() == before
+    (ROOT / "params.yaml").write_text(restore_params)
+    assert _status() == status
+
+
+def test_an_interrupted_stage_keeps_its_last_outputs():
+    import signal
+    import time
+    before, status = _outputs(), _status()
+    proc = subprocess.Popen(["dvc", "repro", "-f", "-s", "train"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    time.sleep(20)  # inside the notebook: validation done, kernel up, training under way
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert _outputs() == before  # persist: DVC did not delete them, the killed stage never replaced them
+    assert _status() == status
+
+
+def test_a_second_repro_in_the_same_workspace_is_refused():
+    import zc.lockfile
+    lock = zc.lockfile.LockFile(str(ROOT / ".dvc/tmp/lock"))  # what a running `dvc repro` holds
+    try:
+        res = subprocess.run(["dvc", "repro"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    finally:
+        lock.close()
+    assert res.returncode != 0 and "Unable to acquire lock" in res.stderr + res.stdout, res.stderr[-2000:]
