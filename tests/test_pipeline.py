@@ -7,9 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 
-from treesae import harvest as H, paths
+from treesae import config, harvest as H, paths
 from treesae.cache import ActivationCache
 
 ROOT = paths.root()
@@ -23,7 +22,7 @@ def workspace():
 
 
 def params():
-    return yaml.safe_load((ROOT / "params.yaml").read_text())
+    return config.read_params(ROOT)
 
 
 def test_second_repro_does_nothing():
