@@ -36,3 +36,16 @@ def test_bad_params_stop_before_the_notebook_runs(root):
     with pytest.raises(ValueError, match=r"train\.drop_first must be true or false, got 'yes'"):
         notebook.run("notebooks/t.ipynb")
     assert not (root / "build" / "notebooks" / "t.ipynb").exists()
+
+
+def test_a_failed_run_keeps_the_last_good_notebook(root):
+    import papermill
+    good = notebook.run("notebooks/t.ipynb").read_bytes()
+    nb = nbformat.read(root / "notebooks" / "t.ipynb", 4)
+    nb.cells[-1].source = "raise RuntimeError('boom')"
+    nbformat.write(nb, root / "notebooks" / "t.ipynb")
+    with pytest.raises(papermill.PapermillExecutionError, match="boom"):
+        notebook.run("notebooks/t.ipynb")
+    out = root / "build" / "notebooks"
+    assert (out / "t.ipynb").read_bytes() == good and "boom" in (out / "t.failed.ipynb").read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["t.failed.ipynb", "t.ipynb"]
