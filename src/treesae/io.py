@@ -60,3 +60,49 @@ def atomic_dir(out: Path):
         os.replace(out, old)
     os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+class JsonStore:
+    """Finished rows of a long computation on disk, one ``root/<key>.json`` per key, each written atomically,
+    so an interrupted stage resumes with what it had. An entry that does not parse, holds another key or
+    fails ``check(row)`` reads as missing (it is recomputed). Distinct keys never share a temporary file,
+    so threads may write concurrently."""
+
+    def __init__(self, root, check=None):
+        self.root, self.check = Path(root), check
+
+    def get(self, key):
+        try:
+            d = json.loads((self.root / f"{key}.json").read_text())
+            if d["key"] == key and isinstance(d["row"], dict) and (self.check is None or self.check(d["row"])):
+                return d["row"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return None
+
+    def __setitem__(self, key, row):
+        write_bytes_atomic(self.root / f"{key}.json", json.dumps(dict(key=key, row=row)).encode())  # row order kept
+
+
+class ArrayStore:
+    """Like ``JsonStore`` for dicts of numpy arrays and scalars (``root/<key>.npz``, no pickle); a damaged
+    entry reads as missing. Scalars come back as Python scalars."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+
+    def get(self, key):
+        import numpy as np
+        try:
+            with np.load(self.root / f"{key}.npz", allow_pickle=False) as z:
+                return {k: (z[k].item() if z[k].ndim == 0 else z[k]) for k in z.files}
+        except (OSError, ValueError, KeyError, EOFError):
+            return None
+
+    def __setitem__(self, key, arrays: dict):
+        import io as _io
+
+        import numpy as np
+        buf = _io.BytesIO()
+        np.savez(buf, **arrays)
+        write_bytes_atomic(self.root / f"{key}.npz", buf.getvalue())

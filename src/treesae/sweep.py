@@ -11,6 +11,7 @@ import itertools
 import json
 import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -240,30 +241,55 @@ def train_all(setup: dict, progress: bool = True) -> dict:
     return trained
 
 
+def eval_key(run: Run, sae, cache_meta: dict, setup: dict, downstream: bool) -> str:
+    """What a run's evaluation row depends on: the SAE's weights, the harvest (fingerprint), the eval
+    settings, and the code of ``metrics``; keys ``data/.partial/eval`` so an interrupted evaluation resumes."""
+    import dataclasses
+    import hashlib
+
+    from . import metrics
+    h = hashlib.sha256(Path(metrics.__file__).read_bytes())
+    for name, t in sorted(sae.state_dict().items()):
+        h.update(f"{name}{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    h.update(json.dumps(dict(run=run.name, harvest=cache_meta["fingerprint"], eval=dataclasses.asdict(setup["train"].eval),
+                             drop_first=setup["train"].drop_first, downstream=bool(downstream),
+                             model=setup["model"].name), sort_keys=True).encode())
+    return h.hexdigest()
+
+
 def evaluate(setup: dict, saes: dict, lm=None, progress: bool = True) -> pd.DataFrame:
     """Held-out metrics of every SAE: reconstruction (nMSE, FVU, L0, dead, per level) and, with the
-    model, downstream CE / KL with the reconstruction spliced in. Writes data/train/metrics.csv."""
+    model, downstream CE / KL with the reconstruction spliced in. Writes data/train/metrics.csv.
+    Each row is kept in data/.partial/eval as soon as it is computed (``eval_key``): a rerun after an
+    interruption evaluates only the missing SAEs and writes the same table."""
     from .corpora import safe_name
+    from .io import JsonStore
     from .metrics import downstream_metrics, downstream_reference, reconstruction_metrics
     s, ev = setup, setup["train"].eval
     rows, acts, ref = [], {}, None
+    store = JsonStore(paths.data(".partial", "eval"))
     downstream = lm is not None and ev.downstream_contexts
     for run in sorted(s["runs"], key=lambda r: (r.corpus, r.layer)):  # one group's activations in memory at a time
         key = (run.corpus, run.layer)
         cache = ActivationCache.open(paths.data("activations", safe_name(run.corpus)))
-        if key not in acts:
-            acts = {key: cache.activations(run.layer, "heldout", drop_first=s["train"].drop_first,
-                                           max_tokens=ev.heldout_tokens)}
-            if downstream:  # clean and zero-ablated runs: once per group, not per SAE
-                ctx = cache.contexts("heldout")[: ev.downstream_contexts]
-                toks = torch.from_numpy(np.asarray(cache.tokens[ctx])).long()
-                ref = downstream_reference(lm, toks, hook_name(run.layer), ev.downstream_batch_size,
-                                           s["train"].drop_first)
-        row = dict(name=run.name, **reconstruction_metrics(saes[run.name], acts[key]))
-        if downstream:
-            row.update(downstream_metrics(lm, saes[run.name], toks, hook_name(run.layer),
-                                          batch_size=ev.downstream_batch_size, exclude_first=s["train"].drop_first,
-                                          reference=ref))
+        row_key = eval_key(run, saes[run.name], cache.meta, s, downstream)
+        row = store.get(row_key)
+        if row is None:
+            if key not in acts:
+                acts = {key: cache.activations(run.layer, "heldout", drop_first=s["train"].drop_first,
+                                               max_tokens=ev.heldout_tokens)}
+                if downstream:  # clean and zero-ablated runs: once per group, not per SAE
+                    ctx = cache.contexts("heldout")[: ev.downstream_contexts]
+                    toks = torch.from_numpy(np.asarray(cache.tokens[ctx])).long()
+                    ref = downstream_reference(lm, toks, hook_name(run.layer), ev.downstream_batch_size,
+                                               s["train"].drop_first)
+            row = dict(name=run.name, **reconstruction_metrics(saes[run.name], acts[key]))
+            if downstream:
+                row.update(downstream_metrics(lm, saes[run.name], toks, hook_name(run.layer),
+                                              batch_size=ev.downstream_batch_size, exclude_first=s["train"].drop_first,
+                                              reference=ref))
+            store[row_key] = row
         rows.append(row)
         if progress:
             print(f"{run.name}: nmse {row['nmse']:.4f} l0 {row['l0']:.1f} dead {row['dead_fraction']:.3f}"

@@ -161,3 +161,46 @@ def test_errors(saes, meta, heldout, model):
         browser.extract(saes, meta.drop(index="relu"), lambda n, r: (acts, tokens), model)
     with pytest.raises(ValueError, match="do not match tokens"):
         browser.Source(acts, tokens[:, :-1])
+
+
+def test_interrupted_extract_resumes_with_the_same_site(tmp_path, corpus, saes, meta, model, monkeypatch):
+    import importlib
+    E = importlib.import_module("treesae.browser.extract")
+    from treesae.cache import ActivationCache
+    from treesae.io import ArrayStore
+    tokens, acts, split = corpus
+    write_cache(tmp_path / "toy", tokens, {LAYER: acts}, split)
+    cache = ActivationCache.open(tmp_path / "toy")
+    run = lambda store: browser.extract(saes, meta, {"toy": cache}, model, n_top_contexts=4, store=store, salt="h")
+    site = lambda data, name: browser.write_site(data, tmp_path / name)
+    files = lambda root: {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    ref = files(site(run(None), "ref"))
+    real, calls = E.feature_stats, []
+
+    def dying(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(E, "feature_stats", dying)
+    store = ArrayStore(tmp_path / "partial")
+    with pytest.raises(KeyboardInterrupt):
+        run(store)
+    counted = []
+    monkeypatch.setattr(E, "feature_stats", lambda *a, **k: counted.append(1) or real(*a, **k))
+    assert files(site(run(store), "resumed")) == ref
+    assert len(counted) == len(saes) - 2  # the two SAEs done before the interruption were not recomputed
+    run(store)  # all cached now
+    assert len(counted) == len(saes) - 2
+    changed = {**saes, "relu": browser_sae_copy(saes["relu"])}
+    browser.extract(changed, meta, {"toy": cache}, model, n_top_contexts=4, store=store, salt="h")
+    assert len(counted) == len(saes) - 1  # new weights: that SAE alone is recomputed
+
+
+def browser_sae_copy(sae):
+    import copy
+    out = copy.deepcopy(sae)
+    with torch.no_grad():
+        out.W_dec[0, 0] += 1
+    return out

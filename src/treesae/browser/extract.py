@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from pathlib import Path
 from collections.abc import Mapping
 from typing import Any
 
@@ -324,10 +325,20 @@ def _token_strings(tokenizer, ids) -> dict[int, str]:
     return {i: tokenizer.decode([i]) for i in ids}
 
 
+def _stats_key(sae, tkey, source_key, salt, model, *settings) -> str:
+    h = hashlib.sha256(Path(__file__).read_bytes())
+    for name, t in sorted(sae.state_dict().items()):
+        h.update(f"{name}{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    h.update(repr((tkey, source_key, salt, getattr(getattr(model, "cfg", None), "model_name", None), settings)).encode())
+    return h.hexdigest()
+
+
 def extract(saes: Mapping[str, Any], meta: pd.DataFrame, caches, model=None, *, n_top_contexts: int = 12,
             max_contexts: int | None = None, batch_size: int = 4096, window: tuple[int, int] = (24, 8),
             drop_first: bool = True, logit_top: int = 10, match_top: int = 3, match_group: str | None = None,
-            matched: dict | None = None, tokenizer=None, progress: bool = False) -> dict[str, Any]:
+            matched: dict | None = None, tokenizer=None, progress: bool = False, store=None,
+            salt: str = "") -> dict[str, Any]:
     """Data for the browser of every SAE in ``saes`` (name -> SAE with ``encode``, ``W_dec``, optional
     ``parent_of`` / ``levels``).
 
@@ -340,6 +351,9 @@ def extract(saes: Mapping[str, Any], meta: pd.DataFrame, caches, model=None, *, 
     max_contexts: held-out contexts used per SAE (None: all). batch_size: tokens per encode batch.
     match_top: decoder-cosine matches kept per other SAE (0: none); ``match_group`` a meta column that
     restricts matching to SAEs sharing its value; ``matched`` a precomputed ``matches(...)`` result.
+    store: None or an ``io.ArrayStore`` keeping each SAE's statistics and logit effects as soon as they are
+    computed (keyed by its weights, the held-out tokens, the settings, this module's code and ``salt``, which
+    should identify the activations, e.g. the caches' fingerprints), so an interrupted run resumes.
     """
     names = list(saes)
     missing = [n for n in names if n not in meta.index]
@@ -373,9 +387,18 @@ def extract(saes: Mapping[str, Any], meta: pd.DataFrame, caches, model=None, *, 
                             "corpus": _jsonable(_corpus(meta.loc[n]))})
             used_tokens.update(np.unique(cur_src.tokens).tolist())
         sae = saes[n]
-        stats = feature_stats(sae, cur_src, n_top=n_top_contexts, batch_size=batch_size, window=window,
-                              drop_first=drop_first)
-        logits = logit_effect(model, sae.W_dec, top=logit_top) if model is not None else None
+        skey = _stats_key(sae, tkey, key, salt, model, n_top_contexts, batch_size, window, drop_first, logit_top) \
+            if store is not None else None
+        kept = store.get(skey) if store is not None else None
+        if kept is None:
+            stats = feature_stats(sae, cur_src, n_top=n_top_contexts, batch_size=batch_size, window=window,
+                                  drop_first=drop_first)
+            logits = logit_effect(model, sae.W_dec, top=logit_top) if model is not None else None
+            if store is not None:
+                store[skey] = {**{f"s.{k}": v for k, v in stats.items()}, **{f"l.{k}": v for k, v in (logits or {}).items()}}
+        else:
+            stats = {k[2:]: v for k, v in kept.items() if k.startswith("s.")}
+            logits = {k[2:]: v for k, v in kept.items() if k.startswith("l.")} or None
         if logits is not None:
             used_tokens.update(np.unique(logits["pos_ids"]).tolist())
             used_tokens.update(np.unique(logits["neg_ids"]).tolist())

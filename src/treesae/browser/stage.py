@@ -1,4 +1,5 @@
 """Stage 07: the feature browser of every SAE of the sweep, one call per notebook cell."""
+import shutil
 from dataclasses import dataclass
 
 from .. import config, paths
@@ -37,16 +38,21 @@ def load(params):
 
 
 def build(params, inputs, lm):
+    """Every SAE's page data; each SAE's statistics are kept in data/.partial/browser as soon as they are
+    computed, so an interrupted stage resumes (``extract``'s ``store``)."""
+    from ..io import ArrayStore
     from .extract import extract
     bp = params[1]
     saes, meta, caches = inputs
+    salt = repr(sorted((str(c), k.meta.get("fingerprint")) for c, k in caches.items()))
     return extract(saes, meta, caches, lm, n_top_contexts=bp.n_top_contexts, max_contexts=bp.max_contexts,
                    batch_size=bp.batch_size, window=bp.window, match_top=bp.match_top, match_group=bp.match_group,
-                   progress=True)
+                   progress=True, store=ArrayStore(paths.data(".partial", "browser")), salt=salt)
 
 
 def write(params, data):
     from .site import write_site
     out = write_site(data, paths.root() / params[1].out, shard_size=params[1].shard_size)
+    shutil.rmtree(paths.data(".partial", "browser"), ignore_errors=True)  # the site is written: its resume data goes
     print(f"open {out / 'index.html'}")
     return out

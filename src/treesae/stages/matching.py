@@ -32,15 +32,13 @@ never read): a rerun for another reason (e.g. embedding settings, ``pairs: plann
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .. import paths
-from ..io import write_bytes_atomic
+from ..io import JsonStore
 from . import common
 
 NAME = "matching"
@@ -113,27 +111,13 @@ def representative_pair(metrics: pd.DataFrame, meta: pd.DataFrame, factor: str, 
                      f"factor with a grid (e.g. seed, dataset, k).")
 
 
-class PairCache:
-    """``compare_saes`` rows on disk: ``root/<pair_key>.json``, each written atomically (one key per pair, so
-    threads never share a temporary file). An entry that does not parse, or holds another key or other
-    fields, reads as missing (and is recomputed)."""
+class PairCache(JsonStore):
+    """``compare_saes`` rows on disk (``io.JsonStore``): an entry with other fields or a non-number reads as missing."""
 
     def __init__(self, root):
         from ..analysis.matching import PAIR_COLUMNS
-        self.root, self.fields = Path(root), set(PAIR_COLUMNS[2:])
-
-    def get(self, key):
-        try:
-            d = json.loads((self.root / f"{key}.json").read_text())
-            row = d["row"]
-            if d["key"] == key and set(row) == self.fields and all(type(v) in (int, float) for v in row.values()):
-                return row
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-        return None
-
-    def __setitem__(self, key, row):
-        write_bytes_atomic(self.root / f"{key}.json", json.dumps(dict(key=key, row=row), sort_keys=True).encode())
+        fields = set(PAIR_COLUMNS[2:])
+        super().__init__(root, check=lambda row: set(row) == fields and all(type(v) in (int, float) for v in row.values()))
 
 
 # --- stage 04, one call per notebook cell ---
