@@ -1,12 +1,14 @@
 """Stage 02: expand the ``train`` section of params.yaml into runs, train them, save and evaluate.
 
-A run is one SAE: architecture, corpus, layer, dictionary size ``d_sae``, ``k`` and ``seed`` (the
-SAE's initialisation; every SAE of a (corpus, layer) group sees the same shuffled batches), plus
-config ``options``. ``base`` is one run; each grid varies some of its fields; runs that come out
+A run is one SAE: architecture, corpus, layer, dictionary size ``d_sae``, ``k`` and ``seed`` (a
+replicate index; the init is drawn from a hash of the whole run, ``Run.init_seed``, so runs never share
+an init unless ``options: {shared_init: true}`` asks for it; every SAE of a (corpus, layer) group sees the
+same shuffled batches), plus config ``options``. ``base`` is one run; each grid varies some of its fields; runs that come out
 identical are trained once. ``k`` is the target L0: TopK-style SAEs keep k latents per token; the
 hierarchical variants split k over their levels (``ks``, summing to k); ReLU-L1 has no k and takes the
 L1 coefficient listed for that k in ``architectures.relu.l1_coef_by_k``.
 """
+import hashlib
 import itertools
 import json
 import shutil
@@ -23,6 +25,8 @@ from .io import write_bytes_atomic, write_json
 
 HIERARCHICAL = ("stacked", "residual", "tree")
 RUN_FIELDS = ("architecture", "corpus", "layer", "d_sae", "k", "seed", "options")
+INIT_TAG = "treesae/sae-init/1:"
+RUN_OPTIONS = ("shared_init",)  # run options that are not SAE config fields
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,16 @@ class Run:
     def name(self) -> str:
         tags = "".join(f"-no_{k}" if v is False else f"-{k}{v}" for k, v in self.options)
         return f"{self.architecture}-{self.corpus}-L{self.layer}-d{self.d_sae}-k{self.k}-s{self.seed}{tags}"
+
+    def init_seed(self) -> int:
+        """The seed of this SAE's initial weights: a hash of its whole identity under a fixed tag, so no two
+        runs share an init by accident and no other seeded stream (data order, synthetic data) reproduces
+        it. ``options: {shared_init: true}`` is the named control arm: the init then depends on the seed
+        and dictionary size alone, so such runs of one architecture start from the same weights."""
+        ident = dict(seed=self.seed, d_sae=self.d_sae) if dict(self.options).get("shared_init") else \
+            {f: (dict(getattr(self, f)) if f == "options" else getattr(self, f)) for f in RUN_FIELDS}
+        digest = hashlib.sha256(f"{INIT_TAG}{json.dumps(ident, sort_keys=True)}".encode()).digest()
+        return int.from_bytes(digest[:8], "little") >> 1
 
     def factors(self) -> dict:
         """The training factors the matching analysis compares (column names of analysis.matching.FACTORS)."""
@@ -115,7 +129,7 @@ def grids_of(train: dict) -> dict[str, list[str]]:
 def sae_config(run: Run, d_in: int, architectures: dict) -> dict:
     """The SAE config fields of a run (``treesae.saes.build(run.architecture, **fields)``)."""
     extra = dict(architectures.get(run.architecture) or {})
-    cfg = dict(d_in=d_in, seed=run.seed)
+    cfg = dict(d_in=d_in, seed=run.init_seed())
     if run.architecture == "relu":
         by_k = extra.pop("l1_coef_by_k", {})
         if run.k not in by_k and int(run.k) not in {int(x) for x in by_k}:
@@ -127,7 +141,7 @@ def sae_config(run: Run, d_in: int, architectures: dict) -> dict:
         cfg.update(size=run.d_sae, n_levels=n_levels, ks=split_k(run.k, n_levels))
     else:
         cfg.update(d_sae=run.d_sae, k=run.k)
-    return {**cfg, **extra, **dict(run.options)}
+    return {**cfg, **extra, **{k: v for k, v in run.options if k not in RUN_OPTIONS}}
 
 
 def build(run: Run, d_in: int, architectures: dict):

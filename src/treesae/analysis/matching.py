@@ -208,7 +208,7 @@ def within_sae_top2(W, block: int = 1024) -> np.ndarray:
 
 def cosine_to_init(sae) -> np.ndarray:
     """Cosine of each decoder row to the same row of a freshly initialised SAE of the same config
-    (same seed, hence the same random decoder): how far training moved each feature from its init."""
+    (its config holds the init seed, hence the same random decoder): how far training moved each feature."""
     return (normalize_rows(directions(sae)) * normalize_rows(directions(type(sae)(sae.cfg)))).sum(1).astype(np.float64)
 
 

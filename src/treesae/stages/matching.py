@@ -16,7 +16,7 @@ smaller dictionary. Writes to data/analysis/matching/:
   from it in ``pair_factor``, the dataset by default): decoder and encoder partners and cosines, and each
   latent's within-SAE top-2 cosine.
 * ``top2.csv``: per SAE, two controls: each decoder row's cosine to its nearest other row (within-SAE
-  redundancy) and to its own random init (how far training moved it; same-seed SAEs share the init).
+  redundancy) and to its own random init (how far training moved it; every run has its own init).
 * ``layer_pairs.csv``: matching along layers (x = the lower layer).
 * ``embedding_umap.csv`` / ``embedding_tsne.csv``: 2-D maps of unit decoder rows of a few SAEs
   (``decoder_embedding``, a seeded subsample of each), with their factors.
@@ -43,7 +43,6 @@ from . import common
 
 NAME = "matching"
 FACTORS = ["dataset", "seed", "architecture", "k", "d_sae", "b_dec_init", "tied_init", "aux_k", "layer"]
-INIT_FACTORS = ("seed", "tied_init")  # change the random init (tied_init: an independent encoder init)
 
 
 @dataclass
@@ -202,7 +201,7 @@ def pair_features(setup: dict, saes: dict) -> pd.DataFrame:
 def top2(setup: dict, saes: dict) -> pd.DataFrame:
     """Controls per SAE. Within-SAE: mean, median, p90 of each decoder row's cosine to its nearest other
     row, and the fraction above the threshold. Init: median cosine of decoder rows to their random init
-    and the fraction above the threshold (SAEs with the same seed share that init)."""
+    and the fraction above the threshold (each run's own init, ``sweep.Run.init_seed``)."""
     from ..analysis import matching as M
     thr, rows = setup["matching"].threshold, []
     for n in dict.fromkeys(x for p in setup["pairs"] for x in p):
@@ -253,10 +252,9 @@ def summarize(setup: dict) -> dict:
     Keys (F: a differing factor; La_Lb: adjacent layers; R: a run name):
       threshold, n_saes, n_pairs, all_pairs (bool), factors (factors with pairs, most feature-changing first)
       most_changing_factor, least_changing_factor, dataset_changes_most (bool)
-      most_changing_factor_same_init    the same among factors that keep the random init (not INIT_FACTORS)
       factor.{F}.{n_pairs,dec_shared,dec_shared_min,dec_shared_max,enc_shared,dec_mean_cos}
-      seed.{same,diff}.{n_pairs,dec_shared}   mean decoder shared ratio over matched pairs whose seeds are
-                                        equal (a shared random decoder init) / differ
+      seed.{same,diff}.{n_pairs,dec_shared}   mean decoder shared ratio over matched pairs whose seed index is
+                                        equal / differs (their inits differ either way)
       pair.{a,b,factor}                 the representative pair
       pair.{dec_shared,enc_shared,dec_mean_cos,enc_mean_cos,agree}
       pair.frac_shared_dec_only / frac_shared_enc_only / frac_shared_both
@@ -277,8 +275,7 @@ def summarize(setup: dict) -> dict:
              factors=list(fac.factor),
              most_changing_factor=fac.factor.iloc[0] if len(fac) else None,
              least_changing_factor=fac.factor.iloc[-1] if len(fac) else None,
-             dataset_changes_most=bool(len(fac) and fac.factor.iloc[0] == "dataset"),
-             most_changing_factor_same_init=next((f for f in fac.factor if f not in INIT_FACTORS), None))
+             dataset_changes_most=bool(len(fac) and fac.factor.iloc[0] == "dataset"))
     seed = setup["metrics"].seed
     same = pairs.a.map(seed).to_numpy() == pairs.b.map(seed).to_numpy()
     for key, sel in (("same", same), ("diff", ~same)):
