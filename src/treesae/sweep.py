@@ -224,6 +224,7 @@ def plan(setup: dict) -> pd.DataFrame:
 def train_all(setup: dict, progress: bool = True) -> dict:
     """Train each (corpus, layer) group in one pass over its cached activations; save every SAE."""
     from . import config
+    from .convergence import Monitor
     from .corpora import safe_name
     from .saes import save_sae
     from .train import TrainConfig, train_sweep
@@ -242,10 +243,15 @@ def train_all(setup: dict, progress: bool = True) -> dict:
         saes = {r.name: build(r, cache.meta["d_model"], tp.architectures) for r in runs}
         if progress:
             print(f"{corpus} layer {layer}: {len(saes)} SAEs on {len(data):,} tokens ({cfg.n_tokens:,} tokens each)")
-        curves = train_sweep(saes, data, cfg, out_dir=paths.root() / "data" / ".partial" / f"train-{safe_name(corpus)}-L{layer}",
-                             progress=progress)
+        part = paths.root() / "data" / ".partial" / f"train-{safe_name(corpus)}-L{layer}"
+        heldout = cache.activations(layer, "heldout", drop_first=tp.drop_first, max_tokens=tp.eval.heldout_tokens)
+        monitor = Monitor(cfg.n_steps, heldout, part / "monitor.pt")
+        curves = train_sweep(saes, data, cfg, out_dir=part, progress=progress, callback=monitor)
+        sample = data[torch.linspace(0, len(data) - 1, len(heldout)).long()]  # train FVU on as many tokens, spread out
+        diagnostics = monitor.diagnostics(saes, sample)
         for r in runs:
             save_sae(saes[r.name], sae_dir / r.name, metadata={"hook_name": hook_name(layer), "model_name": s["model"].name})
+            write_json(sae_dir / r.name / "training.json", diagnostics[r.name])
             write_bytes_atomic(curves_dir / f"{r.name}.csv", curves[r.name].to_csv(index=False, float_format="%.6g").encode())
             trained[r.name] = saes[r.name]
         del data
@@ -308,12 +314,34 @@ def evaluate(setup: dict, saes: dict, lm=None, progress: bool = True) -> pd.Data
         if progress:
             print(f"{run.name}: nmse {row['nmse']:.4f} l0 {row['l0']:.1f} dead {row['dead_fraction']:.3f}"
                   + (f" ce+ {row['ce_increase']:.3f}" if "ce_increase" in row else ""))
-    table = plan(s).join(pd.DataFrame(rows).set_index("name"))
+    table = add_verdicts(plan(s).join(pd.DataFrame(rows).set_index("name")).join(convergence_table(s)))
     out = paths.data("train")
     write_bytes_atomic(out / "metrics.csv", table.to_csv(float_format="%.6g").encode())
-    write_json(out / "metrics.json", {n: {k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()
-                                          if k in ("nmse", "fvu", "l0", "dead_fraction", "ce_increase", "ce_score", "kl_score")}
-                                      for n, r in table.iterrows()})
+    keep = ("nmse", "fvu", "l0", "dead_fraction", "ce_increase", "ce_score", "kl_score", "dec_stability", "converged")
+    write_json(out / "metrics.json", {n: {k: (bool(v) if k == "converged" else round(float(v), 6)) for k, v in r.items()
+                                          if k in keep and v == v} for n, r in table.iterrows()})
+    return table
+
+
+FIXED_L0 = ("topk", "batchtopk", "matryoshka", "stacked", "residual", "tree")  # k sets L0 (ReLU-L1: the L1 coefficient)
+
+
+def convergence_table(setup: dict) -> pd.DataFrame:
+    """Per run: the training diagnostics saved beside each SAE (``convergence``; none for an SAE trained
+    before they existed)."""
+    rows = []
+    for run in setup["runs"]:
+        f = paths.data("saes", run.name, "training.json")
+        rows.append(dict(name=run.name, **(json.loads(f.read_text()) if f.exists() else {})))
+    return pd.DataFrame(rows).set_index("name")
+
+
+def add_verdicts(table: pd.DataFrame) -> pd.DataFrame:
+    """``l0_rel_error`` where k fixes L0 (from the held-out L0) and the ``converged`` verdict per run."""
+    from .convergence import converged
+    fixed = table.architecture.isin(FIXED_L0)
+    table["l0_rel_error"] = ((table.l0 - table.k).abs() / table.k).where(fixed)
+    table["converged"] = [converged(r.to_dict()) for _, r in table.iterrows()]
     return table
 
 
@@ -331,5 +359,6 @@ def load(setup: dict):
 def summary(metrics: pd.DataFrame) -> pd.DataFrame:
     """The columns worth reading first, rounded."""
     cols = [c for c in ("architecture", "dataset", "layer", "d_sae", "k", "seed", "nmse", "explained_variance", "l0",
-                        "dead_fraction", "ce_increase", "ce_score", "kl_score") if c in metrics]
+                        "dead_fraction", "ce_increase", "ce_score", "kl_score", "fvu_gain_last_quarter", "dec_stability",
+                        "init_frac_above", "fvu_gap", "l0_rel_error", "converged") if c in metrics]
     return metrics[cols].round(4)

@@ -105,7 +105,8 @@ def test_stage_csv_identical_after_resume(tmp_path, monkeypatch, calls):
 
 
 CHILD = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal (a background job inherits SIGINT ignored)
 sys.path.insert(0, {here!r})
 from test_matching_resume import fake_saes
 from treesae.analysis import matching as M

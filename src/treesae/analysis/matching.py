@@ -338,8 +338,11 @@ def compare_saes(saes: dict, pairs=None, threshold: float = THRESHOLD, method: s
         return row, (f.assign(a=a, b=b) if features else None)
 
     if n_jobs > 1:
-        with ThreadPoolExecutor(n_jobs) as ex:
+        ex = ThreadPoolExecutor(n_jobs)
+        try:
             out = list(ex.map(one, todo))
+        finally:  # on Ctrl-C: finish the pairs in flight, drop the queued ones
+            ex.shutdown(wait=True, cancel_futures=True)
     else:
         out = [one(i) for i in todo]
     for i, (r, _) in zip(todo, out):

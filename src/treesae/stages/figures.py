@@ -228,6 +228,8 @@ def numbers(tables: dict, params: dict | None = None) -> dict:
     Runs (data/train/metrics.csv; metric M in nmse, fvu, explained_variance, l0, l0_p10, l0_p50, l0_p90,
     dead_fraction, ce_increase, ce_score, kl_score):
       n_saes, n_architectures
+      train.n_converged, train.converged_fraction, train.not_converged (run names; convergence.THRESHOLDS),
+      train.{dec_stability,fvu_gain_last_quarter,init_frac_above,fvu_gap}_median   over all SAEs
       eval.heldout_tokens, eval.dead_window_tokens, eval.downstream_predictions, eval.ce_clean, eval.ce_zero
       base.{run,architecture,dataset,layer,d_sae,k,seed}, base.{M}
       run.{run name}.{M}                        every SAE
@@ -277,6 +279,13 @@ def numbers(tables: dict, params: dict | None = None) -> dict:
         out["train.tokens_per_sae"] = int(optim.get("n_tokens"))
 
     out["n_saes"], out["n_architectures"] = len(m), int(m.architecture.nunique())
+    if "converged" in m:  # convergence.THRESHOLDS; an SAE without diagnostics counts as not converged
+        ok = m.converged.astype(str).str.lower() == "true"
+        out["train.n_converged"], out["train.converged_fraction"] = int(ok.sum()), float(ok.mean())
+        out["train.not_converged"] = list(m.index[~ok])
+        for c in ("dec_stability", "fvu_gain_last_quarter", "init_frac_above", "fvu_gap"):
+            if c in m and m[c].notna().any():
+                _put(out, f"train.{c}_median", float(m[c].median()))
     for k, col in (("eval.heldout_tokens", "n_tokens"), ("eval.dead_window_tokens", "dead_window_tokens"),
                    ("eval.downstream_predictions", "n_predictions"), ("eval.ce_clean", "ce_clean"),
                    ("eval.ce_zero", "ce_zero")):
