@@ -66,3 +66,12 @@ def test_the_snapshot_survives_a_restart(world, tmp_path):
     m(6, 0, {"a": sae})
     again = Monitor(8, H, tmp_path / "monitor.pt")
     assert torch.equal(again.snap["a"]["W_dec"], sae.W_dec.detach()) and "dec_stability" in again.diagnostics({"a": sae}, H)["a"]
+
+
+def test_the_75_percent_fvu_uses_a_calibrated_copy(world):
+    X, H = world
+    sae = build("batchtopk", d_in=32, d_sae=64, k=4, seed=100)
+    before = sae.threshold.clone()
+    m = Monitor(4, H, train_sample=X[:4096])
+    m(3, 0, {"a": sae})
+    assert torch.equal(sae.threshold, before) and math.isfinite(float(m.snap["a"]["fvu"]))

@@ -41,14 +41,16 @@ class Monitor:
     """``train_sweep`` callback: at 75% of the steps, every SAE's decoder and held-out FVU, saved to ``path``
     (so a run resumed after that point still has them)."""
 
-    def __init__(self, n_steps: int, heldout: torch.Tensor, path=None):
+    def __init__(self, n_steps: int, heldout: torch.Tensor, path=None, train_sample: torch.Tensor | None = None):
         self.at, self.heldout, self.path = math.ceil(0.75 * n_steps), heldout, Path(path) if path else None
+        self.train_sample = train_sample
         self.snap = torch.load(self.path, weights_only=True) if self.path and self.path.exists() else None
 
     def __call__(self, step, tokens, saes):
         if step != self.at:
             return
-        self.snap = {n: {"W_dec": s.W_dec.detach().clone(), "fvu": torch.tensor(_fvu(s, self.heldout))} for n, s in saes.items()}
+        self.snap = {n: {"W_dec": s.W_dec.detach().clone(), "fvu": torch.tensor(_fvu(finalized(s, self.train_sample), self.heldout))}
+                     for n, s in saes.items()}
         if self.path:
             buf = io.BytesIO()
             torch.save(self.snap, buf)
@@ -68,6 +70,22 @@ class Monitor:
                          dec_stability=float((_rows(self.snap[n]["W_dec"]) * _rows(s.W_dec)).sum(-1).median()))
             out[n] = d
         return out
+
+
+def finalize(sae, train_sample) -> None:
+    """What stage 02 does to a trained SAE before using it: calibrate an inference threshold if it has one."""
+    if train_sample is not None and hasattr(sae, "calibrate_threshold"):
+        sae.calibrate_threshold(train_sample)
+
+
+def finalized(sae, train_sample):
+    """``sae`` as it would be after ``finalize`` (a copy when that changes it), in eval mode."""
+    if train_sample is None or not hasattr(sae, "calibrate_threshold"):
+        return sae
+    import copy
+    out = copy.deepcopy(sae).eval()
+    finalize(out, train_sample)
+    return out
 
 
 def converged(d: dict) -> bool:

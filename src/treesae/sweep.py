@@ -224,7 +224,7 @@ def plan(setup: dict) -> pd.DataFrame:
 def train_all(setup: dict, progress: bool = True) -> dict:
     """Train each (corpus, layer) group in one pass over its cached activations; save every SAE."""
     from . import config
-    from .convergence import Monitor
+    from .convergence import Monitor, finalize
     from .corpora import safe_name
     from .saes import save_sae
     from .train import TrainConfig, train_sweep
@@ -245,9 +245,11 @@ def train_all(setup: dict, progress: bool = True) -> dict:
             print(f"{corpus} layer {layer}: {len(saes)} SAEs on {len(data):,} tokens ({cfg.n_tokens:,} tokens each)")
         part = paths.root() / "data" / ".partial" / f"train-{safe_name(corpus)}-L{layer}"
         heldout = cache.activations(layer, "heldout", drop_first=tp.drop_first, max_tokens=tp.eval.heldout_tokens)
-        monitor = Monitor(cfg.n_steps, heldout, part / "monitor.pt")
+        sample = data[torch.linspace(0, len(data) - 1, len(heldout)).long()]  # as many train tokens, spread out
+        monitor = Monitor(cfg.n_steps, heldout, part / "monitor.pt", train_sample=sample)
         curves = train_sweep(saes, data, cfg, out_dir=part, progress=progress, callback=monitor)
-        sample = data[torch.linspace(0, len(data) - 1, len(heldout)).long()]  # train FVU on as many tokens, spread out
+        for sae in saes.values():
+            finalize(sae, sample)  # BatchTopK / Matryoshka: inference threshold calibrated to L0 = k
         diagnostics = monitor.diagnostics(saes, sample)
         for r in runs:
             save_sae(saes[r.name], sae_dir / r.name, metadata={"hook_name": hook_name(layer), "model_name": s["model"].name})

@@ -57,3 +57,27 @@ def test_inference_threshold_is_unbiased_after_few_steps():
     sae.eval()
     l0 = (sae.encode(torch.randn(4096, 32)) != 0).sum(1).float().mean().item()
     assert 4 < l0 < 16, l0
+
+
+@pytest.mark.parametrize("arch", ["batchtopk", "matryoshka"])
+def test_calibrated_threshold_gives_l0_k_on_held_out_data(arch):
+    """calibrate_threshold on training activations sets the threshold so that held-out L0 is within 5% of
+    k, from whatever the running estimate was (here forced too low and too high: L0 far off k)."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parent))
+    from synthetic import planted_dictionary
+    from treesae.train import TrainConfig, train_sweep
+    X, _, _ = planted_dictionary(d_in=32, n_features=96, k=6, n_samples=40_000, seed=0)
+    train, held = X[:32_000], X[32_000:]
+    sae = build(arch, d_in=32, d_sae=96, k=8, seed=5)
+    train_sweep({"a": sae}, train, TrainConfig(n_tokens=100_000, batch_size=512, lr=3e-3, checkpoint_every=0,
+                                                threads=1), progress=False)
+    l0 = lambda x: (sae.encode(x) != 0).sum(1).float().mean().item()
+    for forced in (0.5, 2.0):
+        with torch.no_grad():
+            sae.threshold.mul_(forced)
+        assert abs(l0(held) - 8) / 8 > 0.1  # the control: a wrong threshold puts L0 far from k
+        sae.calibrate_threshold(train[:8192])
+        assert abs(l0(train[:8192]) - 8) < 1e-3 * 8 + 1 / 8192  # exact on the calibration sample (no ties)
+        assert abs(l0(held) - 8) / 8 < 0.05, l0(held)

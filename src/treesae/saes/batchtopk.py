@@ -7,6 +7,8 @@ Inference (``eval()`` mode): a single learned threshold theta replaces the batch
 after the n-th training batch ``theta <- theta + max(threshold_lr, 1/n) * (min(kept values) - theta)``,
 i.e. the plain mean of the first 1/threshold_lr batches, an EMA after that (an EMA started at zero
 would stay biased low for hundreds of steps and let hundreds of latents through at inference).
+After training, ``calibrate_threshold`` sets theta from training activations so that L0 is k (stage 02
+does this for every SAE that has it).
 Exported to sae-lens as a JumpReLU SAE with that threshold on every latent.
 """
 from __future__ import annotations
@@ -55,6 +57,20 @@ class BatchTopKSAE(TopKSAE):
         if self.training:
             return batch_topk_select(pre, self.cfg.k * pre.shape[0])
         return threshold_select(pre, self.threshold)
+
+    @torch.no_grad()
+    def calibrate_threshold(self, x: Tensor, batch_size: int = 4096) -> None:
+        """Set the inference threshold so that L0 on ``x`` (training activations) is k: the (k N)-th largest
+        positive pre-activation over its N tokens, i.e. BatchTopK's selection with ``x`` as one batch. The
+        running estimate alone gives a held-out L0 well below k."""
+        if getattr(self.cfg, "selection", "batchtopk") != "batchtopk":
+            return
+        x, m, top = self._prep(x), self.cfg.k * len(x), None
+        for i in range(0, len(x), batch_size):
+            pre = self.kernels.linear(x[i:i + batch_size], self.b_dec, self.W_enc, self.b_enc).flatten()
+            top = pre[pre > 0] if top is None else torch.cat([top, pre[pre > 0]])
+            top = top.topk(m, sorted=False).values if len(top) > m else top
+        self.threshold.fill_(float(top.min()) if len(top) == m else 0.0)
 
     @torch.no_grad()
     def _after_batch(self, codes: Codes) -> None:
