@@ -1,0 +1,86 @@
+"""Convergence pilot: how held-out FVU, decoder stability, distance from init and cross-seed sharing
+evolve with optimiser steps, for choosing the default profile's dictionary size, batch, lr and steps.
+
+    python -m treesae.workspace pilot build/pilot && (cd build/pilot && dvc repro harvest)   # Brown, layer 15
+    python benchmarks/pilot_convergence.py --root build/pilot --d-sae 4608 --batch 1024 --lr 1e-3 --epochs 12
+
+Two TopK SAEs (seeds 0 and 1, independent inits as in stage 02) train on the same batches; at every
+tenth of the run: held-out FVU (mean-centred, first ``--heldout`` held-out tokens), decoder stability
+(median cosine of decoder rows to the previous milestone), median cosine to the init and the share
+above 0.7, and cross-seed sharing (Hungarian matching of decoder rows, share above cosine 0.7). The
+learning rate decays over the last 20% of the whole run, so a milestone is a point on this run's path,
+not a shorter run.
+"""
+import argparse
+import resource
+import time
+
+import numpy as np
+import torch
+
+from treesae import paths
+from treesae.analysis.matching import cosine_to_init, match_features, shared_ratio
+from treesae.cache import ActivationCache
+from treesae.convergence import _fvu
+from treesae.sweep import Run, build
+from treesae.train import TrainConfig, train_sweep
+
+
+def unit(W):
+    return torch.nn.functional.normalize(W.detach().float(), dim=-1)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--root", default=str(paths.root()), help="a workspace with Brown layer 15 harvested")
+    ap.add_argument("--corpus", default="brown")
+    ap.add_argument("--layer", type=int, default=15)
+    ap.add_argument("--d-sae", type=int, default=4608)
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--epochs", type=float, default=12)
+    ap.add_argument("--heldout", type=int, default=16384)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    cache = ActivationCache.open(f"{a.root}/data/activations/{a.corpus}")
+    data = cache.activations(a.layer, "train")
+    held = cache.activations(a.layer, "heldout", max_tokens=a.heldout)
+    runs = [Run("topk", a.corpus, a.layer, a.d_sae, a.k, s) for s in (0, 1)]
+    saes = {r.name: build(r, data.shape[1], {}) for r in runs}
+    cfg = TrainConfig(n_tokens=int(a.epochs * len(data)), batch_size=a.batch, lr=a.lr, lr_end=a.lr / 10,
+                      log_every=10 ** 9, checkpoint_every=0, threads=a.threads)
+    marks = {max(1, round(cfg.n_steps * i / 10)) for i in range(1, 11)}
+    prev, rows, t0 = {n: unit(s.W_dec) for n, s in saes.items()}, [], time.time()
+
+    def milestone(step, tokens, ss):
+        if step not in marks:
+            return
+        (na, sa), (nb, sb) = ss.items()
+        row = dict(step=step, epochs=tokens / len(data), minutes=(time.time() - t0) / 60,
+                   shared=shared_ratio(match_features(unit(sa.W_dec).numpy(), unit(sb.W_dec).numpy()).cos))
+        for i, (n, s) in enumerate(ss.items()):
+            init = cosine_to_init(s)
+            row[f"fvu{i}"], row[f"stab{i}"] = _fvu(s, held), float((prev[n] * unit(s.W_dec)).sum(-1).median())
+            row[f"init{i}"], row[f"init_above{i}"] = float(np.median(init)), float((init > 0.7).mean())
+            prev[n] = unit(s.W_dec)
+        rows.append(row)
+        print(f"step {step:6d} ({row['epochs']:.1f} ep, {row['minutes']:.1f} min): FVU {row['fvu0']:.4f}/{row['fvu1']:.4f} "
+              f"stability {row['stab0']:.3f} init cos {row['init0']:.2f} ({row['init_above0']:.0%} > 0.7) "
+              f"shared {row['shared']:.1%}", flush=True)
+
+    print(f"{len(data):,} train tokens, {cfg.n_steps} steps of {a.batch}, d_sae {a.d_sae}, k {a.k}, lr {a.lr} -> {a.lr / 10}")
+    train_sweep(saes, data, cfg, progress=False, callback=milestone)
+    print("\n| steps | epochs | held-out FVU (s0 / s1) | decoder stability vs previous | median cos to init | rows > 0.7 to init | cross-seed shared @0.7 |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['step']:,} | {r['epochs']:.1f} | {r['fvu0']:.4f} / {r['fvu1']:.4f} | {r['stab0']:.3f} | {r['init0']:.2f} | "
+              f"{r['init_above0']:.0%} | {r['shared']:.1%} |")
+    tag = f"d{a.d_sae}_b{a.batch}_e{a.epochs:g}"
+    print(f"RATIO pilot_cross_seed_shared_{tag} {rows[-1]['shared']:.4f}")
+    print(f"RATIO pilot_fvu_gain_last_tenth_{tag} {(rows[-2]['fvu0'] - rows[-1]['fvu0']) / rows[-2]['fvu0']:.4f}")
+    print(f"PEAK_RSS_MB pilot_{tag} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
+
+
+if __name__ == "__main__":
+    main()
