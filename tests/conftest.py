@@ -40,3 +40,19 @@ def tiny_corpus(tmp_path):
     np.save(d / "split.npy", (np.arange(40) % 5 == 0).astype(np.int8))
     (d / "docs.json").write_text('{"corpus": "tiny"}')
     return d
+
+
+
+@pytest.fixture
+def interrupt_on_call():
+    """``wrap(fn, n)``: ``fn`` raising KeyboardInterrupt on its n-th call (a Ctrl-C part-way through a stage)."""
+    def wrap(fn, n: int):
+        calls = []
+
+        def dying(*a, **k):
+            calls.append(1)
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            return fn(*a, **k)
+        return dying
+    return wrap

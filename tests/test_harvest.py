@@ -42,18 +42,10 @@ def test_reharvest_is_bit_identical(tiny_model, tiny_corpus, tmp_path):
     assert [s["sha256"] for s in a.meta["shards"]] == [s["sha256"] for s in b.meta["shards"]]
 
 
-def test_interrupted_harvest_resumes_and_matches(tiny_model, tiny_corpus, tmp_path, monkeypatch):
+def test_interrupted_harvest_resumes_and_matches(tiny_model, tiny_corpus, tmp_path, monkeypatch, interrupt_on_call):
     ref = run(tiny_model, tiny_corpus, tmp_path / "ref")
-    calls = {"n": 0}
     real = H.forward_layers
-
-    def dying(model, tokens, layers):
-        calls["n"] += 1
-        if calls["n"] == 7:  # first batch of the third shard (3 batches per shard)
-            raise KeyboardInterrupt
-        return real(model, tokens, layers)
-
-    monkeypatch.setattr(H, "forward_layers", dying)
+    monkeypatch.setattr(H, "forward_layers", interrupt_on_call(real, 7))  # first batch of the third shard (3 per shard)
     out = tmp_path / "data" / "act"
     with pytest.raises(KeyboardInterrupt):
         run(tiny_model, tiny_corpus, out)
@@ -70,17 +62,10 @@ def test_interrupted_harvest_resumes_and_matches(tiny_model, tiny_corpus, tmp_pa
     assert not H.partial_dir(out).exists()
 
 
-def test_damaged_partial_shard_is_recomputed(tiny_model, tiny_corpus, tmp_path, monkeypatch):
+def test_damaged_partial_shard_is_recomputed(tiny_model, tiny_corpus, tmp_path, monkeypatch, interrupt_on_call):
     ref = run(tiny_model, tiny_corpus, tmp_path / "ref")
-    real, calls = H.forward_layers, []
-
-    def dying(*a):
-        calls.append(1)
-        if len(calls) == 7:  # first batch of shard 2: shards 0 and 1 are complete
-            raise KeyboardInterrupt
-        return real(*a)
-
-    monkeypatch.setattr(H, "forward_layers", dying)
+    real = H.forward_layers
+    monkeypatch.setattr(H, "forward_layers", interrupt_on_call(real, 7))  # first batch of shard 2: 0 and 1 complete
     out = tmp_path / "data" / "act"
     with pytest.raises(KeyboardInterrupt):
         run(tiny_model, tiny_corpus, out)

@@ -24,22 +24,15 @@ def stage(tiny_model, tiny_corpus, tmp_path, monkeypatch):
     return s, saes, tmp_path / "data" / "train" / "metrics.csv"
 
 
-def test_interrupted_evaluation_resumes_with_the_same_table(stage, monkeypatch):
+def test_interrupted_evaluation_resumes_with_the_same_table(stage, monkeypatch, interrupt_on_call):
     s, saes, out = stage
     ref = sweep.evaluate(s, saes, progress=False)
     ref_bytes = out.read_bytes()
     assert len(ref) == 4 and ref.nmse.notna().all()
     for f in (out.parent.parent / ".partial" / "eval").iterdir():
         f.unlink()
-    real, calls = metrics.reconstruction_metrics, []
-
-    def dying(*a, **k):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(metrics, "reconstruction_metrics", dying)
+    real = metrics.reconstruction_metrics
+    monkeypatch.setattr(metrics, "reconstruction_metrics", interrupt_on_call(real, 3))
     out.unlink()
     with pytest.raises(KeyboardInterrupt):
         sweep.evaluate(s, saes, progress=False)

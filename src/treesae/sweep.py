@@ -212,7 +212,7 @@ def setup(model: dict, harvest: dict, train: dict):
     from .harvest import setup as harvest_setup
     mp, hp = harvest_setup(model, harvest)
     c = check(mp, hp, train)
-    return dict(model=mp, harvest=hp, train=c["train"], runs=c["runs"])
+    return dict(model=mp, harvest=hp, train=c["train"], runs=c["runs"], optim=c["optim"])
 
 
 def plan(setup: dict) -> pd.DataFrame:
@@ -223,16 +223,15 @@ def plan(setup: dict) -> pd.DataFrame:
 
 def train_all(setup: dict, progress: bool = True) -> dict:
     """Train each (corpus, layer) group in one pass over its cached activations; save every SAE."""
-    from . import config
     from .convergence import Monitor, finalize
     from .corpora import safe_name
     from .saes import save_sae
-    from .train import TrainConfig, train_sweep
+    from .train import train_sweep
     s, tp = setup, setup["train"]
     groups = {}
     for run in s["runs"]:
         groups.setdefault((run.corpus, run.layer), []).append(run)
-    cfg = config.parse(TrainConfig, {"threads": s["model"].threads, **tp.optim}, "train.optim")
+    cfg = s["optim"]
     curves_dir, sae_dir = paths.data("train", "curves"), paths.data("saes")
     curves_dir.mkdir(parents=True, exist_ok=True)
     trained = {}
@@ -267,13 +266,10 @@ def eval_key(run: Run, sae, cache_meta: dict, setup: dict, downstream: bool) -> 
     """What a run's evaluation row depends on: the SAE's weights, the harvest (fingerprint), the eval
     settings, and the code of ``metrics``; keys ``data/.partial/eval`` so an interrupted evaluation resumes."""
     import dataclasses
-    import hashlib
 
     from . import metrics
-    h = hashlib.sha256(Path(metrics.__file__).read_bytes())
-    for name, t in sorted(sae.state_dict().items()):
-        h.update(f"{name}{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    from .saes.base import weights_digest
+    h = hashlib.sha256(Path(metrics.__file__).read_bytes() + weights_digest(sae))
     h.update(json.dumps(dict(run=run.name, harvest=cache_meta["fingerprint"], eval=dataclasses.asdict(setup["train"].eval),
                              drop_first=setup["train"].drop_first, downstream=bool(downstream),
                              model=setup["model"].name), sort_keys=True).encode())

@@ -163,7 +163,7 @@ def test_errors(saes, meta, heldout, model):
         browser.Source(acts, tokens[:, :-1])
 
 
-def test_interrupted_extract_resumes_with_the_same_site(tmp_path, corpus, saes, meta, model, monkeypatch):
+def test_interrupted_extract_resumes_with_the_same_site(tmp_path, corpus, saes, meta, model, monkeypatch, interrupt_on_call):
     import importlib
     E = importlib.import_module("treesae.browser.extract")
     from treesae.cache import ActivationCache
@@ -175,15 +175,8 @@ def test_interrupted_extract_resumes_with_the_same_site(tmp_path, corpus, saes, 
     site = lambda data, name: browser.write_site(data, tmp_path / name)
     files = lambda root: {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
     ref = files(site(run(None), "ref"))
-    real, calls = E.feature_stats, []
-
-    def dying(*a, **k):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(E, "feature_stats", dying)
+    real = E.feature_stats
+    monkeypatch.setattr(E, "feature_stats", interrupt_on_call(real, 3))
     store = ArrayStore(tmp_path / "partial")
     with pytest.raises(KeyboardInterrupt):
         run(store)

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -326,10 +326,8 @@ def _token_strings(tokenizer, ids) -> dict[int, str]:
 
 
 def _stats_key(sae, tkey, source_key, salt, model, *settings) -> str:
-    h = hashlib.sha256(Path(__file__).read_bytes())
-    for name, t in sorted(sae.state_dict().items()):
-        h.update(f"{name}{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    from ..saes.base import weights_digest
+    h = hashlib.sha256(Path(__file__).read_bytes() + weights_digest(sae))
     h.update(repr((tkey, source_key, salt, getattr(getattr(model, "cfg", None), "model_name", None), settings)).encode())
     return h.hexdigest()
 

@@ -153,6 +153,16 @@ def fired(z: Tensor) -> Tensor:
     return (z != 0).any(0)
 
 
+def weights_digest(sae: nn.Module) -> bytes:
+    """sha256 of every tensor of ``sae.state_dict()`` (names, dtypes, shapes, bytes): keys cached results."""
+    import hashlib
+    h = hashlib.sha256()
+    for name, t in sorted(sae.state_dict().items()):
+        h.update(f"{name}{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.digest()
+
+
 def unit_rows(shape: tuple[int, int], gen: torch.Generator, norm: float = 1.0) -> Tensor:
     """Random directions as rows with the given norm."""
     w = torch.randn(shape, generator=gen)
