@@ -193,3 +193,25 @@ def test_float16_overflow_is_reported(tiny_model, tiny_corpus, tmp_path):
 def test_bad_layer_is_a_clear_error(tiny_model, tiny_corpus, tmp_path):
     with pytest.raises(ValueError, match="has 4 layers"):
         run(tiny_model, tiny_corpus, tmp_path / "act", layers=[1, 9])
+
+
+def test_heldout_draw_and_attention_sinks(tiny_model, tiny_corpus, tmp_path):
+    from treesae.cache import sink_mask
+    cache = run(tiny_model, tiny_corpus, tmp_path / "act", dtype="float32")
+    held = cache.contexts("heldout")
+    assert np.array_equal(cache.sample_contexts("heldout", 3, None), held[:3])  # no seed: corpus order
+    a, b = cache.sample_contexts("heldout", 3, 0), cache.sample_contexts("heldout", 3, 1)
+    assert np.array_equal(a, cache.sample_contexts("heldout", 3, 0)) and not np.array_equal(a, b)
+    assert set(a) <= set(held) and np.all(np.diff(a) > 0)
+    assert np.array_equal(cache.sample_contexts("heldout", 99, 0), held)
+    x = cache.activations(3, "heldout", max_tokens=2 * 15, seed=0)  # the drawn contexts' tokens, positions 1..
+    assert torch.equal(x, torch.from_numpy(cache.layer(3)[cache.sample_contexts("heldout", 2, 0), 1:]).reshape(-1, 32).float())
+    # sinks: tokens far above the median norm, wherever they sit, are dropped like position 0
+    full = cache.activations(3, "train")
+    assert not sink_mask(full, 10.0).any()  # this tiny model makes none
+    kept = cache.activations(3, "train", sink_ratio=1.0)  # a ratio of 1 drops the upper half
+    n = full.norm(dim=1)
+    assert len(kept) == int((n <= n.median()).sum()) and kept.norm(dim=1).max() <= n.median()
+    planted = full.clone()
+    planted[[5, 70]] *= 300
+    assert sink_mask(planted, 10.0).nonzero().flatten().tolist() == [5, 70]

@@ -138,6 +138,33 @@ def test_downstream_identities(tiny_lm):
     assert allpos["ce_zero"] != pytest.approx(float(manual.mean()), rel=1e-3)
 
 
+def test_downstream_standard_errors_and_sinks(tiny_lm):
+    from treesae.metrics import _replace
+    tok = torch.randint(0, 64, (10, 16), generator=torch.Generator().manual_seed(0))
+    hook = "blocks.1.hook_resid_pre"
+    zero = downstream_metrics(tiny_lm, Zero(), tok, hook, batch_size=3)
+
+    def zero_after_first(act, hook):
+        act = act.clone()
+        act[:, 1:] = 0
+        return act
+
+    with torch.no_grad():  # the standard error over contexts of the per-context mean CE increase, by hand
+        clean = tiny_lm(tok, return_type="loss", loss_per_token=True)[:, 1:].mean(1)
+        ablated = tiny_lm.run_with_hooks(tok, return_type="loss", loss_per_token=True,
+                                         fwd_hooks=[(hook, zero_after_first)])[:, 1:].mean(1)
+    inc = (ablated - clean).double()
+    assert zero["n_contexts"] == 10
+    assert zero["ce_increase_se"] == pytest.approx(float(inc.std() / 10 ** 0.5), rel=1e-4) and zero["ce_increase_se"] > 0
+    # attention sinks keep their clean activation, as position 0 does
+    act = torch.randn(2, 6, 4, generator=torch.Generator().manual_seed(1))
+    act[1, 3] *= 1000
+    out = _replace(act, 1, 10.0, torch.zeros_like)
+    assert torch.equal(out[:, 0], act[:, 0]) and torch.equal(out[1, 3], act[1, 3])
+    assert (out[0, 1:] == 0).all() and (out[1, 1:3] == 0).all() and (out[1, 4:] == 0).all()
+    assert (_replace(act, 1, None, torch.zeros_like)[1, 3] == 0).all()
+
+
 class Half(nn.Module):
     def forward(self, x):
         return 0.5 * x

@@ -27,6 +27,16 @@ import torch
 from .io import sha256_file
 
 SCALE_TOLERANCE = 4.0  # a shard's median token norm may differ from the harvest summary's by this factor
+HELDOUT_TAG = 0x4E1D0  # keeps the held-out context draw apart from every other stream seeded with the same seed
+
+
+def sink_mask(x: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Bool over the tokens of ``x`` [..., d_model]: attention sinks, whose norm exceeds ``ratio`` times the
+    median token norm of ``x``. In SmolLM2 they sit at position 0 and, in ~2% of contexts, at position 1 or 2,
+    with ~170x the median norm: 0.017% of the tokens after position 0 carry 88% of the centred variance, so
+    one more or one fewer in a sample changes its FVU by 2x (docs/DESIGN.md, "Attention sinks")."""
+    n = x.float().norm(dim=-1)
+    return n > ratio * n.median()
 
 
 class CacheError(RuntimeError):
@@ -181,13 +191,25 @@ class ActivationCache:
             raise ValueError(f"split must be 'train', 'heldout' or 'all', not {split!r}")
         return np.flatnonzero(np.asarray(self.split) == (split == "heldout"))
 
-    def activations(self, layer: int, split: str = "train", drop_first: bool = True, max_tokens: int | None = None) -> torch.Tensor:
-        """float32 [n_tokens, d_model], contexts in cache order, positions in order (position 0 dropped by default)."""
-        arr, rows = self.layer(layer), self.contexts(split)
+    def sample_contexts(self, split: str, n: int | None, seed: int | None) -> np.ndarray:
+        """``n`` contexts of ``split`` (all when None): the first ``n`` in cache order when ``seed`` is None, else
+        drawn at random from a stream of their own (seeded by ``seed`` and a fixed tag), in cache order."""
+        rows = self.contexts(split)
+        if n is None or n >= len(rows):
+            return rows
+        if seed is None:
+            return rows[:n]
+        return np.sort(np.random.default_rng([seed, HELDOUT_TAG]).choice(rows, n, replace=False))
+
+    def activations(self, layer: int, split: str = "train", drop_first: bool = True, max_tokens: int | None = None,
+                    seed: int | None = None, sink_ratio: float | None = None) -> torch.Tensor:
+        """float32 [n_tokens, d_model], positions in order (position 0 dropped by default). ``max_tokens``: the
+        contexts that hold them, the first ones or, with ``seed``, a random draw (``sample_contexts``).
+        ``sink_ratio``: also drop attention-sink tokens (``sink_mask``), wherever they fall."""
+        arr = self.layer(layer)
         start = 1 if drop_first else 0
         per_ctx = self.meta["context_len"] - start
-        if max_tokens is not None:
-            rows = rows[: max(1, -(-max_tokens // per_ctx))]
+        rows = self.sample_contexts(split, None if max_tokens is None else max(1, -(-max_tokens // per_ctx)), seed)
         out = torch.empty(len(rows) * per_ctx, self.meta["d_model"], dtype=torch.float32)
         for i in range(0, len(rows), 256):
             chunk = torch.from_numpy(arr[rows[i:i + 256], start:].astype(np.float32)).reshape(-1, self.meta["d_model"])
@@ -196,4 +218,6 @@ class ActivationCache:
             bad = (~torch.isfinite(out)).any(1).sum().item()
             raise CacheError(f"Cache {self.path} layer {layer}: {bad} token activations are NaN/inf. "
                              "Delete the cache and rerun the harvest (dtype float32 if float16 overflowed).")
+        if sink_ratio is not None:
+            out = out[~sink_mask(out, sink_ratio)]
         return out[:max_tokens] if max_tokens is not None else out

@@ -1,4 +1,4 @@
-"""Evaluation metrics of a trained SAE (see BRIEF section 3 for the definitions).
+"""Evaluation metrics of a trained SAE.
 
 reconstruction_metrics: on held-out activations [N, d_in] (already without the first position when
 the cache was read with drop_first=True, the default), batched, no grad, SAE in eval mode.
@@ -16,11 +16,13 @@ downstream_metrics: splice the SAE reconstruction into a HookedTransformer at ho
 from __future__ import annotations
 
 import contextlib
+import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .cache import sink_mask
 from .train import get_rows
 
 QUANTILES = (0.1, 0.5, 0.9)
@@ -64,15 +66,16 @@ def reconstruction_metrics(sae, acts, batch_size: int = 4096) -> dict:
     n, d = acts.shape
     levels = list(sae.levels)
     multi, cumulative = len(levels) > 1, len(levels) > 1 and trains_cumulative(sae)
-    bounds = torch.tensor([sl.stop for sl in levels])
+    dev = next(sae.parameters()).device
+    bounds = torch.tensor([sl.stop for sl in levels], device=dev)
     sse = sxx = 0.0
-    sx = torch.zeros(d, dtype=torch.float64)
+    sx = torch.zeros(d, dtype=torch.float64, device=dev)
     sse_cum = np.zeros(len(levels))
-    fires = torch.zeros(levels[-1].stop, dtype=torch.long)
-    l0_tok, l0_lvl = [], torch.zeros(len(levels), dtype=torch.long)
+    fires = torch.zeros(levels[-1].stop, dtype=torch.long, device=dev)
+    l0_tok, l0_lvl = [], torch.zeros(len(levels), dtype=torch.long, device=dev)
     with eval_mode(sae):
         for i in range(0, n, batch_size):
-            x = get_rows(acts, torch.arange(i, min(i + batch_size, n)))
+            x = get_rows(acts, torch.arange(i, min(i + batch_size, n))).to(dev)
             z = _dense(sae.encode(x))
             sse += float((x - sae.decode(z)).double().pow(2).sum())
             sxx += float(x.double().pow(2).sum())
@@ -101,12 +104,24 @@ def reconstruction_metrics(sae, acts, batch_size: int = 4096) -> dict:
 
 
 def _ce_kl(logits, clean_logp, tokens, pos):
-    """Summed next-token CE and KL(clean || logits) over positions ``pos`` (logits at t predict token t+1)."""
+    """Per-context summed next-token CE and KL(clean || logits) over positions ``pos`` ([n_ctx] each; logits
+    at t predict token t+1)."""
     logp = F.log_softmax(logits[:, pos].float(), dim=-1)
     target = tokens[:, pos.start + 1:pos.stop + 1]
-    ce = -logp.gather(-1, target.unsqueeze(-1)).sum()
-    kl = F.kl_div(logp, clean_logp, log_target=True, reduction="sum") if clean_logp is not None else None
+    ce = -logp.gather(-1, target.unsqueeze(-1)).sum((1, 2))
+    kl = (clean_logp.exp() * (clean_logp - logp)).sum((1, 2)) if clean_logp is not None else None
     return ce, kl, logp
+
+
+def _replace(act, first: int, sink_ratio: float | None, fn):
+    """``act`` [B, T, d] with positions ``first:`` replaced by ``fn`` of them, except attention sinks (``sink_mask``)."""
+    a = act[:, first:]
+    new = fn(a)
+    if sink_ratio is not None:
+        new = torch.where(sink_mask(a, sink_ratio).unsqueeze(-1), a, new)
+    act = act.clone()
+    act[:, first:] = new
+    return act
 
 
 def _first_scored(tokens, exclude_first: bool) -> tuple[torch.Tensor, int, slice]:
@@ -126,7 +141,8 @@ def _layer_of(hook_name: str) -> int:
 
 
 @torch.no_grad()
-def downstream_reference(model, tokens, hook_name: str, batch_size: int = 8, exclude_first: bool = True) -> dict:
+def downstream_reference(model, tokens, hook_name: str, batch_size: int = 8, exclude_first: bool = True,
+                         sink_ratio: float | None = None) -> dict:
     """The SAE-independent half of ``downstream_metrics``, computed once per (tokens, hook) and reused for
     every SAE: per batch, the clean residual at the hook and clean log-probs; clean and zero-ablated CE/KL
     sums. Memory: n_ctx * ctx_len * d_vocab floats of log-probs."""
@@ -134,26 +150,25 @@ def downstream_reference(model, tokens, hook_name: str, batch_size: int = 8, exc
     layer = _layer_of(hook_name)
 
     def zero(act, hook):
-        act = act.clone()
-        act[:, first:] = 0
-        return act
+        return _replace(act, first, sink_ratio, torch.zeros_like)
 
-    batches, sums, count = [], dict(ce_clean=0.0, ce_zero=0.0, kl_zero=0.0), 0
+    batches, sums, count, ce_ctx = [], dict(ce_clean=0.0, ce_zero=0.0, kl_zero=0.0), 0, []
     with eval_mode(model):
         for i in range(0, tokens.shape[0], batch_size):
             tok = tokens[i:i + batch_size]
             logits, cache = model.run_with_cache(tok, return_type="logits", names_filter=hook_name)
             ce, _, clean_logp = _ce_kl(logits, None, tok, pos)
+            ce_ctx.append(ce)
             resid = cache[hook_name]
             z_ce, z_kl, _ = _ce_kl(model.run_with_hooks(resid, start_at_layer=layer, return_type="logits",
                                                         fwd_hooks=[(hook_name, zero)]), clean_logp, tok, pos)
-            sums["ce_clean"] += float(ce)
-            sums["ce_zero"] += float(z_ce)
-            sums["kl_zero"] += float(z_kl)
+            sums["ce_clean"] += float(ce.sum())
+            sums["ce_zero"] += float(z_ce.sum())
+            sums["kl_zero"] += float(z_kl.sum())
             batches.append((tok, resid, clean_logp))
             count += tok.shape[0] * (pos.stop - pos.start)
-    return dict(hook_name=hook_name, layer=layer, batches=batches, sums=sums, count=count,
-                exclude_first=exclude_first, n_ctx=int(tokens.shape[0]), batch_size=batch_size)
+    return dict(hook_name=hook_name, layer=layer, batches=batches, sums=sums, count=count, ce_clean_ctx=torch.cat(ce_ctx),
+                exclude_first=exclude_first, sink_ratio=sink_ratio, n_ctx=int(tokens.shape[0]), batch_size=batch_size)
 
 
 @torch.no_grad()
@@ -167,7 +182,9 @@ def downstream_metrics(model, sae, tokens, hook_name: str, batch_size: int = 8, 
     are 1..T-2 (n_ctx * (T - 2) predictions). exclude_first=False: all positions are spliced/ablated and
     0..T-2 are scored. All numbers are means over the scored predictions (nats):
     ce_clean, ce_sae, ce_zero; ce_increase = ce_sae - ce_clean; ce_score = (ce_zero - ce_sae)/(ce_zero - ce_clean);
-    kl_sae / kl_zero = mean KL(clean || spliced / ablated); kl_score = (kl_zero - kl_sae)/kl_zero.
+    kl_sae / kl_zero = mean KL(clean || spliced / ablated); kl_score = (kl_zero - kl_sae)/kl_zero;
+    ce_increase_se, kl_sae_se: standard errors over contexts (each context's mean, n_contexts of them).
+    Attention sinks (``reference`` made with ``sink_ratio``) keep their clean activation like position 0.
     The spliced and ablated runs start at the hook's layer from the clean residual (``start_at_layer``).
     ``reference``: ``downstream_reference`` of the same tokens and hook (computed here when None).
     """
@@ -180,23 +197,26 @@ def downstream_metrics(model, sae, tokens, hook_name: str, batch_size: int = 8, 
                          "recompute it with downstream_reference(model, tokens, hook_name, ...)")
 
     def splice(act, hook):
-        a = act[:, first:]
-        rec = sae(a.reshape(-1, a.shape[-1]).float()).reshape(a.shape).to(act.dtype)
-        act = act.clone()
-        act[:, first:] = rec
-        return act
+        return _replace(act, first, ref["sink_ratio"], lambda a: sae(a.reshape(-1, a.shape[-1]).float()).reshape(a.shape).to(a.dtype))
 
-    sums = dict(ref["sums"], ce_sae=0.0, kl_sae=0.0)
+    sums, ce_ctx, kl_ctx = dict(ref["sums"], ce_sae=0.0, kl_sae=0.0), [], []
     with eval_mode(sae), eval_mode(model):
         for tok, resid, clean_logp in ref["batches"]:
             logits = model.run_with_hooks(resid, start_at_layer=ref["layer"], return_type="logits",
                                           fwd_hooks=[(hook_name, splice)])
             ce, kl, _ = _ce_kl(logits, clean_logp, tok, pos)
-            sums["ce_sae"] += float(ce)
-            sums["kl_sae"] += float(kl)
+            sums["ce_sae"] += float(ce.sum())
+            sums["kl_sae"] += float(kl.sum())
+            ce_ctx.append(ce)
+            kl_ctx.append(kl)
     m = {k: sums[k] / ref["count"] for k in ("ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero")}
     m["ce_increase"] = m["ce_sae"] - m["ce_clean"]
     m["ce_score"] = (m["ce_zero"] - m["ce_sae"]) / (m["ce_zero"] - m["ce_clean"])
     m["kl_score"] = (m["kl_zero"] - m["kl_sae"]) / m["kl_zero"]
-    m.update(n_predictions=ref["count"], exclude_first=exclude_first, hook_name=hook_name)
+    per = ref["count"] / ref["n_ctx"]  # scored predictions per context
+    inc, kl_c = (torch.cat(ce_ctx) - ref["ce_clean_ctx"]) / per, torch.cat(kl_ctx) / per
+    m["ce_increase_se"], m["kl_sae_se"] = (float(v.double().std() / math.sqrt(len(v))) if len(v) > 1 else float("nan")
+                                           for v in (inc, kl_c))
+    m.update(n_predictions=ref["count"], n_contexts=ref["n_ctx"], exclude_first=exclude_first,
+             sink_ratio=ref["sink_ratio"], hook_name=hook_name)
     return m

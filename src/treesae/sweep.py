@@ -156,6 +156,7 @@ class EvalParams:
     heldout_tokens: int | None = 32768     # held-out tokens for the reconstruction metrics (null: all)
     downstream_contexts: int = 16          # held-out contexts for CE / KL with the reconstruction spliced in (0: none)
     downstream_batch_size: int = 8
+    seed: int = 0                          # which held-out contexts both use (a random draw of their own)
 
     def __post_init__(self):
         if self.heldout_tokens is not None and self.heldout_tokens < 1 or self.downstream_contexts < 0 \
@@ -172,6 +173,7 @@ class TrainParams:
     optim: dict = field(default_factory=dict)
     eval: dict = field(default_factory=dict)
     drop_first: bool = True
+    sink_ratio: float | None = 10.0   # drop attention-sink tokens (norm > this x the median) as position 0 is; null: keep
 
 
 def check(model, harvest, train: dict) -> dict:
@@ -238,12 +240,13 @@ def train_all(setup: dict, progress: bool = True) -> dict:
     for (corpus, layer), runs in groups.items():
         cache = ActivationCache.open(paths.data("activations", safe_name(corpus)),
                                      expect={"model": s["model"].name, "layers": [layer]})
-        data = cache.activations(layer, "train", drop_first=tp.drop_first)
+        data = cache.activations(layer, "train", drop_first=tp.drop_first, sink_ratio=tp.sink_ratio)
         saes = {r.name: build(r, cache.meta["d_model"], tp.architectures) for r in runs}
         if progress:
             print(f"{corpus} layer {layer}: {len(saes)} SAEs on {len(data):,} tokens ({cfg.n_tokens:,} tokens each)")
         part = paths.root() / "data" / ".partial" / f"train-{safe_name(corpus)}-L{layer}"
-        heldout = cache.activations(layer, "heldout", drop_first=tp.drop_first, max_tokens=tp.eval.heldout_tokens)
+        heldout = cache.activations(layer, "heldout", drop_first=tp.drop_first, max_tokens=tp.eval.heldout_tokens,
+                                    seed=tp.eval.seed, sink_ratio=tp.sink_ratio)
         sample = data[torch.linspace(0, len(data) - 1, len(heldout)).long()]  # as many train tokens, spread out
         monitor = Monitor(cfg.n_steps, heldout, part / "monitor.pt", train_sample=sample)
         curves = train_sweep(saes, data, cfg, out_dir=part, progress=progress, callback=monitor)
@@ -296,12 +299,12 @@ def evaluate(setup: dict, saes: dict, lm=None, progress: bool = True) -> pd.Data
         if row is None:
             if key not in acts:
                 acts = {key: cache.activations(run.layer, "heldout", drop_first=s["train"].drop_first,
-                                               max_tokens=ev.heldout_tokens)}
+                                               max_tokens=ev.heldout_tokens, seed=ev.seed, sink_ratio=s["train"].sink_ratio)}
                 if downstream:  # clean and zero-ablated runs: once per group, not per SAE
-                    ctx = cache.contexts("heldout")[: ev.downstream_contexts]
+                    ctx = cache.sample_contexts("heldout", ev.downstream_contexts, ev.seed)
                     toks = torch.from_numpy(np.asarray(cache.tokens[ctx])).long()
                     ref = downstream_reference(lm, toks, hook_name(run.layer), ev.downstream_batch_size,
-                                               s["train"].drop_first)
+                                               s["train"].drop_first, s["train"].sink_ratio)
             row = dict(name=run.name, **reconstruction_metrics(saes[run.name], acts[key]))
             if downstream:
                 row.update(downstream_metrics(lm, saes[run.name], toks, hook_name(run.layer),

@@ -177,6 +177,9 @@ def validate(saes: dict, data) -> None:
     if len(data.shape) != 2:
         raise ValueError(f"data must be 2-D [n_tokens, d_in], got shape {tuple(data.shape)}")
     n, width = data.shape
+    devices = {str(next(s.parameters()).device) for s in saes.values()}
+    if len(devices) > 1:
+        raise ValueError(f"train_sweep: the SAEs are on different devices ({sorted(devices)}); move them to one")
     for name, sae in saes.items():
         d_in, _ = sae_dims(sae)
         if d_in != width:
@@ -213,7 +216,7 @@ def config_hash(saes: dict, data, cfg: TrainConfig) -> str:
     h = hashlib.sha256(json.dumps([c, s, list(data.shape), str(data.dtype)], sort_keys=True).encode())
     n = data.shape[0]
     for i in sorted({0, n // 2, n - 1}):
-        h.update(get_rows(data, torch.tensor([i])).numpy().tobytes())
+        h.update(get_rows(data, torch.tensor([i])).cpu().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -231,7 +234,7 @@ def fired_latents(z: torch.Tensor) -> torch.Tensor:
     """Bool [d_sae]: latents with a non-zero code somewhere in the batch (z dense or sparse COO)."""
     if z.layout == torch.sparse_coo:
         idx, vals = z._indices(), z._values()
-        return torch.zeros(z.shape[-1], dtype=torch.bool).index_fill_(0, idx[-1][vals != 0], True)
+        return torch.zeros(z.shape[-1], dtype=torch.bool, device=z.device).index_fill_(0, idx[-1][vals != 0], True)
     return z.amax(dim=0) > 0  # codes are >= 0 (ReLU / TopK); amax is ~4x faster than (z != 0).any(0)
 
 
@@ -301,7 +304,8 @@ def train_sweep(saes: dict, data, cfg: TrainConfig, out_dir=None, progress: bool
     order = ShuffledOrder(n, cfg.seed)
     opts = {name: torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                    eps=cfg.adam_eps, fused=True) for name, sae in saes.items()}
-    since = {name: torch.zeros(sae_dims(sae)[1], dtype=torch.long) for name, sae in saes.items()}
+    dev = next(next(iter(saes.values())).parameters()).device
+    since = {name: torch.zeros(sae_dims(sae)[1], dtype=torch.long, device=dev) for name, sae in saes.items()}
     # codes come back as a sparse COO tensor when the SAE offers it (no [B, d_sae] allocation per step)
     sparse_z = {name: {"dense_z": False} if "dense_z" in inspect.signature(sae.training_loss).parameters else {}
                 for name, sae in saes.items()}
@@ -328,7 +332,7 @@ def train_sweep(saes: dict, data, cfg: TrainConfig, out_dir=None, progress: bool
                     since, rows, start = ck["since_fired"], ck["rows"], ck["step"]
                     torch.set_rng_state(ck["rng"])
             if start == 0 and cfg.init_sample_tokens:
-                sample = get_rows(data, order.indices(0, min(cfg.init_sample_tokens, n)))
+                sample = get_rows(data, order.indices(0, min(cfg.init_sample_tokens, n))).to(dev)
                 for sae in saes.values():
                     if hasattr(sae, "init_from_sample"):
                         sae.init_from_sample(sample)
@@ -347,7 +351,7 @@ def train_sweep(saes: dict, data, cfg: TrainConfig, out_dir=None, progress: bool
             with tqdm(total=n_steps * B, initial=start * B, unit="tok", unit_scale=True, disable=not progress,
                       desc="train_sweep", smoothing=0.1, mininterval=10) as pbar:
                 for step in range(start, n_steps):
-                    x = get_rows(data, order.indices(step * B, B))
+                    x = get_rows(data, order.indices(step * B, B)).to(dev, non_blocking=True)
                     lr, tokens = get_lr(step, cfg), (step + 1) * B
                     log_now = (step + 1) % cfg.log_every == 0 or step + 1 == n_steps
                     for name, sae in saes.items():
