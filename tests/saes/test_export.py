@@ -54,6 +54,9 @@ def test_round_trip_through_sae_lens(case, x_small, tmp_path):
         torch.testing.assert_close(sl.encode(x_small), z, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(sl.decode(sl.encode(x_small)), ours, rtol=1e-5, atol=1e-5)
         assert (z > 0).any()
+        x3 = x_small[:12].reshape(3, 4, -1)  # [batch, pos, d], as HookedSAETransformer passes activations
+        torch.testing.assert_close(sl.encode(x3), z[:12].reshape(3, 4, -1), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(sl(x3), ours[:12].reshape(3, 4, -1), rtol=1e-5, atol=1e-5)
 
         back = load_sae(tmp_path)
         assert type(back) is type(sae) and back.cfg == sae.cfg and not back.training

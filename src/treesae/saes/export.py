@@ -75,8 +75,9 @@ class _HierarchicalSL(SAE):
                                       for (d, ln), w in zip(self._encoder_specs(), self.cfg.widths))
 
     def encode(self, x: Tensor) -> Tensor:
-        sae_in = self.process_sae_in(x)  # x - b_dec
-        return self.hook_sae_acts_post(self._concat(self._levels(sae_in, None)).dense())
+        sae_in = self.process_sae_in(x)  # x - b_dec; any leading dims ([batch, pos, d] in HookedSAETransformer)
+        z = self._concat(self._levels(sae_in.reshape(-1, sae_in.shape[-1]), None)).dense()
+        return self.hook_sae_acts_post(z.reshape(*sae_in.shape[:-1], z.shape[-1]))
 
     def decode(self, feature_acts: Tensor) -> Tensor:
         out = self.hook_sae_recons(feature_acts @ self.W_dec + self.b_dec)
