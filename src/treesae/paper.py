@@ -13,6 +13,7 @@ import markdown
 
 from . import paths
 from .io import write_bytes_atomic
+from .verdicts import CLAIMS
 
 CSS = """body{max-width:46rem;margin:2rem auto;padding:0 1rem;font:17px/1.55 Georgia,serif;color:#222}
 h1,h2,h3{font-family:Helvetica,Arial,sans-serif;line-height:1.2}img{max-width:100%}figure{margin:1.5rem 0}
@@ -43,6 +44,7 @@ def env(template_dir: Path) -> jinja2.Environment:
                            keep_trailing_newline=True, autoescape=False)
     e.filters.update(fmt=_fmt, pct=_pct)
     e.globals["figure"] = figure
+    e.globals["claims"] = CLAIMS
     return e
 
 

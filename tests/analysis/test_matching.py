@@ -217,3 +217,58 @@ def test_decoder_embedding_umap():
     """One tiny UMAP fit (the first fit in a process spends ~30 s compiling numba code)."""
     u = M.decoder_embedding(_emb_saes(), method="umap", seed=0, max_per_sae=None, n_neighbors=5)
     assert len(u) == 70 and np.isfinite(u[["x", "y"]].to_numpy()).all()
+
+
+def _planted_pairs(effects, noise=0.01, seeds=(0, 1, 2), seed=0):
+    """All pairs of a 2 x 2 x 2 design (dataset, architecture, layer) x seeds. Shared ratio: 0.6, minus 0.1 when
+    the seeds differ, minus the planted effect of each other factor that differs, plus Gaussian noise."""
+    import itertools
+    rng = np.random.default_rng(seed)
+    meta = pd.DataFrame([dict(dataset=d, architecture=a, layer=L, seed=s)
+                         for d in ("A", "B") for a in ("topk", "relu") for L in (3, 9) for s in seeds])
+    meta.index = [f"r{i}" for i in range(len(meta))]
+    rows = []
+    for x, y in itertools.combinations(meta.index, 2):
+        v = 0.6 - (0.1 if meta.at[x, "seed"] != meta.at[y, "seed"] else 0)
+        v -= sum(e for f, e in effects.items() if meta.at[x, f] != meta.at[y, f])
+        rows.append(dict(a=x, b=y, dec_shared=v + rng.normal(0, noise)))
+    return pd.DataFrame(rows), meta
+
+
+def test_factor_effects_recover_a_planted_effect_with_an_interval_that_covers_it():
+    from treesae.analysis.matching import cross_seed_sharing, factor_effects, interval
+    pairs, meta = _planted_pairs({"dataset": 0.2, "architecture": 0.05, "layer": 0.0})
+    t, boot = factor_effects(pairs, meta, factors=("dataset", "seed", "architecture", "layer"))
+    t = t.set_index("factor")
+    for f, e in {"dataset": 0.2, "architecture": 0.05, "layer": 0.0}.items():
+        assert t.at[f, "lo"] <= e <= t.at[f, "hi"], (f, t.loc[f].to_dict())
+        assert t.at[f, "effect"] == pytest.approx(e, abs=0.01)
+    assert t.at["layer", "lo"] < 0 < t.at["layer", "hi"]  # no effect planted: the interval holds zero
+    assert t.at["architecture", "lo"] > 0  # a small effect is still detected
+    lo, hi = interval(boot["dataset"] - boot["architecture"])  # the contrast the paper's claim (b) needs
+    assert lo > 0.1 and hi < 0.2
+    # within-pairs differ in seed only; every pair in them has different seeds
+    assert t.at["dataset", "n_within"] > 0 and t.at["dataset", "n_between"] > 0
+    # the cross-seed baseline: pairs like r0 differing only in seed (3 seeds: 3 pairs)
+    cs = cross_seed_sharing(pairs, meta, "r0", factors=("dataset", "seed", "architecture", "layer"))
+    assert cs["n_pairs"] == 3 and cs["lo"] <= 0.5 <= cs["hi"] and cs["mean"] == pytest.approx(0.5, abs=0.02)
+    # noise wider than the effect: no interval may exclude zero for a null factor, and the width grows
+    wide, _ = factor_effects(*_planted_pairs({"dataset": 0.0}, noise=0.1), factors=("dataset", "seed", "architecture", "layer"))
+    wide = wide.set_index("factor")
+    assert wide.at["dataset", "lo"] < 0 < wide.at["dataset", "hi"]
+    assert wide.at["dataset", "hi"] - wide.at["dataset", "lo"] > 3 * (t.at["dataset", "hi"] - t.at["dataset", "lo"])
+
+
+def test_factor_effects_need_replicated_seeds():
+    from treesae.analysis.matching import factor_effects
+    pairs, meta = _planted_pairs({"dataset": 0.2}, seeds=(0,))  # one seed: no pair with different seeds
+    t, boot = factor_effects(pairs, meta, factors=("dataset", "seed", "architecture", "layer"))
+    assert t.empty and boot.empty
+
+
+def test_factor_effects_of_no_pairs():
+    from treesae.analysis.matching import cross_seed_sharing, factor_effects
+    pairs, meta = _planted_pairs({"dataset": 0.2})
+    t, boot = factor_effects(pairs.iloc[:0], meta, factors=("dataset", "seed"))
+    assert t.empty and boot.empty
+    assert cross_seed_sharing(pairs.iloc[:0], meta, "r0", factors=("dataset", "seed"))["n_pairs"] == 0

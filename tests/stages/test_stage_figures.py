@@ -103,3 +103,26 @@ def test_workspace_figures_and_numbers():
                 "n_tokens_harvested", "model", "harvest.layers"):
         assert key in again, key
     assert np.isfinite(again["hierarchy.topk.score"])
+
+
+def test_claims_count_converged_saes_only():
+    from treesae import verdicts as V
+    m = metrics_table()
+    rep = m[m.grids.str.contains("frontier") & (m.k == 32)].copy()  # a second seed of every architecture at k 32
+    rep.index = [n.replace("-s0", "-s1") for n in rep.index]
+    rep["seed"] = 1
+    m = pd.concat([m, rep[~rep.index.isin(m.index)]])
+    plant = {"topk": 0.10, "batchtopk": 0.11, "residual": 0.15, "tree": 0.20, "stacked": 0.25}
+    for a, v in plant.items():
+        m.loc[(m.architecture == a) & (m.k == 32), "fvu"] *= 0  # planted: exact per-architecture values
+        m.loc[(m.architecture == a) & (m.k == 32), "fvu"] += v + 0.001 * m.seed
+    t = dict(tables(), metrics=m.assign(converged=False))
+    out = S.claims(t)
+    assert {d["verdict"] for d in out.values()} == {V.NOT_TESTABLE}
+    assert all("0 of" in d["basis"] for d in out.values())
+    out = S.claims(dict(t, metrics=m.assign(converged=True)))
+    assert out["treesae_ranking"]["verdict"] == V.SUPPORTED and out["treesae_ranking"]["best_variant"] == "residual"
+    flat = dict(t, metrics=m.assign(converged=m.architecture != "residual"))  # the best variant is not converged
+    assert S.claims(flat)["treesae_ranking"]["best_variant"] == "tree"
+    n = S.numbers(dict(t, metrics=m.assign(converged=True)), {})
+    assert n["verdict.treesae_ranking"] == V.SUPPORTED and set(V.CLAIMS) == {k.split(".")[1] for k in n if k.startswith("verdict.")}

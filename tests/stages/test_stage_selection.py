@@ -4,6 +4,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
+from treesae.analysis import matching as M
 from treesae.stages import hierarchy, matching, position
 
 from synthetic_runs import metrics_table
@@ -28,7 +29,14 @@ def test_matching_pairs_single_factor_and_adjacent_layers():
     assert matching.MatchingParams().pairs == "all"
     t = matching.annotate_pairs(pd.DataFrame(every, columns=["a", "b"]), meta, m, matching.FACTORS)
     one = t.factor.notna()  # pairs differing in several factors keep a row, without factor values
-    assert one.sum() == len(pairs) and t[~one].value_a.isna().all() and t[~one].value_b.isna().all()
+    assert t[~one].value_a.isna().all() and t[~one].value_b.isna().all()
+    # planned = the single-factor pairs + the pairs differing in seed and one other factor (factor_effects' between)
+    planned = t.iloc[:len(pairs)]
+    two = planned[planned.factor.isna()]
+    no_seed = tuple(f for f in matching.FACTORS if f != "seed")
+    assert one.sum() + len(two) == len(pairs) and len(two) == 2 * 17  # seeds 1, 2 x the base's 17 one-factor variants
+    assert all(meta.at[a, "seed"] != meta.at[b, "seed"] and M.differing_factor(meta, a, b, no_seed) not in (None, "none")
+               for a, b in zip(two.a, two.b))
     r = t.set_index(["a", "b"]).loc[("topk-brown-L15-d4608-k32-s0", "topk-brown-L15-d4608-k32-s1")]
     assert (r.factor, r.value_a, r.value_b, r.architecture_b) == ("seed", 0, 1, "topk")
     with pytest.raises(ValueError, match="matching.pairs must be all or planned"):

@@ -42,9 +42,12 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
 THRESHOLD = 0.7
+THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
+CI = 0.95
+BOOT_TAG = 0xB007  # the bootstrap's stream, apart from every other stream seeded with the same seed  # decoder shared ratio is also reported at each (dec_shared_50 ... _90)
 FACTORS = ("dataset", "seed", "architecture", "k", "d_sae", "b_dec_init", "tied_init", "layer")
 PAIR_COLUMNS = ["a", "b", "n_a", "n_b", "dec_shared", "dec_mean_cos", "enc_shared", "enc_mean_cos", "agree", "top2_a",
-                "top2_b"]
+                "top2_b"] + [f"dec_shared_{round(t * 100)}" for t in THRESHOLDS]
 
 
 def _np32(W) -> np.ndarray:
@@ -291,7 +294,7 @@ def compare_saes(saes: dict, pairs=None, threshold: float = THRESHOLD, method: s
     Per pair: n_a, n_b; dec_shared / enc_shared = shared ratio (cos > threshold, over the smaller SAE);
     dec_mean_cos / enc_mean_cos = mean matched cosine; agree = fraction of latents whose decoder and
     encoder partners coincide; top2_a / top2_b = within-SAE control, fraction of latents whose nearest
-    other decoder row has cos > threshold. features=True also returns the per-latent table
+    other decoder row has cos > threshold; dec_shared_50 ... dec_shared_90: decoder shared ratio at THRESHOLDS. features=True also returns the per-latent table
     (``match_pair`` columns plus a, b) as a second DataFrame. n_jobs: pairs matched concurrently
     (threads; the result does not depend on it). Cost per 4,608 x 4,608 pair: two GEMMs and two exact
     assignments, 1.7 s on average over the default sweep's 496 pairs on 2 cores with n_jobs=2 (0.3 s to
@@ -330,7 +333,8 @@ def compare_saes(saes: dict, pairs=None, threshold: float = THRESHOLD, method: s
                    dec_shared=shared_ratio(f.cos_dec, threshold), dec_mean_cos=float(f.cos_dec.mean()),
                    enc_shared=shared_ratio(f.cos_enc, threshold) if enc else np.nan,
                    enc_mean_cos=float(f.cos_enc.mean()) if enc else np.nan,
-                   agree=float((f.j_dec == f.j_enc).mean()) if enc else np.nan, top2_a=top2[a], top2_b=top2[b])
+                   agree=float((f.j_dec == f.j_enc).mean()) if enc else np.nan, top2_a=top2[a], top2_b=top2[b],
+                   **{f"dec_shared_{round(t * 100)}": shared_ratio(f.cos_dec, t) for t in THRESHOLDS})
         if cache is not None:
             cache[keys[i]] = row
             if (k := next(done)) % step == 0:
@@ -389,6 +393,78 @@ def factor_table(pairs: pd.DataFrame, meta: pd.DataFrame, factors=FACTORS) -> pd
                         "dec_shared_max": g.dec_shared.max(), "enc_shared": g.enc_shared.mean(),
                         "dec_mean_cos": g.dec_mean_cos.mean()})
     return out.sort_values("dec_shared").reset_index()
+
+
+def _sae_bootstrap(pairs: pd.DataFrame, n_boot: int, seed: int) -> np.ndarray:
+    """Weights [n_boot, n_pairs] of a bootstrap over SAEs: each replicate draws the SAEs with replacement and a
+    pair counts the product of its two SAEs' multiplicities (pairs sharing an SAE are not independent)."""
+    names = pd.unique(pd.concat([pairs.a, pairs.b]))
+    idx = {n: i for i, n in enumerate(names)}
+    rng = np.random.default_rng([seed, BOOT_TAG])
+    counts = rng.multinomial(len(names), np.full(len(names), 1 / len(names)), size=n_boot).astype(np.float64)
+    return counts[:, pairs.a.map(idx).to_numpy()] * counts[:, pairs.b.map(idx).to_numpy()]
+
+
+def _wmean(w: np.ndarray, v: np.ndarray) -> np.ndarray:
+    tot = w.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(tot > 0, (w * v).sum(1) / np.where(tot > 0, tot, 1), np.nan)
+
+
+def interval(boot: np.ndarray, ci: float = CI) -> tuple[float, float]:
+    """Percentile interval of bootstrap replicates (NaN replicates, where a resample lost a group, left out)."""
+    b = np.asarray(boot, dtype=np.float64)
+    b = b[np.isfinite(b)]
+    if len(b) < 10:
+        return float("nan"), float("nan")
+    return float(np.quantile(b, (1 - ci) / 2)), float(np.quantile(b, (1 + ci) / 2))
+
+
+def cross_seed_sharing(pairs: pd.DataFrame, meta: pd.DataFrame, run, factors=FACTORS, column: str = "dec_shared",
+                       n_boot: int = 2000, seed: int = 0) -> dict:
+    """Mean ``column`` over pairs of SAEs that differ only in seed and share every other factor with ``run``
+    (an index label of meta), with a bootstrap interval over SAEs: n_pairs, mean, lo, hi."""
+    cols = [f for f in factors if f in meta.columns and f != "seed"]
+    like = meta.index[[all(_same(meta.at[n, f], meta.at[run, f]) for f in cols) for n in meta.index]]
+    p = pairs[pairs.a.isin(like) & pairs.b.isin(like)]
+    p = p[np.array([not _same(meta.at[a, "seed"], meta.at[b, "seed"]) for a, b in zip(p.a, p.b)], dtype=bool)]
+    if not len(p):
+        return dict(n_pairs=0, mean=float("nan"), lo=float("nan"), hi=float("nan"))
+    v = p[column].to_numpy(np.float64)
+    lo, hi = interval(_wmean(_sae_bootstrap(p, n_boot, seed), v))
+    return dict(n_pairs=len(p), mean=float(v.mean()), lo=lo, hi=hi)
+
+
+def factor_effects(pairs: pd.DataFrame, meta: pd.DataFrame, factors=FACTORS, column: str = "dec_shared",
+                   n_boot: int = 2000, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """How much each factor changes the learned features, from pairs whose two SAEs have different seeds.
+
+    For factor F, among pairs that differ in seed and agree on every factor but F: ``within`` = mean ``column``
+    of those at the same level of F, ``between`` = of those at different levels. effect = within - between, the
+    sharing lost by changing F beyond what a new seed loses (0: F changes nothing a seed does not). Interval:
+    percentile bootstrap over SAEs (``_sae_bootstrap``), the same replicates for every factor, returned as the
+    second table ([n_boot, factor]) so that contrasts between factors get intervals too (``interval``).
+    Rows: factor, n_within, n_between, within, between, effect, lo, hi, for factors with pairs of both kinds.
+    """
+    cols = [f for f in factors if f in meta.columns and f != "seed"]
+    p = pairs[np.array([("seed" in meta.columns) and not _same(meta.at[a, "seed"], meta.at[b, "seed"])
+                        for a, b in zip(pairs.a, pairs.b)], dtype=bool)].reset_index(drop=True)
+    w = _sae_bootstrap(p, n_boot, seed) if len(p) else np.zeros((n_boot, 0))
+    v = p[column].to_numpy(np.float64)
+    rows, boot = [], {}
+    for f in cols:
+        others = [g for g in cols if g != f]
+        same_rest = np.array([all(_same(meta.at[a, g], meta.at[b, g]) for g in others) for a, b in zip(p.a, p.b)], bool)
+        same_f = np.array([_same(meta.at[a, f], meta.at[b, f]) for a, b in zip(p.a, p.b)], bool)
+        win, btw = same_rest & same_f, same_rest & ~same_f
+        if not win.any() or not btw.any():
+            continue
+        boot[f] = _wmean(w * win, v) - _wmean(w * btw, v)
+        rows.append(dict(factor=f, n_within=int(win.sum()), n_between=int(btw.sum()), within=float(v[win].mean()),
+                         between=float(v[btw].mean()), effect=float(v[win].mean() - v[btw].mean()),
+                         **dict(zip(("lo", "hi"), interval(boot[f])))))
+    cols_out = ["factor", "n_within", "n_between", "within", "between", "effect", "lo", "hi"]
+    return pd.DataFrame(rows, columns=cols_out), pd.DataFrame(boot)
 
 
 def layer_pairs(meta: pd.DataFrame, factors=FACTORS) -> list[tuple]:

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .. import paths
+from .. import verdicts as V
 from . import common
 
 ANALYSES = ("position", "matching", "hierarchy")
@@ -31,6 +32,7 @@ TABLES = {  # name -> path under data/ (what stage 06 reads; dvc.yaml lists the 
     "position.lm_vs_sae_tokens": "analysis/position/lm_vs_sae_tokens.csv",
     "position.corpora": "analysis/position/corpora.csv", "position.metrics": "analysis/position/metrics.json",
     "matching.pairs": "analysis/matching/pairs.csv", "matching.factors": "analysis/matching/factors.csv",
+    "matching.effects": "analysis/matching/effects.csv", "matching.effects_boot": "analysis/matching/effects_boot.csv",
     "matching.pair_features": "analysis/matching/pair_features.csv",
     "matching.layer_pairs": "analysis/matching/layer_pairs.csv",
     "matching.embedding_umap": "analysis/matching/embedding_umap.csv",
@@ -250,6 +252,8 @@ def numbers(tables: dict, params: dict | None = None) -> dict:
       seed.nmse_std                             std of nMSE over seeds
     Analyses: every key of the stage metrics files, prefixed position., matching., hierarchy.
     (see stages.position.summarize, stages.matching.summarize, stages.hierarchy.summarize).
+    Verdicts (``claims``, ``verdicts``): verdict.{claim} (supported / contradicted / no detectable difference /
+    not testable here) and verdict.{claim}.{basis, part.estimate, part.lo, part.hi, ...}.
     """
     params = params or {}
     out: dict = {}
@@ -386,4 +390,44 @@ def numbers(tables: dict, params: dict | None = None) -> dict:
     for a in ANALYSES:
         for k, v in (tables.get(f"{a}.metrics") or {}).items():
             out[f"{a}.{k}"] = v
+    out.update(V.flatten(claims(tables)))
+    return out
+
+
+def claims(tables: dict) -> dict[str, dict]:
+    """The original notes' claims (``verdicts.CLAIMS``), each with its verdict, estimates and intervals, from
+    converged SAEs only (``metrics.converged``): a comparison that involves an SAE that is not converged
+    does not count, so with none converged every claim is "not testable here"."""
+    from ..analysis.matching import factor_effects
+    from .matching import FACTORS
+    m, t = tables["metrics"], tables
+    b = common.base_run(m)
+    ok = m.converged.astype(str).str.lower() == "true" if "converged" in m else pd.Series(False, index=m.index)
+    c = m[ok]
+    why = f"{int(ok.sum())} of {len(m)} SAEs converged"
+    same = c[(c.dataset == b.dataset) & (c.layer == b.layer) & (c.d_sae == b.d_sae)]
+    out = {"treesae_ranking": V.treesae_ranking(same, int(b.k)), "aux_k_tied_init_reduce_dead": V.aux_k_tied_init_reduce_dead(c, b)}
+    mm = t.get("matching.metrics") or {}
+    thr = mm.get("threshold", 0.7)
+    if "matching.pairs" in t:
+        p = t["matching.pairs"]
+        p = p[p.a.isin(c.index) & p.b.isin(c.index)]
+        col = f"dec_shared_{round(thr * 100)}"
+        eff, boot = factor_effects(p, c, factors=tuple(f for f in FACTORS if f in c.columns), column=col if col in p else "dec_shared")
+        out["dataset_matters_most"] = V.dataset_matters_most(eff, boot)
+    else:
+        out["dataset_matters_most"] = {"verdict": V.NOT_TESTABLE, "basis": "no matching analysis"}
+    pf = t.get("matching.pair_features")
+    out["encoder_decoder_disagree"] = (
+        V.encoder_decoder_disagree(pf, thr) if pf is not None and len(pf) and pf.a.iloc[0] in c.index and pf.b.iloc[0] in c.index
+        else {"verdict": V.NOT_TESTABLE, "basis": "the representative pair is not converged or not matched"})
+    pm = t.get("position.metrics") or {}
+    frac, n_lat = {}, {}
+    for L in pm.get("layers", []):
+        run = pm.get(f"sae_layer{L}")
+        if run in c.index and f"layer{L}.frac_position_features" in pm:
+            frac[int(L)], n_lat[int(L)] = float(pm[f"layer{L}.frac_position_features"]), int(c.at[run, "d_sae"])
+    out["position_early_layers"] = V.position_early_layers(frac, n_lat)
+    for d in out.values():
+        d["basis"] = f"{d.get('basis', '')}; {why}".lstrip("; ")
     return out

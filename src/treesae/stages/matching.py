@@ -32,6 +32,7 @@ never read): a rerun for another reason (e.g. embedding settings, ``pairs: plann
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -86,12 +87,16 @@ def adjacent_layer_pairs(meta: pd.DataFrame, factors) -> list[tuple]:
 
 
 def plan_pairs(meta: pd.DataFrame, factors, which: str = "planned") -> list[tuple]:
-    """single_factor_pairs + layer_pairs, without duplicates (unordered), in that order; ``which="all"``
-    appends every other unordered pair of meta's index (in index order)."""
+    """single_factor_pairs + layer_pairs + pairs differing in seed and one other factor (what ``effects``
+    needs), without duplicates (unordered), in that order; ``which="all"`` appends every other unordered pair
+    of meta's index (in index order)."""
     from ..analysis import matching as M
     seen, out = set(), []
     rest = list(itertools.combinations(meta.index, 2)) if which == "all" else []
-    for a, b in M.single_factor_pairs(meta, tuple(factors)) + adjacent_layer_pairs(meta, factors) + rest:
+    no_seed = tuple(f for f in factors if f != "seed")
+    seed_and_one = [(a, b) for a, b in itertools.combinations(meta.index, 2)
+                    if meta.at[a, "seed"] != meta.at[b, "seed"] and M.differing_factor(meta, a, b, no_seed) is not None]
+    for a, b in M.single_factor_pairs(meta, tuple(factors)) + adjacent_layer_pairs(meta, factors) + seed_and_one + rest:
         key = frozenset((a, b))
         if key not in seen:
             seen.add(key)
@@ -183,6 +188,24 @@ def factors(setup: dict, pairs: pd.DataFrame) -> pd.DataFrame:
     return t
 
 
+def effects(setup: dict, pairs: pd.DataFrame) -> pd.DataFrame:
+    """Each factor's effect on the features from pairs with different seeds (``factor_effects``): sharing at the
+    same level minus sharing across levels, with a 95% SAE-bootstrap interval, at every threshold of
+    ``THRESHOLDS``. Writes effects.csv and the headline threshold's bootstrap replicates (effects_boot.csv,
+    for contrasts between factors)."""
+    from ..analysis import matching as M
+    mt, rows = setup["matching"], []
+    for t in M.THRESHOLDS:
+        e, boot = M.factor_effects(pairs, setup["meta"], tuple(mt.factors), column=f"dec_shared_{round(t * 100)}",
+                                   seed=mt.seed)
+        rows.append(e.assign(threshold=t))
+        if math.isclose(t, mt.threshold):
+            common.write_table(boot, setup["out"] / "effects_boot.csv")
+    out = pd.concat(rows, ignore_index=True)[["threshold", *rows[0].columns]]
+    common.write_table(out, setup["out"] / "effects.csv")
+    return out
+
+
 def pair_features(setup: dict, saes: dict) -> pd.DataFrame:
     """Per latent of the representative pair: decoder vs encoder matching (``match_pair``) and the
     within-SAE top-2 cosine of the latent (in its own SAE) and of its decoder partner."""
@@ -253,6 +276,10 @@ def summarize(setup: dict) -> dict:
       threshold, n_saes, n_pairs, all_pairs (bool), factors (factors with pairs, most feature-changing first)
       most_changing_factor, least_changing_factor, dataset_changes_most (bool)
       factor.{F}.{n_pairs,dec_shared,dec_shared_min,dec_shared_max,enc_shared,dec_mean_cos}
+      effect.{F}.{effect,lo,hi,n_within,n_between,within,between}   ``effects`` at the threshold (effect_t{50..90}.
+                                        at the others); effect.factors: most feature-changing first
+      seed_shared_ratio[.lo,.hi,.n_pairs]   base configuration, pairs differing only in seed: mean decoder shared
+                                        ratio at the threshold, 95% SAE-bootstrap interval
       seed.{same,diff}.{n_pairs,dec_shared}   mean decoder shared ratio over matched pairs whose seed index is
                                         equal / differs (their inits differ either way)
       pair.{a,b,factor}                 the representative pair
@@ -267,6 +294,7 @@ def summarize(setup: dict) -> dict:
       layers.L{a}_L{b}.{dec_shared,enc_shared,dec_mean_cos}
       embedding.n_saes, embedding.points_per_sae
     """
+    from ..analysis import matching as M
     out, mt, base = setup["out"], setup["matching"], common.base_run(setup["metrics"]).name
     pairs, fac, feats = (common.read_table(out / n) for n in ("pairs.csv", "factors.csv", "pair_features.csv"))
     t2, lay, emb = (common.read_table(out / n) for n in ("top2.csv", "layer_pairs.csv", "embedding_umap.csv"))
@@ -285,6 +313,16 @@ def summarize(setup: dict) -> dict:
     for _, r in fac.iterrows():
         for c in ("n_pairs", "dec_shared", "dec_shared_min", "dec_shared_max", "enc_shared", "dec_mean_cos"):
             m[f"factor.{r.factor}.{c}"] = r[c]
+    eff = common.read_table(out / "effects.csv")
+    for _, r in eff.iterrows():
+        tag = "effect" if math.isclose(r.threshold, thr) else f"effect_t{round(r.threshold * 100)}"
+        for c in ("effect", "lo", "hi", "n_within", "n_between", "within", "between"):
+            m[f"{tag}.{r.factor}.{c}"] = r[c]
+    head = eff[np.isclose(eff.threshold, thr)].sort_values("effect", ascending=False)
+    m["effect.factors"] = list(head.factor)  # the factor that changes the features most first
+    cs = M.cross_seed_sharing(pairs, setup["meta"], base, tuple(mt.factors), seed=mt.seed)
+    m.update({"seed_shared_ratio": cs["mean"], "seed_shared_ratio.lo": cs["lo"], "seed_shared_ratio.hi": cs["hi"],
+              "seed_shared_ratio.n_pairs": cs["n_pairs"]})
     a, b = setup["pair"]
     row = pairs[((pairs.a == a) & (pairs.b == b)) | ((pairs.a == b) & (pairs.b == a))]
     m.update({"pair.a": a, "pair.b": b, "pair.factor": mt.pair_factor})

@@ -1,0 +1,170 @@
+"""Verdicts on the original notes' claims, computed from the paper's numbers with their intervals.
+
+Each claim reduces to estimates whose sign the claim predicts. An estimate with interval [lo, hi]:
+  supported                 the interval excludes zero on the predicted side
+  contradicted              it excludes zero on the other side
+  no detectable difference  it holds zero
+  not testable here         no estimate (too few replicated runs, a missing analysis)
+A claim of several parts is supported when every part is, contradicted when any part is, and otherwise
+"no detectable difference" (or "not testable here" when a part cannot be estimated).
+
+Intervals: between two groups of seeds, the difference of means +- 2 standard errors (Welch; each group
+needs >= 2 seeds); for feature matching, the SAE bootstrap of ``analysis.matching.factor_effects``.
+"""
+import math
+
+import numpy as np
+import pandas as pd
+
+SUPPORTED, CONTRADICTED, NO_DIFFERENCE, NOT_TESTABLE = ("supported", "contradicted", "no detectable difference",
+                                                        "not testable here")
+CLAIMS = {
+    "treesae_ranking": "one TreeSAE variant beats the other two but trails TopK/BatchTopK at matched L0 (held-out FVU)",
+    "dataset_matters_most": "for feature matching the dataset matters more than seed, architecture or size",
+    "encoder_decoder_disagree": "encoder and decoder matching disagree",
+    "position_early_layers": "position features concentrate in early layers",
+    "aux_k_tied_init_reduce_dead": "AuxK and tied init reduce dead latents",
+}
+TREE_VARIANTS = ("stacked", "residual", "tree")
+DISAGREE_MARGIN = 0.1  # enc/dec matching "disagree" when over 10% of the latents shared by either are shared by one only
+
+
+def verdict(estimate, lo, hi, expect: int = 1) -> str:
+    """The verdict on one estimate whose predicted sign is ``expect`` (+1 or -1)."""
+    if any(v is None or not math.isfinite(float(v)) for v in (estimate, lo, hi)):
+        return NOT_TESTABLE
+    if lo > 0 or hi < 0:
+        return SUPPORTED if (1 if lo > 0 else -1) == expect else CONTRADICTED
+    return NO_DIFFERENCE
+
+
+def combine(parts: list[str]) -> str:
+    if any(p == CONTRADICTED for p in parts):
+        return CONTRADICTED
+    if any(p == NOT_TESTABLE for p in parts):
+        return NOT_TESTABLE
+    return SUPPORTED if parts and all(p == SUPPORTED for p in parts) else NO_DIFFERENCE
+
+
+def mean_difference(a, b) -> tuple[float, float, float]:
+    """mean(a) - mean(b) and that +- 2 standard errors (NaN when a group has fewer than 2 values)."""
+    a, b = (np.asarray(x, dtype=np.float64) for x in (a, b))
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    if len(a) < 2 or len(b) < 2:
+        return float("nan"), float("nan"), float("nan")
+    d = float(a.mean() - b.mean())
+    se = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+    return d, d - 2 * se, d + 2 * se
+
+
+def _part(out: dict, key: str, est, lo, hi, expect: int = 1) -> str:
+    out.update({f"{key}.estimate": est, f"{key}.lo": lo, f"{key}.hi": hi})
+    return verdict(est, lo, hi, expect)
+
+
+def _flag(col: pd.Series) -> pd.Series:
+    return col.astype(str).str.lower() == "true"
+
+
+def default_recipe(m: pd.DataFrame) -> pd.Series:
+    """Runs trained with the full recipe (AuxK, tied init, geometric-median b_dec): metrics.csv columns."""
+    ok = pd.Series(True, index=m.index)
+    for c in ("aux_k", "tied_init"):
+        if c in m:
+            ok &= _flag(m[c])
+    if "b_dec_init" in m:
+        ok &= m.b_dec_init.astype(str) == "geometric_median"
+    return ok
+
+
+def treesae_ranking(m: pd.DataFrame, k: int, metric: str = "fvu") -> dict:
+    """Claim (a) at matched k (L0 = k for every architecture here): the best TreeSAE variant's ``metric``
+    beats the next variant's, and TopK's or BatchTopK's (the better) beats the best variant's. ``m``: one row
+    per SAE (metrics.csv) of one corpus, layer and size; full-recipe runs, every seed."""
+    runs = m[(m.k == k) & default_recipe(m)]
+    by = {a: runs[runs.architecture == a][metric].to_numpy() for a in set(runs.architecture)}
+    trees = sorted((a for a in TREE_VARIANTS if len(by.get(a, [])) >= 2), key=lambda a: by[a].mean())
+    flats = sorted((a for a in ("topk", "batchtopk") if len(by.get(a, [])) >= 2), key=lambda a: by[a].mean())
+    out = {"basis": f"held-out {metric} at k = {k}, mean over seeds, difference +- 2 SE"}
+    if len(trees) < 2 or not flats:
+        return dict(out, verdict=NOT_TESTABLE)
+    out.update(best_variant=trees[0], runner_up=trees[1], best_flat=flats[0])
+    parts = [_part(out, "beats_other_variants", *mean_difference(by[trees[1]], by[trees[0]])),
+             _part(out, "trails_flat", *mean_difference(by[trees[0]], by[flats[0]]))]
+    return dict(out, verdict=combine(parts))
+
+
+def dataset_matters_most(effects: pd.DataFrame, boot: pd.DataFrame) -> dict:
+    """Claim (b) from ``factor_effects``: the dataset's effect is above zero (it changes features more than a
+    new seed does) and above the architecture's and the dictionary size's (bootstrap contrasts)."""
+    from .analysis.matching import interval
+    out = {"basis": "decoder sharing lost by changing the factor beyond a new seed (cosine 0.7), SAE bootstrap"}
+    if "dataset" not in boot:
+        return dict(out, verdict=NOT_TESTABLE)
+    e = effects.set_index("factor")
+    parts = [_part(out, "vs_seed", e.at["dataset", "effect"], e.at["dataset", "lo"], e.at["dataset", "hi"])]
+    for f in ("architecture", "d_sae"):
+        if f in boot:
+            parts.append(_part(out, f"vs_{f}", e.at["dataset", "effect"] - e.at[f, "effect"],
+                               *interval(boot["dataset"] - boot[f])))
+        else:
+            parts.append(NOT_TESTABLE)
+    return dict(out, verdict=combine(parts))
+
+
+def encoder_decoder_disagree(feats: pd.DataFrame, threshold: float, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Claim (c) on the representative pair's latents (``match_pair`` columns cos_dec, cos_enc): the share of
+    latents shared by exactly one of the two matchings among those shared by either, against DISAGREE_MARGIN;
+    interval from a bootstrap over latents."""
+    from .analysis.matching import BOOT_TAG, interval
+    f = feats.dropna(subset=["cos_dec", "cos_enc"])
+    d, e = (f.cos_dec > threshold).to_numpy(), (f.cos_enc > threshold).to_numpy()
+    either, one = d | e, d ^ e
+    out = {"basis": f"latents shared by one matching only / by either (cosine {threshold}), minus {DISAGREE_MARGIN}"}
+    if either.sum() < 10:
+        return dict(out, verdict=NOT_TESTABLE)
+    rng = np.random.default_rng([seed, BOOT_TAG, 1])
+    idx = rng.integers(0, len(f), size=(n_boot, len(f)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        boot = one[idx].sum(1) / either[idx].sum(1)
+    est = one.sum() / either.sum()
+    lo, hi = interval(boot)
+    part = _part(out, "one_only_share", est - DISAGREE_MARGIN, lo - DISAGREE_MARGIN, hi - DISAGREE_MARGIN)
+    return dict(out, verdict=part)
+
+
+def position_early_layers(frac: dict[int, float], n_latents: dict[int, int]) -> dict:
+    """Claim (d), its layer half: the earliest layer's fraction of position features minus the latest's,
+    +- 2 binomial standard errors over latents. (That they sit at the first token has no interval here.)"""
+    out = {"basis": "fraction of position features, earliest minus latest layer, +- 2 SE (binomial over latents)"}
+    if len(frac) < 2:
+        return dict(out, verdict=NOT_TESTABLE)
+    lo_l, hi_l = min(frac), max(frac)
+    p, q = frac[lo_l], frac[hi_l]
+    se = math.sqrt(p * (1 - p) / n_latents[lo_l] + q * (1 - q) / n_latents[hi_l])
+    se = se or 1.0 / max(n_latents[lo_l], n_latents[hi_l])  # both 0 or 1: one latent's worth
+    out.update(early_layer=lo_l, late_layer=hi_l)
+    return dict(out, verdict=_part(out, "early_minus_late", p - q, p - q - 2 * se, p - q + 2 * se))
+
+
+def aux_k_tied_init_reduce_dead(m: pd.DataFrame, base: pd.Series) -> dict:
+    """Claim (e): held-out dead fraction without AuxK (and without tied init) minus with the full recipe, over
+    the seeds of the base configuration (architecture, corpus, layer, size, k)."""
+    cfg = ["architecture", "dataset", "layer", "d_sae", "k"]
+    like = m[np.logical_and.reduce([m[c] == base[c] for c in cfg])]
+    full = default_recipe(like)
+    out = {"basis": "held-out dead fraction without minus with the recipe item, mean over seeds, difference +- 2 SE"}
+    parts = []
+    for item, other in (("aux_k", "tied_init"), ("tied_init", "aux_k")):
+        off = like[~_flag(like[item]) & _flag(like[other])] if item in like and other in like else like.iloc[:0]
+        parts.append(_part(out, f"no_{item}", *mean_difference(off.dead_fraction, like[full].dead_fraction)))
+    return dict(out, verdict=combine(parts))
+
+
+def flatten(claims: dict[str, dict]) -> dict:
+    """numbers.json keys: verdict.<claim> and verdict.<claim>.<detail>."""
+    out = {}
+    for name, d in claims.items():
+        out[f"verdict.{name}"] = d["verdict"]
+        out.update({f"verdict.{name}.{k}": v for k, v in d.items() if k != "verdict"})
+    return out
