@@ -75,11 +75,18 @@ def _frontier(metrics, y, ylabel, title, path, logy):
     order = _order(metrics.architecture)
     fig, axs = _fig(6.4, 4.2)
     ax = axs[0, 0]
-    d = metrics.sort_values(["architecture", "l0"])
-    style_col = "d_sae" if "d_sae" in d.columns and d.d_sae.nunique() > 1 else None
+    style_col = "d_sae" if "d_sae" in metrics.columns and metrics.d_sae.nunique() > 1 else None
+    keys = ["architecture", "_config"] + ([style_col] if style_col else [])
+    g = metrics.assign(_config=metrics["k"] if "k" in metrics.columns else metrics.index).groupby(keys, sort=False)
+    d = g[["l0", y]].mean().join(g[y].std().rename("sd")).join(g.size().rename("n_seeds")).reset_index()  # seeds of
+    # one configuration: their mean point and a +-1 SD bar
+    d = d.sort_values(["architecture", "l0"])
     marks = dict(style=style_col, markers=True, dashes=False) if style_col else dict(marker="o")
     sns.lineplot(d, x="l0", y=y, hue="architecture", hue_order=order, palette=_palette(order), errorbar=None,
                  sort=True, ax=ax, **marks)
+    pal, rep = _palette(order), d[d.n_seeds > 1]
+    for a, r in rep.groupby("architecture"):
+        ax.errorbar(r.l0, r[y], yerr=r.sd, fmt="none", ecolor=pal[a], capsize=3, lw=1)
     ax.set(xscale="log", yscale="log" if logy else "linear", xlabel="L0 (mean active latents per token)",
            ylabel=ylabel, title=title)
     _no_minor_labels(ax)
@@ -89,8 +96,8 @@ def _frontier(metrics, y, ylabel, title, path, logy):
 
 def frontier_nmse_l0(metrics: pd.DataFrame, path) -> Path:
     """Reconstruction frontier: nMSE (OpenAI, sum (x - x_hat)^2 / sum x^2, held-out tokens, first
-    token excluded) against L0, one line per architecture. Columns: architecture, l0, nmse
-    [, d_sae: marker style when several sizes]."""
+    token excluded) against L0, one line per architecture; several seeds of one (architecture, k) give
+    their mean and a +-1 SD bar. Columns: architecture, l0, nmse [, k, d_sae: marker style when several sizes]."""
     return _frontier(metrics, "nmse", "nMSE", "Reconstruction vs sparsity", path, logy=True)
 
 

@@ -24,7 +24,7 @@ HIERARCHICAL = ("stacked", "residual", "tree")
 MULTI_LEVEL = ("matryoshka", "stacked", "residual", "tree")
 EXTRA = ("decoder_tsne", "lm_vs_sae_loss_no_position")
 METRIC_COLS = ("nmse", "fvu", "explained_variance", "l0", "l0_p10", "l0_p50", "l0_p90", "dead_fraction",
-               "ce_increase", "ce_score", "kl_score")
+               "ce_increase", "ce_increase_se", "ce_score", "kl_score")
 TABLES = {  # name -> path under data/ (what stage 06 reads; dvc.yaml lists the same files)
     "metrics": "train/metrics.csv",
     "position.profile": "analysis/position/profile.csv", "position.deciles": "analysis/position/deciles.csv",
@@ -67,6 +67,16 @@ def frontier(metrics: pd.DataFrame) -> pd.DataFrame:
     b = common.base_run(metrics)
     f = common.pick(metrics, ["base", "frontier"], dataset=b.dataset, layer=b.layer, d_sae=b.d_sae, seed=b.seed)
     return f[f.options.map(option_tag) == "default"] if "options" in f else f
+
+
+def frontier_seeds(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Every seed of the frontier's configurations (same corpus / layer / size / recipe as the base run), for
+    the frontier figures' error bars; ``frontier`` keeps the base seed only."""
+    f, b = frontier(metrics), common.base_run(metrics)
+    r = common.pick(metrics, None, dataset=b.dataset, layer=b.layer, d_sae=b.d_sae)
+    r = r[r.options.map(option_tag) == "default"] if "options" in r else r
+    keys = set(zip(f.architecture, f.k))
+    return r[[(a, k) in keys for a, k in zip(r.architecture, r.k)]]
 
 
 def recipe_runs(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -117,7 +127,7 @@ def figure_args(tables: dict, slug: str) -> tuple:
     t = tables
     m = t["metrics"]
     if slug in ("frontier_nmse_l0", "frontier_ce_l0"):
-        return (frontier(m).reset_index(),), {}
+        return (frontier_seeds(m).reset_index(),), {}
     if slug == "dead_latents_training":
         return (t["curves"][["variant", "tokens", "dead_fraction", "architecture"]],), {}
     if slug == "treesae_levels":
@@ -228,11 +238,12 @@ def numbers(tables: dict, params: dict | None = None) -> dict:
       n_tokens_harvested                        sum of n_tokens over corpora
       train.tokens_per_sae, train.batch_size, train.lr, train.lr_end, train.dead_window_tokens
     Runs (data/train/metrics.csv; metric M in nmse, fvu, explained_variance, l0, l0_p10, l0_p50, l0_p90,
-    dead_fraction, ce_increase, ce_score, kl_score):
+    dead_fraction, ce_increase, ce_increase_se (standard error over contexts), ce_score, kl_score):
       n_saes, n_architectures
       train.n_converged, train.converged_fraction, train.not_converged (run names; convergence.THRESHOLDS),
       train.{dec_stability,fvu_gain_last_quarter,init_frac_above,fvu_gap}_median   over all SAEs
-      eval.heldout_tokens, eval.dead_window_tokens, eval.downstream_predictions, eval.ce_clean, eval.ce_zero
+      eval.heldout_tokens, eval.dead_window_tokens, eval.downstream_predictions, eval.downstream_contexts,
+      eval.ce_clean, eval.ce_zero
       base.{run,architecture,dataset,layer,d_sae,k,seed}, base.{M}
       run.{run name}.{M}                        every SAE
       frontier.architectures, frontier.ks, frontier.{arch}.k{k}.{M}
@@ -291,7 +302,8 @@ def numbers(tables: dict, params: dict | None = None) -> dict:
             if c in m and m[c].notna().any():
                 _put(out, f"train.{c}_median", float(m[c].median()))
     for k, col in (("eval.heldout_tokens", "n_tokens"), ("eval.dead_window_tokens", "dead_window_tokens"),
-                   ("eval.downstream_predictions", "n_predictions"), ("eval.ce_clean", "ce_clean"),
+                   ("eval.downstream_predictions", "n_predictions"), ("eval.downstream_contexts", "n_contexts"),
+                   ("eval.ce_clean", "ce_clean"),
                    ("eval.ce_zero", "ce_zero")):
         if col in m:
             _put(out, k, b[col].item() if hasattr(b[col], "item") else b[col])
