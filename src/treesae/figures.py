@@ -1,10 +1,10 @@
-"""One plotting function per paper figure, named after its slug (BRIEF section 2).
+"""One plotting function per paper figure, named after its slug.
 
 Each takes the stage tables (DataFrames) and an output path, writes one file (.png, .svg or .pdf by
 the suffix) and returns the path. Output is deterministic: fixed size and dpi, no timestamps or
 software tags in the file, a fixed SVG hash salt, no bootstrapped error bars. ``style()`` sets the
 one look used everywhere; ``FIGURES`` maps slug -> function. Each docstring names the metric shown
-and the table columns it needs (definitions: BRIEF section 3; position 0 excluded unless stated).
+and the table columns it needs (definitions: ``treesae.metrics``; position 0 excluded unless stated).
 """
 from __future__ import annotations
 

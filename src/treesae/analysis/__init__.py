@@ -1,4 +1,4 @@
-"""Analyses as functions of arrays: position (BRIEF 1c part one), matching (part two), hierarchy (1b, 1d).
+"""Analyses as functions of arrays: position, matching, hierarchy.
 
 Each function takes arrays / tensors / DataFrames and returns a DataFrame or a dict of plain numbers;
 no file I/O. Notebooks call one function per cell.

@@ -1,4 +1,4 @@
-"""Hierarchy statistics of multi-level SAEs (BRIEF 1b, 1d), computable for flat SAEs too.
+"""Hierarchy statistics of multi-level SAEs, computable for flat SAEs too.
 
 Codes Z [N tokens, d_sae] may be a dense numpy array / torch tensor, a torch sparse tensor or a scipy
 sparse matrix; they are held as scipy CSC internally (``codes`` encodes in batches straight to it).

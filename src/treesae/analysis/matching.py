@@ -1,4 +1,4 @@
-"""Feature matching across SAEs (BRIEF 1c part two).
+"""Feature matching across SAEs.
 
 Metric definitions used everywhere in this module:
 - cosine: rows are L2-normalised, cos(a_i, b_j) = <a_i, b_j> / (|a_i| |b_j|).

@@ -1,10 +1,10 @@
-"""SAE activations and reconstruction as a function of token position (BRIEF 1c part one).
+"""SAE activations and reconstruction as a function of token position.
 
 Inputs: ``acts`` [n_ctx, ctx_len, d] (float16 memmap / ``ActivationCache.layer(L)`` / array / tensor),
 read in batches of contexts and cast to float32; an SAE with ``encode(x [B, d]) -> z`` and
 ``decode(z) -> x_hat`` (docs/DESIGN.md). Position 0 (the attention sink) is *included* in every
 per-position table, as its own row, so figures can show it or leave it out; where a statistic pools
-positions, ``include_first`` says whether position 0 is in (default False, as in BRIEF section 3).
+positions, ``include_first`` says whether position 0 is in (default False, as in every metric here).
 
 Metric definitions:
     nmse (OpenAI, not mean-centred) at position t = sum_ctx ||x - x_hat||^2 / sum_ctx ||x||^2

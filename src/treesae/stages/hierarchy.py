@@ -1,4 +1,4 @@
-"""Stage 05: hierarchy statistics of the multi-level SAEs (BRIEF 1b, 1d), with TopK as the flat reference.
+"""Stage 05: hierarchy statistics of the multi-level SAEs, with TopK as the flat reference.
 
 The SAEs: the frontier runs at the base run's k (same corpus, layer, dictionary size and seed) of
 ``architectures`` (TreeSAE variants, Matryoshka, TopK). Codes are computed on held-out tokens of the

@@ -1,4 +1,4 @@
-"""Stage 04: feature matching across SAEs (BRIEF 1c part two, 1d).
+"""Stage 04: feature matching across SAEs.
 
 Every SAE of stage 02 enters. ``pairs: all`` (the default) matches every unordered pair of SAEs;
 ``pairs: planned`` only those the factor and layer analyses need: pairs that differ in exactly one

@@ -1,4 +1,4 @@
-"""Stage 03: SAE activations across token positions and layers (BRIEF 1c part one, 1d).
+"""Stage 03: SAE activations across token positions and layers.
 
 For one SAE per harvested layer (the base run and the ``layer`` grid of stage 02, TopK by default), on
 held-out contexts of one corpus (``cache.layer(L)[rows]``, [n_ctx, T, d], position 0 included):
