@@ -77,9 +77,9 @@ def _frontier(metrics, y, ylabel, title, path, logy):
     ax = axs[0, 0]
     style_col = "d_sae" if "d_sae" in metrics.columns and metrics.d_sae.nunique() > 1 else None
     keys = ["architecture", "_config"] + ([style_col] if style_col else [])
+    # the seeds of one configuration: their mean point and a +-1 SD bar
     g = metrics.assign(_config=metrics["k"] if "k" in metrics.columns else metrics.index).groupby(keys, sort=False)
-    d = g[["l0", y]].mean().join(g[y].std().rename("sd")).join(g.size().rename("n_seeds")).reset_index()  # seeds of
-    # one configuration: their mean point and a +-1 SD bar
+    d = g[["l0", y]].mean().join(g[y].std().rename("sd")).join(g.size().rename("n_seeds")).reset_index()
     d = d.sort_values(["architecture", "l0"])
     marks = dict(style=style_col, markers=True, dashes=False) if style_col else dict(marker="o")
     sns.lineplot(d, x="l0", y=y, hue="architecture", hue_order=order, palette=_palette(order), errorbar=None,

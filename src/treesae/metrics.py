@@ -197,7 +197,8 @@ def downstream_metrics(model, sae, tokens, hook_name: str, batch_size: int = 8, 
                          "recompute it with downstream_reference(model, tokens, hook_name, ...)")
 
     def splice(act, hook):
-        return _replace(act, first, ref["sink_ratio"], lambda a: sae(a.reshape(-1, a.shape[-1]).float()).reshape(a.shape).to(a.dtype))
+        return _replace(act, first, ref["sink_ratio"],
+                        lambda a: sae(a.reshape(-1, a.shape[-1]).float()).reshape(a.shape).to(a.dtype))
 
     sums, ce_ctx, kl_ctx = dict(ref["sums"], ce_sae=0.0, kl_sae=0.0), [], []
     with eval_mode(sae), eval_mode(model):

@@ -62,7 +62,8 @@ def _part(out: dict, key: str, est, lo, hi, expect: int = 1) -> str:
     return verdict(est, lo, hi, expect)
 
 
-def _flag(col: pd.Series) -> pd.Series:
+def flag(col: pd.Series) -> pd.Series:
+    """A bool column as read back from CSV (True / "True" / "true")."""
     return col.astype(str).str.lower() == "true"
 
 
@@ -71,7 +72,7 @@ def default_recipe(m: pd.DataFrame) -> pd.Series:
     ok = pd.Series(True, index=m.index)
     for c in ("aux_k", "tied_init"):
         if c in m:
-            ok &= _flag(m[c])
+            ok &= flag(m[c])
     if "b_dec_init" in m:
         ok &= m.b_dec_init.astype(str) == "geometric_median"
     return ok
@@ -94,11 +95,11 @@ def treesae_ranking(m: pd.DataFrame, k: int, metric: str = "fvu") -> dict:
     return dict(out, verdict=combine(parts))
 
 
-def dataset_matters_most(effects: pd.DataFrame, boot: pd.DataFrame) -> dict:
+def dataset_matters_most(effects: pd.DataFrame, boot: pd.DataFrame, threshold: float = 0.7) -> dict:
     """Claim (b) from ``factor_effects``: the dataset's effect is above zero (it changes features more than a
     new seed does) and above the architecture's and the dictionary size's (bootstrap contrasts)."""
     from .analysis.matching import interval
-    out = {"basis": "decoder sharing lost by changing the factor beyond a new seed (cosine 0.7), SAE bootstrap"}
+    out = {"basis": f"decoder sharing lost by changing the factor beyond a new seed (cosine {threshold}), SAE bootstrap"}
     if "dataset" not in boot:
         return dict(out, verdict=NOT_TESTABLE)
     e = effects.set_index("factor")
@@ -156,7 +157,7 @@ def aux_k_tied_init_reduce_dead(m: pd.DataFrame, base: pd.Series) -> dict:
     out = {"basis": "held-out dead fraction without minus with the recipe item, mean over seeds, difference +- 2 SE"}
     parts = []
     for item, other in (("aux_k", "tied_init"), ("tied_init", "aux_k")):
-        off = like[~_flag(like[item]) & _flag(like[other])] if item in like and other in like else like.iloc[:0]
+        off = like[~flag(like[item]) & flag(like[other])] if item in like and other in like else like.iloc[:0]
         parts.append(_part(out, f"no_{item}", *mean_difference(off.dead_fraction, like[full].dead_fraction)))
     return dict(out, verdict=combine(parts))
 

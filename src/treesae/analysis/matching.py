@@ -42,9 +42,9 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
 THRESHOLD = 0.7
-THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
+THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)  # decoder shared ratio is also reported at each (dec_shared_50 ... _90)
 CI = 0.95
-BOOT_TAG = 0xB007  # the bootstrap's stream, apart from every other stream seeded with the same seed  # decoder shared ratio is also reported at each (dec_shared_50 ... _90)
+BOOT_TAG = 0xB007  # the bootstrap's stream, apart from every other stream seeded with the same seed
 FACTORS = ("dataset", "seed", "architecture", "k", "d_sae", "b_dec_init", "tied_init", "layer")
 PAIR_COLUMNS = ["a", "b", "n_a", "n_b", "dec_shared", "dec_mean_cos", "enc_shared", "enc_mean_cos", "agree", "top2_a",
                 "top2_b"] + [f"dec_shared_{round(t * 100)}" for t in THRESHOLDS]
@@ -294,8 +294,8 @@ def compare_saes(saes: dict, pairs=None, threshold: float = THRESHOLD, method: s
     Per pair: n_a, n_b; dec_shared / enc_shared = shared ratio (cos > threshold, over the smaller SAE);
     dec_mean_cos / enc_mean_cos = mean matched cosine; agree = fraction of latents whose decoder and
     encoder partners coincide; top2_a / top2_b = within-SAE control, fraction of latents whose nearest
-    other decoder row has cos > threshold; dec_shared_50 ... dec_shared_90: decoder shared ratio at THRESHOLDS. features=True also returns the per-latent table
-    (``match_pair`` columns plus a, b) as a second DataFrame. n_jobs: pairs matched concurrently
+    other decoder row has cos > threshold; dec_shared_50 ... dec_shared_90: decoder shared ratio at THRESHOLDS.
+    features=True also returns the per-latent table (``match_pair`` columns plus a, b) as a second DataFrame. n_jobs: pairs matched concurrently
     (threads; the result does not depend on it). Cost per 4,608 x 4,608 pair: two GEMMs and two exact
     assignments, 1.7 s on average over the default sweep's 496 pairs on 2 cores with n_jobs=2 (0.3 s to
     ~15 s, see the module docstring); ``single_factor_pairs`` / ``layer_pairs`` pick the pairs the factor
@@ -420,6 +420,13 @@ def interval(boot: np.ndarray, ci: float = CI) -> tuple[float, float]:
     return float(np.quantile(b, (1 - ci) / 2)), float(np.quantile(b, (1 + ci) / 2))
 
 
+def seeds_differ(pairs: pd.DataFrame, meta: pd.DataFrame) -> np.ndarray:
+    """Bool per pair (columns a, b: index labels of meta): its two SAEs have different seeds."""
+    if "seed" not in meta.columns:
+        return np.zeros(len(pairs), dtype=bool)
+    return np.array([not _same(meta.at[a, "seed"], meta.at[b, "seed"]) for a, b in zip(pairs.a, pairs.b)], dtype=bool)
+
+
 def cross_seed_sharing(pairs: pd.DataFrame, meta: pd.DataFrame, run, factors=FACTORS, column: str = "dec_shared",
                        n_boot: int = 2000, seed: int = 0) -> dict:
     """Mean ``column`` over pairs of SAEs that differ only in seed and share every other factor with ``run``
@@ -427,7 +434,7 @@ def cross_seed_sharing(pairs: pd.DataFrame, meta: pd.DataFrame, run, factors=FAC
     cols = [f for f in factors if f in meta.columns and f != "seed"]
     like = meta.index[[all(_same(meta.at[n, f], meta.at[run, f]) for f in cols) for n in meta.index]]
     p = pairs[pairs.a.isin(like) & pairs.b.isin(like)]
-    p = p[np.array([not _same(meta.at[a, "seed"], meta.at[b, "seed"]) for a, b in zip(p.a, p.b)], dtype=bool)]
+    p = p[seeds_differ(p, meta)]
     if not len(p):
         return dict(n_pairs=0, mean=float("nan"), lo=float("nan"), hi=float("nan"))
     v = p[column].to_numpy(np.float64)
@@ -447,8 +454,7 @@ def factor_effects(pairs: pd.DataFrame, meta: pd.DataFrame, factors=FACTORS, col
     Rows: factor, n_within, n_between, within, between, effect, lo, hi, for factors with pairs of both kinds.
     """
     cols = [f for f in factors if f in meta.columns and f != "seed"]
-    p = pairs[np.array([("seed" in meta.columns) and not _same(meta.at[a, "seed"], meta.at[b, "seed"])
-                        for a, b in zip(pairs.a, pairs.b)], dtype=bool)].reset_index(drop=True)
+    p = pairs[seeds_differ(pairs, meta)].reset_index(drop=True)
     w = _sae_bootstrap(p, n_boot, seed) if len(p) else np.zeros((n_boot, 0))
     v = p[column].to_numpy(np.float64)
     rows, boot = [], {}

@@ -295,7 +295,7 @@ def numbers(tables: dict, params: dict | None = None) -> dict:
 
     out["n_saes"], out["n_architectures"] = len(m), int(m.architecture.nunique())
     if "converged" in m:  # convergence.THRESHOLDS; an SAE without diagnostics counts as not converged
-        ok = m.converged.astype(str).str.lower() == "true"
+        ok = V.flag(m.converged)
         out["train.n_converged"], out["train.converged_fraction"] = int(ok.sum()), float(ok.mean())
         out["train.not_converged"] = list(m.index[~ok])
         for c in ("dec_stability", "fvu_gain_last_quarter", "init_frac_above", "fvu_gap"):
@@ -414,19 +414,21 @@ def claims(tables: dict) -> dict[str, dict]:
     from .matching import FACTORS
     m, t = tables["metrics"], tables
     b = common.base_run(m)
-    ok = m.converged.astype(str).str.lower() == "true" if "converged" in m else pd.Series(False, index=m.index)
+    ok = V.flag(m.converged) if "converged" in m else pd.Series(False, index=m.index)
     c = m[ok]
     why = f"{int(ok.sum())} of {len(m)} SAEs converged"
     same = c[(c.dataset == b.dataset) & (c.layer == b.layer) & (c.d_sae == b.d_sae)]
-    out = {"treesae_ranking": V.treesae_ranking(same, int(b.k)), "aux_k_tied_init_reduce_dead": V.aux_k_tied_init_reduce_dead(c, b)}
+    out = {"treesae_ranking": V.treesae_ranking(same, int(b.k)),
+           "aux_k_tied_init_reduce_dead": V.aux_k_tied_init_reduce_dead(c, b)}
     mm = t.get("matching.metrics") or {}
     thr = mm.get("threshold", 0.7)
     if "matching.pairs" in t:
         p = t["matching.pairs"]
         p = p[p.a.isin(c.index) & p.b.isin(c.index)]
         col = f"dec_shared_{round(thr * 100)}"
-        eff, boot = factor_effects(p, c, factors=tuple(f for f in FACTORS if f in c.columns), column=col if col in p else "dec_shared")
-        out["dataset_matters_most"] = V.dataset_matters_most(eff, boot)
+        eff, boot = factor_effects(p, c, factors=tuple(f for f in FACTORS if f in c.columns),
+                                   column=col if col in p else "dec_shared")
+        out["dataset_matters_most"] = V.dataset_matters_most(eff, boot, thr)
     else:
         out["dataset_matters_most"] = {"verdict": V.NOT_TESTABLE, "basis": "no matching analysis"}
     pf = t.get("matching.pair_features")
