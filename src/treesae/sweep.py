@@ -22,10 +22,10 @@ import torch
 from . import paths
 from .cache import ActivationCache, hook_name
 from .io import write_bytes_atomic, write_json
+from .seeds import INIT_TAG, hashed_seed
 
 HIERARCHICAL = ("stacked", "residual", "tree")
 RUN_FIELDS = ("architecture", "corpus", "layer", "d_sae", "k", "seed", "options")
-INIT_TAG = "treesae/sae-init/1:"
 RUN_OPTIONS = ("shared_init",)  # run options that are not SAE config fields
 
 
@@ -51,8 +51,7 @@ class Run:
         and dictionary size alone, so such runs of one architecture start from the same weights."""
         ident = dict(seed=self.seed, d_sae=self.d_sae) if dict(self.options).get("shared_init") else \
             {f: (dict(getattr(self, f)) if f == "options" else getattr(self, f)) for f in RUN_FIELDS}
-        digest = hashlib.sha256(f"{INIT_TAG}{json.dumps(ident, sort_keys=True)}".encode()).digest()
-        return int.from_bytes(digest[:8], "little") >> 1
+        return hashed_seed(INIT_TAG, **ident)
 
     def factors(self) -> dict:
         """The training factors the matching analysis compares (column names of analysis.matching.FACTORS)."""

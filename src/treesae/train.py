@@ -32,6 +32,8 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from .seeds import DATA_TAG, hashed_seed
+
 SCHEDULES = ("constant", "linear", "cosine")
 
 
@@ -111,14 +113,14 @@ def get_lr(step: int, cfg: TrainConfig) -> float:
 # ----------------------------------------------------------------------------- data
 
 class ShuffledOrder:
-    """Row indices of each batch: epoch e is a fixed permutation of range(n) seeded by (seed, e)."""
+    """Row indices of each batch: epoch e is a fixed permutation of range(n) seeded by a hash of (seed, e)."""
 
     def __init__(self, n: int, seed: int):
         self.n, self.seed, self._perms = n, seed, {}
 
     def perm(self, epoch: int) -> torch.Tensor:
         if epoch not in self._perms:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            g = torch.Generator().manual_seed(hashed_seed(DATA_TAG, seed=self.seed, epoch=epoch))
             self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}
             self._perms[epoch] = torch.randperm(self.n, generator=g)
         return self._perms[epoch]
@@ -318,7 +320,7 @@ def train_sweep(saes: dict, data, cfg: TrainConfig, out_dir=None, progress: bool
     det.fill_uninitialized_memory = False  # else every torch.empty is NaN-filled: ~30% slower, nothing gained
     try:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
+            torch.manual_seed(hashed_seed(DATA_TAG, seed=cfg.seed, stream="torch"))
             start = 0
             if ckpt_path is not None and ckpt_path.exists():
                 ck = torch.load(ckpt_path, weights_only=False)
