@@ -49,7 +49,10 @@ def tables():
                          "ce_increase": rng.normal(0.1, 0.2, 600)})
     l0 = pd.DataFrame({"architecture": np.repeat(["topk", "batchtopk", "relu"], 300),
                        "l0": np.concatenate([np.full(300, 32), rng.poisson(32, 300), rng.poisson(40, 300)])})
-    return {"frontier_nmse_l0": (metrics,), "frontier_ce_l0": (metrics,), "dead_latents_training": (curves,),
+    synth = pd.DataFrame([dict(source=s, architecture=a, seed=sd, f1=rng.random(), mcc=rng.random(),
+                               explained_variance=rng.random(), absorption=rng.random() * 0.2)
+                          for s, archs in (("ours", ARCHS), ("saelens", ["batchtopk"])) for a in archs for sd in (0, 1)])
+    return {"synthetic_benchmark": (synth,), "frontier_nmse_l0": (metrics,), "frontier_ce_l0": (metrics,), "dead_latents_training": (curves,),
             "treesae_levels": (levels,), "hierarchy_correlation": (coact, cosine),
             "position_activation_layers": (profile,), "position_deciles": (deciles,),
             "position_intervention": (interv,), "matching_enc_vs_dec": (feats,), "matching_by_factor": (factors,),
@@ -57,7 +60,7 @@ def tables():
 
 
 def test_registry_covers_every_slug():
-    assert set(F.FIGURES) == set(tables()) and len(F.FIGURES) == 15
+    assert set(F.FIGURES) == set(tables()) and len(F.FIGURES) == 16
     assert all(f.__doc__ and "Columns" in f.__doc__ for f in F.FIGURES.values())
 
 

@@ -417,8 +417,35 @@ def l0_distribution(l0: pd.DataFrame, path) -> Path:
     return _save(fig, path)
 
 
+def synthetic_benchmark(scores: pd.DataFrame, path) -> Path:
+    """Ground-truth scores on the synthetic world, one panel per score (F1, MCC, explained variance,
+    absorption): per architecture the mean over seeds (bar) and each seed (dots); sae-lens' own trainers
+    hatched. Columns: source (ours / saelens), architecture, seed and the scores."""
+    cols = [("f1", "F1"), ("mcc", "MCC"), ("explained_variance", "explained variance"), ("absorption", "absorption")]
+    _need(scores, "source", "architecture", *(c for c, _ in cols), name="scores")
+    d = scores.assign(label=[a if s == "ours" else f"{a} (sae-lens)" for s, a in zip(scores.source, scores.architecture)])
+    ours = _order(d[d.source == "ours"].architecture)
+    labels = ours + [lab for lab in dict.fromkeys(d.label) if lab not in ours]
+    pal = _palette(ours)
+    color = {lab: pal.get(lab.split(" ")[0], "0.5") for lab in labels}
+    fig, axs = _fig(10, 3.6, ncols=len(cols), sharey=False)
+    for ax, (c, title) in zip(axs[0], cols):
+        g = d.groupby("label")[c]
+        y = np.arange(len(labels))
+        ax.barh(y, [g.mean().get(lab, np.nan) for lab in labels], color=[color[lab] for lab in labels],
+                hatch=["//" if "sae-lens" in lab else "" for lab in labels], edgecolor="white", alpha=0.85)
+        for i, lab in enumerate(labels):
+            v = d.loc[d.label == lab, c].to_numpy()
+            ax.plot(v, np.full(len(v), i), "o", color="black", ms=3)
+        ax.set_yticks(y, labels if ax is axs[0, 0] else [""] * len(labels))
+        ax.invert_yaxis()
+        ax.set(title=title, xlim=(0, 1) if c != "absorption" else (0, None))
+    return _save(fig, path)
+
+
 FIGURES = {f.__name__: f for f in [frontier_nmse_l0, frontier_ce_l0, dead_latents_training, treesae_levels,
                                    hierarchy_correlation, position_activation_layers, position_deciles,
                                    position_intervention, matching_enc_vs_dec, matching_by_factor, matching_layers,
-                                   matching_all_pairs, decoder_umap, lm_vs_sae_loss, l0_distribution]}
+                                   matching_all_pairs, decoder_umap, lm_vs_sae_loss, l0_distribution,
+                                   synthetic_benchmark]}
 ANIMATIONS = {"decoder_umap_layers": decoder_umap_animation}

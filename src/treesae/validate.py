@@ -10,7 +10,7 @@ import sys
 
 from . import config, paths
 
-SECTIONS = ("profile", "model", "harvest", "train", "position", "matching", "hierarchy", "figures", "browser")
+SECTIONS = ("profile", "model", "harvest", "train", "position", "matching", "hierarchy", "synthetic", "figures", "browser")
 
 
 def _subset(where: str, values, allowed, what: str):
@@ -27,6 +27,7 @@ def validate(params: dict | None = None) -> dict:
     from .stages.hierarchy import HierarchyParams
     from .stages.matching import FACTORS, MatchingParams
     from .stages.position import PositionParams
+    from .stages.synthetic import SyntheticParams
     from .sweep import check
     params = config.read_params() if params is None else params
     _subset("the top level", params, SECTIONS, "section(s)")
@@ -41,6 +42,7 @@ def validate(params: dict | None = None) -> dict:
     out["position"] = pp = config.parse(PositionParams, params["position"], "position")
     out["matching"] = mt = config.parse(MatchingParams, params["matching"], "matching")
     out["hierarchy"] = hi = config.parse(HierarchyParams, params["hierarchy"], "hierarchy")
+    out["synthetic"] = config.parse(SyntheticParams, params["synthetic"], "synthetic")
     out["figures"] = config.parse(FiguresParams, params["figures"], "figures")
     out["browser"] = config.parse(BrowserParams, params["browser"], "browser")
 

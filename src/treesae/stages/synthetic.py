@@ -1,0 +1,167 @@
+"""Stage 08: ground truth for the hierarchy claims. Every architecture, and sae-lens' own BatchTopK and
+Matryoshka as references, trained on one synthetic world whose features and hierarchy are known
+(``treesae.synthetic``), exported, loaded back through ``sae_lens.SAE.load_from_disk`` and scored against
+the true features.
+
+Writes to data/analysis/synthetic/:
+
+* ``runs/<source>-<architecture>-s<seed>.json``: one SAE's scores, written when it is done, so an
+  interrupted stage resumes at the next SAE (a file from other parameters is ignored and replaced).
+* ``world.csv``: the world per tree level: features, mean firing probability, mean true L0 share.
+* ``scores.csv``: one row per SAE (``synthetic.evaluate``'s columns; training time only in ``runs/``).
+* ``metrics.json``: per architecture, the mean over seeds and its standard deviation of every score
+  (``<architecture>.<score>`` and ``.sd``; sae-lens' references under ``saelens.<architecture>.``), and ``matryoshka_vs_saelens.<score>``: ours minus
+  sae-lens' Matryoshka, with +- 2 standard errors (the check that our Matryoshka trains as theirs does).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .. import synthetic as S
+from ..io import write_json
+from ..saes import ARCHITECTURES
+from ..verdicts import mean_difference
+from . import common
+
+NAME = "synthetic"
+SCORES = ("f1", "mcc", "uniqueness", "explained_variance", "l0", "dead_fraction", "shrinkage", "absorption",
+          "recall_with_child", "recall_no_child", "max_cos_level0", "max_cos_level1", "max_cos_level2")
+
+
+@dataclass(frozen=True)
+class SyntheticParams:
+    world: dict = field(default_factory=dict)   # treesae.synthetic.WorldConfig fields
+    architectures: list = field(default_factory=lambda: list(S.ARCHITECTURES))
+    references: list = field(default_factory=lambda: list(S.REFERENCES))  # sae-lens' trainers, same data and budget
+    seeds: list = field(default_factory=lambda: [0, 1])  # SAE init and batch order (the world has its own seed)
+    d_sae: int = 256
+    k: int = 12
+    n_tokens: int = 2_000_000                   # per SAE
+    train_tokens: int = 65_536                  # the fixed training set (n_tokens / train_tokens epochs)
+    eval_tokens: int = 16_384
+    batch_size: int = 1024
+    lr: float = 3e-3
+    lr_end: float = 3e-4
+    extra: dict = field(default_factory=lambda: dict(S.EXTRA))  # per-architecture SAE config fields
+
+    def __post_init__(self):
+        S.WorldConfig(**self.world)  # its own errors name the field
+        bad = [a for a in self.architectures if a not in ARCHITECTURES]
+        if bad:
+            raise ValueError(f"synthetic.architectures: unknown {bad}; known: {sorted(ARCHITECTURES)}")
+        bad = [r for r in self.references if r not in S.REFERENCES]
+        if bad:
+            raise ValueError(f"synthetic.references: unknown {bad}; sae-lens references: {list(S.REFERENCES)}")
+        if len(set(self.seeds)) < 2:
+            raise ValueError(f"synthetic.seeds: need at least 2 distinct seeds for a standard deviation, got {list(self.seeds)}")
+        for f in ("d_sae", "k", "n_tokens", "train_tokens", "eval_tokens", "batch_size"):
+            if int(getattr(self, f)) < 1:
+                raise ValueError(f"synthetic.{f} must be >= 1, got {getattr(self, f)}")
+        if self.n_tokens < self.batch_size or self.train_tokens < self.batch_size:
+            raise ValueError("synthetic: n_tokens and train_tokens must each hold at least one batch (batch_size)")
+        if not 0 <= self.lr_end <= self.lr or not self.lr > 0:
+            raise ValueError(f"synthetic: need lr > 0 and 0 <= lr_end <= lr, got {self.lr}, {self.lr_end}")
+        if self.k >= self.d_sae:
+            raise ValueError(f"synthetic.k ({self.k}) must be below d_sae ({self.d_sae})")
+
+    def fingerprint(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+# --- stage 08, one call per notebook cell ---
+
+def setup(model: dict, synthetic: dict) -> dict:
+    """Validate the section, pin threads, build the world, its training set and its held-out set."""
+    from .. import config
+    mp, sp = config.parse(config.ModelParams, model, "model"), config.parse(SyntheticParams, synthetic, "synthetic")
+    config.pin_threads(mp.threads)
+    world = S.make_world(S.WorldConfig(**sp.world))
+    out = common.out_dir(NAME)
+    (out / "runs").mkdir(exist_ok=True)
+    return dict(synthetic=sp, world=world, data=S.train_data(world, sp.train_tokens),
+                heldout=S.sample(world, sp.eval_tokens, 0, split="eval"), out=out)
+
+
+def world(setup: dict) -> pd.DataFrame:
+    """Per tree level (-1: free features): features, mean firing probability, share of the true L0."""
+    w, feats = setup["world"], setup["heldout"][1]
+    lv = S.levels(w.hierarchy, feats.shape[1])
+    active = (feats > 0).float().mean(0).numpy()
+    t = pd.DataFrame(dict(level=lv, p=active)).groupby("level").agg(features=("p", "size"), mean_p=("p", "mean"),
+                                                                    l0=("p", "sum")).reset_index()
+    t["l0_share"] = t.l0 / t.l0.sum()
+    common.write_table(t, setup["out"] / "world.csv")
+    return t
+
+
+def jobs(setup: dict) -> list[tuple[str, str, int]]:
+    sp = setup["synthetic"]
+    return [("ours", a, s) for s in sp.seeds for a in sp.architectures] + \
+           [("saelens", r, s) for s in sp.seeds for r in sp.references]
+
+
+def train(setup: dict, progress: bool = True) -> pd.DataFrame:
+    """Train and score every SAE not yet done under these parameters; one row per SAE."""
+    import time
+    sp, rows = setup["synthetic"], []
+    kw = dict(data=setup["data"], batch_size=sp.batch_size, lr=sp.lr, lr_end=sp.lr_end)
+    for source, arch, seed in jobs(setup):
+        f = setup["out"] / "runs" / f"{source}-{arch}-s{seed}.json"
+        done = json.loads(f.read_text()) if f.exists() else {}
+        if done.get("fingerprint") != sp.fingerprint():
+            t = time.perf_counter()
+            sae = (S.train_ours(arch, setup["world"], sp.d_sae, sp.k, sp.n_tokens, seed, extra=sp.extra, **kw)
+                   if source == "ours" else S.train_reference(arch, setup["world"], sp.d_sae, sp.k, sp.n_tokens, seed, **kw))
+            seconds = time.perf_counter() - t
+            score = S.evaluate(sae, setup["world"], sp.eval_tokens, 0, eval_data=setup["heldout"])
+            done = dict(fingerprint=sp.fingerprint(), source=source, architecture=arch, seed=seed,
+                        d_sae=int(sae.W_dec.shape[0]), seconds=seconds, **score)
+            write_json(f, done)
+        if progress:
+            print(f"{source:7s} {arch:10s} s{seed}: f1 {done['f1']:.3f} mcc {done['mcc']:.3f} "
+                  f"ev {done['explained_variance']:.3f} l0 {done['l0']:.1f} absorption {done['absorption']:.3f} "
+                  f"({done['seconds']:.0f} s)", flush=True)
+        rows.append({k: v for k, v in done.items() if k not in ("fingerprint", "seconds")})  # outputs stay deterministic
+    t = pd.DataFrame(rows)
+    common.write_table(t, setup["out"] / "scores.csv")
+    return t
+
+
+def summary(scores: pd.DataFrame) -> pd.DataFrame:
+    """Mean and standard deviation over seeds per source and architecture (the paper's table)."""
+    cols = [c for c in SCORES if c in scores]
+    g = scores.groupby(["source", "architecture"], sort=False)[cols]
+    return g.mean().join(g.std(ddof=1).add_suffix("_sd"))
+
+
+def summarize(setup: dict, scores: pd.DataFrame) -> dict:
+    """metrics.json (keys in the module docstring)."""
+    sp, out = setup["synthetic"], {}
+    s = summary(scores)
+    for (source, arch), r in s.iterrows():
+        key = arch if source == "ours" else f"{source}.{arch}"
+        for c in SCORES:
+            if c in r and np.isfinite(r[c]):
+                out[f"{key}.{c}"] = float(r[c])
+                if np.isfinite(r.get(f"{c}_sd", np.nan)):
+                    out[f"{key}.{c}.sd"] = float(r[f"{c}_sd"])
+    def diff(key, a, b):
+        for c in ("f1", "mcc", "explained_variance", "absorption"):
+            d, lo, hi = mean_difference(a[c], b[c])
+            if np.isfinite(d):
+                out.update({f"{key}.{c}": d, f"{key}.{c}.lo": lo, f"{key}.{c}.hi": hi})
+    mine = scores[scores.source == "ours"]
+    for arch in sp.architectures:
+        if arch != "topk":
+            diff(f"{arch}.vs_topk", mine[mine.architecture == arch], mine[mine.architecture == "topk"])
+    ours, ref = (scores[(scores.source == src) & (scores.architecture == "matryoshka")] for src in ("ours", "saelens"))
+    diff("matryoshka_vs_saelens", ours, ref)
+    out.update({"world." + k: v for k, v in asdict(S.WorldConfig(**sp.world)).items()}, d_sae=sp.d_sae, k=sp.k, n_tokens=sp.n_tokens,
+               train_tokens=sp.train_tokens, eval_tokens=sp.eval_tokens, n_seeds=len(sp.seeds),
+               true_l0=float(scores.true_l0.mean()), architectures=list(sp.architectures), references=list(sp.references))
+    common.write_metrics(setup["out"] / "metrics.json", out)
+    return out

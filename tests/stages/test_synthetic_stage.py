@@ -1,0 +1,50 @@
+"""Stage 08 (ground truth): its parameters are validated, every SAE is scored once and an interrupted run
+resumes, and the summary carries the differences with intervals that the paper's verdict reads."""
+import json
+
+import pytest
+
+from treesae import synthetic as S
+from treesae.stages import synthetic as stage
+
+TINY = dict(world=dict(d_in=32, n_features=96, n_roots=4, target_l0=5.0), architectures=["topk", "tree"],
+            references=["batchtopk"], seeds=[0, 1], d_sae=64, k=5, n_tokens=10240, train_tokens=4096,
+            eval_tokens=2048, batch_size=512)
+
+
+@pytest.mark.parametrize("bad, words", [
+    (dict(architectures=["topkk"]), "unknown ['topkk']"),
+    (dict(references=["relu"]), "sae-lens references"),
+    (dict(seeds=[0]), "at least 2 distinct seeds"),
+    (dict(k=64), "must be below d_sae"),
+    (dict(n_tokens=100), "at least one batch"),
+    (dict(world=dict(n_roots=99)), "lower n_roots"),
+])
+def test_bad_parameters_name_the_problem(bad, words):
+    with pytest.raises(ValueError, match=None) as e:
+        stage.SyntheticParams(**{**TINY, **bad})
+    assert words in str(e.value)
+
+
+def test_scores_each_sae_once_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.setenv("TREESAE_ROOT", str(tmp_path))
+    s = stage.setup(dict(threads=1), TINY)
+    first = stage.train(s, progress=False)
+    assert len(first) == 2 * 2 + 2 and set(first.source) == {"ours", "saelens"}
+    assert first[["f1", "mcc", "explained_variance", "absorption"]].notna().all().all()
+
+    done = sorted((s["out"] / "runs").glob("*.json"))
+    (done[0]).unlink()  # as if interrupted before the last SAE was scored
+    trained = []
+    real = S.train_ours
+    monkeypatch.setattr(S, "train_ours", lambda *a, **k: trained.append(a[0]) or real(*a, **k))
+    monkeypatch.setattr(S, "train_reference", lambda *a, **k: trained.append(a[0]) or pytest.fail("retrained"))
+    again = stage.train(s, progress=False)
+    assert len(trained) == 1  # only the missing SAE
+    assert again.equals(first)  # and it comes back identical (same seeds, same batches)
+
+    out = stage.summarize(s, again)
+    saved = json.loads((s["out"] / "metrics.json").read_text())
+    assert saved["tree.vs_topk.f1.lo"] <= saved["tree.vs_topk.f1"] <= saved["tree.vs_topk.f1.hi"]
+    assert {"topk.f1", "topk.f1.sd", "saelens.batchtopk.mcc", "world.depth", "true_l0"} <= set(out)
+    assert "seconds" not in stage.summary(again).columns  # outputs hold no timings (determinism)
