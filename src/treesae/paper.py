@@ -35,7 +35,10 @@ def _pct(x, digits=1):
 
 
 def figure(slug: str, caption: str) -> str:
-    """A figure referenced by its slug: file figures/<slug>.png, label fig:<slug>."""
+    """A figure referenced by its slug: file figures/<slug>.png, label fig:<slug>; a note where stage 06 drew
+    none (the profile trained nothing it shows)."""
+    if not (paths.root() / "figures" / f"{slug}.png").exists():
+        return f"*(Figure `{slug}` is not drawn in this profile: it trained nothing the figure shows.)*"
     return f'<figure id="fig:{slug}"><img src="../figures/{slug}.png" alt="{html.escape(slug)}"><figcaption><b>{slug}</b>. {caption}</figcaption></figure>'
 
 

@@ -100,9 +100,25 @@ def test_workspace_figures_and_numbers():
     assert json.loads((root / "paper" / "numbers.json").read_text()) == again
     for key in ("frontier.topk.k16.nmse", "dead.topk.default", "dead.topk.no_aux_k", "matching.factor.seed.dec_shared",
                 "hierarchy.tree.score", "hierarchy.tree.score_given", "position.sink_norm_ratio_layer9", "n_saes",
-                "n_tokens_harvested", "model", "harvest.layers"):
+                "n_tokens_harvested", "model", "harvest.layers", "synth.topk.f1", "synth.tree.vs_topk.f1.lo",
+                "synth.saelens.matryoshka.mcc"):
         assert key in again, key
     assert np.isfinite(again["hierarchy.topk.score"])
+
+
+def test_a_profile_without_an_architecture_draws_no_figure_of_it(tmp_path, monkeypatch):
+    """No multi-level SAE trained (the default profile): treesae_levels is not drawn, listing does not ask
+    for it and removes a stale copy; a figure with data is still required."""
+    levels = pd.DataFrame({"variant": ["topk"], "level": [0], "width": [8], "l0": [1.0], "dead_fraction": [0.0]})
+    t = {"metrics": pd.DataFrame(), "hierarchy.levels": levels, "matching.layer_pairs": pd.DataFrame()}
+    assert not S.has_data(t, "treesae_levels")
+    assert S.has_data({**t, "hierarchy.levels": levels.assign(variant="tree")}, "treesae_levels")
+    (tmp_path / "treesae_levels.png").write_bytes(b"stale")
+    monkeypatch.setattr(S, "slugs", lambda: ["treesae_levels", "matching_layers"])
+    assert S.listing({"out": tmp_path}, t).empty and not (tmp_path / "treesae_levels.png").exists()
+    t["matching.layer_pairs"] = pd.DataFrame({"layer": [3]})
+    with pytest.raises(FileNotFoundError, match="matching_layers was not drawn"):
+        S.listing({"out": tmp_path}, t)
 
 
 def test_claims_count_converged_saes_only():

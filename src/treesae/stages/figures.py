@@ -1,4 +1,4 @@
-"""Stage 06: every paper figure and every number the paper quotes, from the tables of stages 02-05.
+"""Stage 06: every paper figure and every number the paper quotes, from the tables of stages 02-05 and 08.
 
 The only writer of ``figures/`` and ``paper/numbers.json``. It reads tables (CSV / JSON) only, never
 the activations, the SAEs or the analysis library, so changing a plot's style reruns this stage
@@ -41,6 +41,7 @@ TABLES = {  # name -> path under data/ (what stage 06 reads; dvc.yaml lists the 
     "hierarchy.decoder_cosine": "analysis/hierarchy/decoder_cosine.csv",
     "hierarchy.levels": "analysis/hierarchy/levels.csv", "hierarchy.l0_per_token": "analysis/hierarchy/l0_per_token.csv",
     "hierarchy.metrics": "analysis/hierarchy/metrics.json",
+    "synthetic.scores": "analysis/synthetic/scores.csv", "synthetic.metrics": "analysis/synthetic/metrics.json",
 }
 
 
@@ -162,6 +163,8 @@ def figure_args(tables: dict, slug: str) -> tuple:
         return (l0[l0.k == int(common.base_run(m).k)][["architecture", "l0", "count"]],), {}
     if slug == "decoder_umap_layers":
         return (t["matching.embedding_umap"],), {"frame": "layer"}
+    if slug == "synthetic_benchmark":
+        return (t["synthetic.scores"],), {}
     raise KeyError(f"no figure {slug!r}")
 
 
@@ -171,10 +174,19 @@ def slugs() -> list[str]:
     return list(F.FIGURES) + list(EXTRA) + list(F.ANIMATIONS)
 
 
+def has_data(tables: dict, slug: str) -> bool:
+    """Whether this profile trained what a figure shows (e.g. no TreeSAE variant: no ``treesae_levels``)."""
+    args, _ = figure_args(tables, slug)
+    return all(len(a) for a in args)
+
+
 def draw(setup: dict, tables: dict, slug: str):
-    """Draw one figure to figures/<slug>.png (.gif for animations); returns it for display."""
+    """Draw one figure to figures/<slug>.png (.gif for animations); returns it for display, or None (and
+    draws nothing) when the profile has no data for it."""
     from IPython.display import Image
     from .. import figures as F
+    if not has_data(tables, slug):
+        return None
     args, kw = figure_args(tables, slug)
     fp = setup["figures"]
     if slug in F.ANIMATIONS:
@@ -188,15 +200,28 @@ def draw(setup: dict, tables: dict, slug: str):
     return Image(filename=str(path))
 
 
-def listing(setup: dict) -> pd.DataFrame:
-    """Every expected figure file, its size and sha256 (a missing one is an error)."""
+def listing(setup: dict, tables: dict) -> pd.DataFrame:
+    """Every figure with data in this profile: file, size and sha256 (a missing one is an error)."""
     rows = []
     for slug in slugs():
         f = next((setup["out"] / f"{slug}{s}" for s in (".png", ".gif") if (setup["out"] / f"{slug}{s}").exists()), None)
+        if not has_data(tables, slug):
+            if f is not None:
+                f.unlink()
+            continue
         if f is None:
             raise FileNotFoundError(f"figure {slug} was not drawn")
         rows.append(dict(file=f.name, bytes=f.stat().st_size, sha256=hashlib.sha256(f.read_bytes()).hexdigest()[:16]))
     return pd.DataFrame(rows)
+
+
+def write_runs(setup: dict, tables: dict) -> pd.DataFrame:
+    """paper/runs.csv: stage 02's table (one row per SAE: factors, held-out metrics, convergence diagnostics and
+    verdict), published beside the paper so a clone shows every SAE's numbers without the data."""
+    m = tables["metrics"]
+    common.write_table(m, setup["numbers"].parent / "runs.csv", index=True)
+    cols = ["architecture", "dataset", "layer", "d_sae", "k", "seed", "fvu", "l0", "converged"]
+    return m[[c for c in cols if c in m]]
 
 
 def write_numbers(setup: dict, tables: dict) -> pd.DataFrame:
@@ -261,8 +286,9 @@ def numbers(tables: dict, params: dict | None = None) -> dict:
       recipe.{variant}.{M}                      the same recipe runs, every metric
       seed.s{s}.{M}, dataset.{corpus}.{M}, size.d{d_sae}.{M}, layer.L{layer}.{M}   the other grids (+ base)
       seed.nmse_std                             std of nMSE over seeds
-    Analyses: every key of the stage metrics files, prefixed position., matching., hierarchy.
-    (see stages.position.summarize, stages.matching.summarize, stages.hierarchy.summarize).
+    Analyses: every key of the stage metrics files, prefixed position., matching., hierarchy., synth.
+    (see stages.position.summarize, stages.matching.summarize, stages.hierarchy.summarize,
+    stages.synthetic.summarize).
     Verdicts (``claims``, ``verdicts``): verdict.{claim} (supported / contradicted / no detectable difference /
     not testable here) and verdict.{claim}.{basis, part.estimate, part.lo, part.hi, ...}.
     """
@@ -402,6 +428,8 @@ def numbers(tables: dict, params: dict | None = None) -> dict:
     for a in ANALYSES:
         for k, v in (tables.get(f"{a}.metrics") or {}).items():
             out[f"{a}.{k}"] = v
+    for k, v in (tables.get("synthetic.metrics") or {}).items():
+        out[f"synth.{k}"] = v
     out.update(V.flatten(claims(tables)))
     return out
 

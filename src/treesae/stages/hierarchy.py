@@ -79,13 +79,16 @@ def variant_label(architecture: str, mode: str) -> str:
 
 # --- stage 05, one call per notebook cell ---
 
-def setup(model: dict, hierarchy: dict) -> dict:
-    """Validate the section, pin threads, pick the SAEs and the held-out tokens."""
+def setup(model: dict, hierarchy: dict, train: dict | None = None) -> dict:
+    """Validate the sections, pin threads, pick the SAEs. ``train``: its held-out draw (``eval.seed``) and
+    ``sink_ratio``, so the codes are computed on tokens the SAEs' metrics also use."""
     from .. import config
     mp, hp = config.parse(config.ModelParams, model, "model"), config.parse(HierarchyParams, hierarchy, "hierarchy")
     config.pin_threads(mp.threads)
     metrics = common.read_metrics()
+    train = train or {}
     return dict(model=mp, hierarchy=hp, metrics=metrics, base=common.base_run(metrics),
+                sink_ratio=train.get("sink_ratio"), heldout_seed=(train.get("eval") or {}).get("seed"),
                 runs=hierarchy_runs(metrics, hp.architectures), frontier=frontier_runs(metrics), out=common.out_dir(NAME))
 
 
@@ -95,12 +98,14 @@ def runs(setup: dict) -> pd.DataFrame:
 
 
 def activations(setup: dict):
-    """Held-out activations [N, d_model] of the base corpus and layer (position 0 excluded)."""
+    """Held-out activations [N, d_model] of the base corpus and layer: randomly drawn contexts (train.eval.seed),
+    position 0 and attention sinks (train.sink_ratio) excluded, as in stage 02's metrics."""
     from ..cache import ActivationCache
     from ..corpora import safe_name
     b = setup["base"]
     cache = ActivationCache.open(paths.data("activations", safe_name(b.dataset)), expect={"model": setup["model"].name})
-    return cache.activations(int(b.layer), "heldout", drop_first=True, max_tokens=setup["hierarchy"].max_tokens)
+    return cache.activations(int(b.layer), "heldout", drop_first=True, max_tokens=setup["hierarchy"].max_tokens,
+                             seed=setup["heldout_seed"], sink_ratio=setup["sink_ratio"])
 
 
 def load_saes(setup: dict) -> dict:
