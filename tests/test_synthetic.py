@@ -184,3 +184,23 @@ def test_train_reference_batchtopk(world, held):
     assert np.isfinite(m["mcc"]) and np.isfinite(m["explained_variance"])
     with pytest.raises(ValueError, match="unknown sae-lens reference"):
         S.train_reference("topk", world, 32, 4, 8192, 0, data=data)
+
+
+def test_hierarchy_recovery_finds_true_trees_and_is_at_chance_on_a_flat_world(world):
+    """The true features as latents recover the trees (a child's latent fires only with its parent's); the same
+    on a flat world (independent features, the same pairs scored) is at chance: a control the score can fail."""
+    ident = torch.arange(TINY.n_features)
+    _, feats = S.sample(world, 16384, 1)
+    true = S.hierarchy_recovery((feats > 0).float(), world.structure, ident)
+    assert true["implication"] == pytest.approx(1.0) and true["hierarchy_recovery"] > 0.5 and true["n_pairs"] > 0
+    flat = S.make_world(S.WorldConfig(**{**TINY.__dict__, "hierarchical": False}))
+    assert flat.hierarchy is None and S.parents(flat.structure) == S.parents(world.structure)
+    _, ffeats = S.sample(flat, 16384, 1)
+    assert (ffeats > 0).float().sum(1).mean().item() == pytest.approx(TINY.target_l0, rel=0.05)
+    chance = S.hierarchy_recovery((ffeats > 0).float(), flat.structure, ident)
+    assert abs(chance["hierarchy_recovery"]) < 0.05
+    # a gated SAE trained on the flat world gains nothing from its gate
+    sae = S.train_ours("tree", flat, d_sae=63, k=4, n_tokens=61440, seed=0, train_tokens=8192, batch_size=512,
+                       extra={"tree": {"n_levels": 3, "branching": 2}})
+    gated = S.evaluate(sae, flat, 4096, 0)
+    assert abs(gated["hierarchy_recovery"]) < 0.1

@@ -419,27 +419,35 @@ def l0_distribution(l0: pd.DataFrame, path) -> Path:
 
 def synthetic_benchmark(scores: pd.DataFrame, path) -> Path:
     """Ground-truth scores on the synthetic world, one panel per score (F1, MCC, explained variance,
-    absorption): per architecture the mean over seeds (bar) and each seed (dots); sae-lens' own trainers
-    hatched. Columns: source (ours / saelens), architecture, seed and the scores."""
-    cols = [("f1", "F1"), ("mcc", "MCC"), ("explained_variance", "explained variance"), ("absorption", "absorption")]
-    _need(scores, "source", "architecture", *(c for c, _ in cols), name="scores")
-    d = scores.assign(label=[a if s == "ours" else f"{a} (sae-lens)" for s, a in zip(scores.source, scores.architecture)])
+    absorption, hierarchy recovery): per SAE configuration the mean over seeds (bar) and each seed (dots);
+    sae-lens' own trainers hatched, the flat control world dotted. Columns: source (ours / saelens / flat),
+    architecture, seed and the scores."""
+    cols = [("f1", "F1"), ("mcc", "MCC"), ("explained_variance", "explained variance"), ("absorption", "absorption"),
+            ("hierarchy_recovery", "hierarchy recovery")]
+    cols = [(c, t) for c, t in cols if c in scores]
+    _need(scores, "source", "architecture", "f1", name="scores")
+    tag = {"ours": "", "saelens": " (sae-lens)", "flat": " (flat world)"}
+    d = scores.assign(label=[a + tag.get(s, f" ({s})") for s, a in zip(scores.source, scores.architecture)])
     ours = _order(d[d.source == "ours"].architecture)
     labels = ours + [lab for lab in dict.fromkeys(d.label) if lab not in ours]
     pal = _palette(ours)
     color = {lab: pal.get(lab.split(" ")[0], "0.5") for lab in labels}
-    fig, axs = _fig(10, 3.6, ncols=len(cols), sharey=False)
+    hatch = {lab: "//" if "sae-lens" in lab else ".." if "flat" in lab else "" for lab in labels}
+    fig, axs = _fig(2.6 * len(cols), 0.9 + 0.28 * len(labels), ncols=len(cols))
+    y = np.arange(len(labels))
     for ax, (c, title) in zip(axs[0], cols):
-        g = d.groupby("label")[c]
-        y = np.arange(len(labels))
-        ax.barh(y, [g.mean().get(lab, np.nan) for lab in labels], color=[color[lab] for lab in labels],
-                hatch=["//" if "sae-lens" in lab else "" for lab in labels], edgecolor="white", alpha=0.85)
+        mean = d.groupby("label")[c].mean()
+        ax.barh(y, [mean.get(lab, np.nan) for lab in labels], color=[color[lab] for lab in labels],
+                hatch=[hatch[lab] for lab in labels], edgecolor="white", alpha=0.85)
         for i, lab in enumerate(labels):
             v = d.loc[d.label == lab, c].to_numpy()
             ax.plot(v, np.full(len(v), i), "o", color="black", ms=3)
         ax.set_yticks(y, labels if ax is axs[0, 0] else [""] * len(labels))
         ax.invert_yaxis()
-        ax.set(title=title, xlim=(0, 1) if c != "absorption" else (0, None))
+        ax.axvline(0, color="0.3", lw=0.8)
+        ax.set(title=title)
+        if c in ("f1", "mcc", "explained_variance"):
+            ax.set_xlim(0, 1)
     return _save(fig, path)
 
 

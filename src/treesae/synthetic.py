@@ -58,7 +58,9 @@ class WorldConfig:
     ``depth - 1``); the ``n_roots`` trees take the first ``n_roots * (1 + b + ... + b**(depth-1))``
     features in breadth-first order, the rest fire independently. ``zipf_exponent`` and ``min_prob``
     shape the firing probabilities (``min_prob``: the last feature's); ``target_l0``: expected active
-    features per token. ``magnitude_std``: std of the magnitudes around 1."""
+    features per token. ``magnitude_std``: std of the magnitudes around 1. ``hierarchical=False``: the flat
+    control, every feature firing independently as often as it does in the hierarchical world (the trees
+    then only say which feature pairs the hierarchy scores look at: every such score must be at chance)."""
 
     d_in: int = 128
     n_features: int = 512
@@ -70,6 +72,7 @@ class WorldConfig:
     target_l0: float = 12.0
     magnitude_std: float = 0.1
     seed: int = 0
+    hierarchical: bool = True
 
     def __post_init__(self):
         for name, low in (("d_in", 1), ("n_features", 1), ("n_roots", 1), ("branching", 2), ("depth", 2), ("seed", 0)):
@@ -81,6 +84,8 @@ class WorldConfig:
                              f"{self.branching}, depth {self.depth}) need {self.n_roots * self.tree_size} > "
                              f"n_features={self.n_features}; lower n_roots to <= {self.n_features // self.tree_size} "
                              "or raise n_features")
+        if not isinstance(self.hierarchical, bool):
+            raise ValueError(f"WorldConfig.hierarchical must be true or false, got {self.hierarchical!r}")
         if not self.zipf_exponent > 0:
             raise ValueError(f"WorldConfig.zipf_exponent must be > 0, got {self.zipf_exponent}")
         if not 0 < self.min_prob < 1:
@@ -121,8 +126,9 @@ def levels(hierarchy, n_features: int) -> np.ndarray:
     return lv
 
 
-def expected_l0(hierarchy, probs: torch.Tensor) -> float:
-    """Expected true L0 under sae-lens' sampling: a feature is drawn with its probability, a child survives
+def marginals(hierarchy, probs: torch.Tensor) -> np.ndarray:
+    """Each feature's probability of being active under sae-lens' sampling: a feature is drawn with its
+    probability, a child survives
     only with its parent, and among drawn mutually exclusive siblings one uniformly random winner
     survives. P(child j wins | parent) = q_j E[1 / (1 + N_j)] with N_j the other drawn siblings, and
     E[1 / (1 + N)] = int_0^1 prod_{m != j} (1 - q_m (1 - t)) dt (16-point Gauss-Legendre: exact up to
@@ -137,12 +143,18 @@ def expected_l0(hierarchy, probs: torch.Tensor) -> float:
         f = 1 - q * (1 - t[None])
         win = (f.prod(0, keepdims=True) / f * w).sum(1) if len(kids) > 1 else np.ones(1)
         marg[kids] = marg[par] * p[kids] * win
-    return float(marg.sum())
+    return marg
+
+
+def expected_l0(hierarchy, probs: torch.Tensor) -> float:
+    """Expected true L0: the sum of ``marginals``."""
+    return float(marginals(hierarchy, probs).sum())
 
 
 def _model_config(cfg: WorldConfig, max_prob: float):
     return SyntheticModelConfig(
-        num_features=cfg.n_features, hidden_dim=cfg.d_in, hierarchy=_hierarchy_config(cfg),
+        num_features=cfg.n_features, hidden_dim=cfg.d_in,
+        hierarchy=_hierarchy_config(cfg) if cfg.hierarchical else None,
         firing_probability=ZipfianFiringProbabilityConfig(exponent=cfg.zipf_exponent, max_prob=max_prob,
                                                           min_prob=cfg.min_prob),
         std_firing_magnitudes=cfg.magnitude_std, mean_firing_magnitudes=1.0,
@@ -151,7 +163,7 @@ def _model_config(cfg: WorldConfig, max_prob: float):
 
 def calibrate_max_prob(cfg: WorldConfig) -> float:
     """The top Zipf probability at which the expected true L0 is ``cfg.target_l0`` (bisection)."""
-    hier = generate_hierarchy(cfg.n_features, _hierarchy_config(cfg), seed=0)  # structure only (all siblings ME)
+    hier = structure(cfg)
     l0 = lambda m: expected_l0(hier, zipfian_firing_probabilities(cfg.n_features, cfg.zipf_exponent, m, cfg.min_prob))
     lo, hi = cfg.min_prob * (1 + 1e-6), 1.0
     if not l0(lo) <= cfg.target_l0 <= l0(hi):
@@ -164,9 +176,23 @@ def calibrate_max_prob(cfg: WorldConfig) -> float:
     return (lo + hi) / 2
 
 
+def structure(cfg: WorldConfig):
+    """The trees of ``cfg`` (a sae-lens ``Hierarchy``; deterministic: features are assigned breadth-first and
+    every sibling group is mutually exclusive). For a flat world, the pairs its hierarchy scores look at."""
+    return generate_hierarchy(cfg.n_features, _hierarchy_config(cfg), seed=0)
+
+
 def make_world(cfg: WorldConfig):
-    """The sae-lens ``SyntheticModel`` of ``cfg`` (CPU), seeded by ``hashed_seed(WORLD_TAG, seed=cfg.seed)``."""
-    return SyntheticModel(_model_config(cfg, calibrate_max_prob(cfg)), device="cpu")
+    """The sae-lens ``SyntheticModel`` of ``cfg`` (CPU), seeded by ``hashed_seed(WORLD_TAG, seed=cfg.seed)``;
+    ``world.structure`` is ``structure(cfg)``, scored by ``absorption`` and ``hierarchy_recovery``."""
+    max_prob = calibrate_max_prob(cfg)
+    world = SyntheticModel(_model_config(cfg, max_prob), device="cpu")
+    world.structure = structure(cfg)
+    if not cfg.hierarchical:  # each feature as often as in the hierarchical world, independently
+        gen = world.activation_generator
+        probs = zipfian_firing_probabilities(cfg.n_features, cfg.zipf_exponent, max_prob, cfg.min_prob)
+        gen.firing_probabilities = torch.as_tensor(marginals(world.structure, probs), dtype=gen.firing_probabilities.dtype)
+    return world
 
 
 @torch.no_grad()
@@ -225,6 +251,37 @@ def absorption(sae_latents: torch.Tensor, true_feats: torch.Tensor, hierarchy, a
     return {k: float(v) for k, v in out.items()}
 
 
+def hierarchy_recovery(sae_latents: torch.Tensor, hierarchy, assignment: torch.Tensor, min_count: int = 10,
+                       seed: int = 0) -> dict:
+    """Do the latents reproduce the true trees? For each true (parent p, child c) pair whose matched latents
+    j_p, j_c exist and j_c fires at least ``min_count`` times: ``implication`` = P(j_p fires | j_c fires), and
+    its baseline P(j_q fires | j_c fires) for q a random other matched feature of p's level (seeded).
+    ``hierarchy_recovery`` = mean implication - mean baseline: near 1 when every child's latent fires only
+    with its true parent's, 0 at chance. A gate cannot pass it by construction: the gated latent pairs must be
+    the true pairs, and on a flat world (independent features) every architecture scores 0."""
+    fires = (sae_latents != 0).float()
+    lv = levels(hierarchy, len(assignment))
+    rng = np.random.default_rng([seed, 0x41E5])
+    imp, base = [], []
+    for p, (level, kids) in parents(hierarchy).items():
+        pool = [q for q in np.nonzero(lv == level)[0] if q != p and assignment[q] >= 0]
+        for c in kids:
+            jp, jc = int(assignment[p]), int(assignment[c])
+            if jp < 0 or jc < 0 or not pool:
+                continue
+            on = fires[:, jc] > 0
+            if on.sum() < min_count:
+                continue
+            jq = int(assignment[int(rng.choice(pool))])
+            imp.append(fires[on, jp].mean().item())
+            base.append(fires[on, jq].mean().item())
+    if not imp:
+        return dict(hierarchy_recovery=float("nan"), implication=float("nan"), implication_baseline=float("nan"),
+                    n_pairs=0.0)
+    return dict(hierarchy_recovery=float(np.mean(imp) - np.mean(base)), implication=float(np.mean(imp)),
+                implication_baseline=float(np.mean(base)), n_pairs=float(len(imp)))
+
+
 class _Replay:
     """An activation generator for ``eval_sae_on_synthetic_data`` that hands out fixed feature rows."""
 
@@ -251,10 +308,12 @@ def evaluate(sae, world, n_tokens: int, seed: int, batch_size: int = 4096, eval_
                accuracy=r.classification.accuracy)
     latents = torch.cat([sae.encode(acts[i:i + batch_size].to(sae.W_dec.dtype)) for i in range(0, len(acts), batch_size)])
     gt = world.feature_dict.feature_vectors
-    out.update(absorption(latents, feats, world.hierarchy, match(sae.W_dec, gt)))
+    assignment = match(sae.W_dec, gt)
+    out.update(absorption(latents, feats, world.structure, assignment))
+    out.update(hierarchy_recovery(latents, world.structure, assignment))
     best = (torch.nn.functional.normalize(gt.float(), dim=1)
             @ torch.nn.functional.normalize(sae.W_dec.detach().float(), dim=1).T).abs().amax(1).numpy()
-    lv = levels(world.hierarchy, gt.shape[0])
+    lv = levels(world.structure, gt.shape[0])
     out.update({f"max_cos_level{l}" if l >= 0 else "max_cos_free": best[lv == l].mean() for l in np.unique(lv)})
     return {k: float(v) for k, v in out.items()}
 

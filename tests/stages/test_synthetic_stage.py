@@ -8,13 +8,14 @@ from treesae import synthetic as S
 from treesae.stages import synthetic as stage
 
 TINY = dict(world=dict(d_in=32, n_features=96, n_roots=4, target_l0=5.0), architectures=["topk", "tree"],
-            references=["batchtopk"], seeds=[0, 1], d_sae=64, k=5, n_tokens=10240, train_tokens=4096,
+            references=["batchtopk"], controls=["tree"], seeds=[0, 1], d_sae=64, k=5, n_tokens=10240, train_tokens=4096,
             eval_tokens=2048, batch_size=512)
 
 
 @pytest.mark.parametrize("bad, words", [
     (dict(architectures=["topkk"]), "unknown ['topkk']"),
     (dict(references=["relu"]), "sae-lens references"),
+    (dict(controls=["relu"]), "not in synthetic.architectures"),
     (dict(seeds=[0]), "at least 2 distinct seeds"),
     (dict(k=64), "must be below d_sae"),
     (dict(n_tokens=100), "at least one batch"),
@@ -30,7 +31,7 @@ def test_scores_each_sae_once_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setenv("TREESAE_ROOT", str(tmp_path))
     s = stage.setup(dict(threads=1), TINY)
     first = stage.train(s, progress=False)
-    assert len(first) == 2 * 2 + 2 and set(first.source) == {"ours", "saelens"}
+    assert len(first) == 2 * 2 + 2 + 2 and set(first.source) == {"ours", "saelens", "flat"}
     assert first[["f1", "mcc", "explained_variance", "absorption"]].notna().all().all()
 
     done = sorted((s["out"] / "runs").glob("*.json"))
@@ -46,5 +47,7 @@ def test_scores_each_sae_once_and_resumes(tmp_path, monkeypatch):
     out = stage.summarize(s, again)
     saved = json.loads((s["out"] / "metrics.json").read_text())
     assert saved["tree.vs_topk.f1.lo"] <= saved["tree.vs_topk.f1"] <= saved["tree.vs_topk.f1.hi"]
-    assert {"topk.f1", "topk.f1.sd", "saelens.batchtopk.mcc", "world.depth", "true_l0"} <= set(out)
+    assert {"topk.f1", "topk.f1.sd", "saelens.batchtopk.mcc", "flat.tree.hierarchy_recovery", "world.depth",
+            "true_l0"} <= set(out)
+    assert abs(out["flat.tree.hierarchy_recovery"]) < 0.1  # the flat control is at chance
     assert "seconds" not in stage.summary(again).columns  # outputs hold no timings (determinism)

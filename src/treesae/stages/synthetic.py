@@ -1,7 +1,8 @@
 """Stage 08: ground truth for the hierarchy claims. Every architecture, and sae-lens' own BatchTopK and
 Matryoshka as references, trained on one synthetic world whose features and hierarchy are known
 (``treesae.synthetic``), exported, loaded back through ``sae_lens.SAE.load_from_disk`` and scored against
-the true features.
+the true features; ``controls`` also on the flat world (the same features firing independently, as often),
+where every hierarchy score must come out at chance.
 
 Writes to data/analysis/synthetic/:
 
@@ -10,8 +11,10 @@ Writes to data/analysis/synthetic/:
 * ``world.csv``: the world per tree level: features, mean firing probability, mean true L0 share.
 * ``scores.csv``: one row per SAE (``synthetic.evaluate``'s columns; training time only in ``runs/``).
 * ``metrics.json``: per architecture, the mean over seeds and its standard deviation of every score
-  (``<architecture>.<score>`` and ``.sd``; sae-lens' references under ``saelens.<architecture>.``), and ``matryoshka_vs_saelens.<score>``: ours minus
-  sae-lens' Matryoshka, with +- 2 standard errors (the check that our Matryoshka trains as theirs does).
+  (``<architecture>.<score>`` and ``.sd``; sae-lens' references under ``saelens.<architecture>.``, the
+  flat control world's SAEs under ``flat.<architecture>.``); differences of means with +- 2 standard errors
+  (``.lo``, ``.hi``; ``verdicts.mean_difference``): ``<architecture>.vs_topk.<score>`` and
+  ``matryoshka_vs_saelens.<score>`` (ours minus sae-lens' Matryoshka: does ours train as theirs does?).
 """
 from __future__ import annotations
 
@@ -29,7 +32,8 @@ from . import common
 
 NAME = "synthetic"
 SCORES = ("f1", "mcc", "uniqueness", "explained_variance", "l0", "dead_fraction", "shrinkage", "absorption",
-          "recall_with_child", "recall_no_child", "max_cos_level0", "max_cos_level1", "max_cos_level2")
+          "recall_with_child", "recall_no_child", "hierarchy_recovery", "implication", "implication_baseline",
+          "max_cos_level0", "max_cos_level1", "max_cos_level2")
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ class SyntheticParams:
     world: dict = field(default_factory=dict)   # treesae.synthetic.WorldConfig fields
     architectures: list = field(default_factory=lambda: list(S.ARCHITECTURES))
     references: list = field(default_factory=lambda: list(S.REFERENCES))  # sae-lens' trainers, same data and budget
+    controls: list = field(default_factory=lambda: ["topk", "stacked", "residual", "tree"])  # also on the flat world
     seeds: list = field(default_factory=lambda: [0, 1])  # SAE init and batch order (the world has its own seed)
     d_sae: int = 256
     k: int = 12
@@ -53,6 +58,9 @@ class SyntheticParams:
         bad = [a for a in self.architectures if a not in ARCHITECTURES]
         if bad:
             raise ValueError(f"synthetic.architectures: unknown {bad}; known: {sorted(ARCHITECTURES)}")
+        bad = [a for a in self.controls if a not in self.architectures]
+        if bad:
+            raise ValueError(f"synthetic.controls: {bad} not in synthetic.architectures")
         bad = [r for r in self.references if r not in S.REFERENCES]
         if bad:
             raise ValueError(f"synthetic.references: unknown {bad}; sae-lens references: {list(S.REFERENCES)}")
@@ -75,15 +83,19 @@ class SyntheticParams:
 # --- stage 08, one call per notebook cell ---
 
 def setup(model: dict, synthetic: dict) -> dict:
-    """Validate the section, pin threads, build the world, its training set and its held-out set."""
+    """Validate the section, pin threads, build the world and its flat control (the same features firing
+    independently, as often), each with its training set and held-out set."""
     from .. import config
     mp, sp = config.parse(config.ModelParams, model, "model"), config.parse(SyntheticParams, synthetic, "synthetic")
     config.pin_threads(mp.threads)
-    world = S.make_world(S.WorldConfig(**sp.world))
     out = common.out_dir(NAME)
     (out / "runs").mkdir(exist_ok=True)
-    return dict(synthetic=sp, world=world, data=S.train_data(world, sp.train_tokens),
-                heldout=S.sample(world, sp.eval_tokens, 0, split="eval"), out=out)
+    worlds = {}
+    for name, hierarchical in (("ours", True), ("flat", False)):
+        w = S.make_world(S.WorldConfig(**{**sp.world, "hierarchical": hierarchical}))
+        worlds[name] = dict(world=w, data=S.train_data(w, sp.train_tokens), heldout=S.sample(w, sp.eval_tokens, 0, split="eval"))
+    worlds["saelens"] = worlds["ours"]
+    return dict(synthetic=sp, worlds=worlds, world=worlds["ours"]["world"], heldout=worlds["ours"]["heldout"], out=out)
 
 
 def world(setup: dict) -> pd.DataFrame:
@@ -101,23 +113,26 @@ def world(setup: dict) -> pd.DataFrame:
 def jobs(setup: dict) -> list[tuple[str, str, int]]:
     sp = setup["synthetic"]
     return [("ours", a, s) for s in sp.seeds for a in sp.architectures] + \
-           [("saelens", r, s) for s in sp.seeds for r in sp.references]
+           [("saelens", r, s) for s in sp.seeds for r in sp.references] + \
+           [("flat", a, s) for s in sp.seeds for a in sp.controls]
 
 
 def train(setup: dict, progress: bool = True) -> pd.DataFrame:
-    """Train and score every SAE not yet done under these parameters; one row per SAE."""
+    """Train and score every SAE not yet done under these parameters; one row per SAE (``source``: ours,
+    saelens, or flat: ours on the flat control world)."""
     import time
     sp, rows = setup["synthetic"], []
-    kw = dict(data=setup["data"], batch_size=sp.batch_size, lr=sp.lr, lr_end=sp.lr_end)
     for source, arch, seed in jobs(setup):
         f = setup["out"] / "runs" / f"{source}-{arch}-s{seed}.json"
         done = json.loads(f.read_text()) if f.exists() else {}
         if done.get("fingerprint") != sp.fingerprint():
+            w = setup["worlds"][source]
+            kw = dict(data=w["data"], batch_size=sp.batch_size, lr=sp.lr, lr_end=sp.lr_end)
             t = time.perf_counter()
-            sae = (S.train_ours(arch, setup["world"], sp.d_sae, sp.k, sp.n_tokens, seed, extra=sp.extra, **kw)
-                   if source == "ours" else S.train_reference(arch, setup["world"], sp.d_sae, sp.k, sp.n_tokens, seed, **kw))
+            sae = (S.train_reference(arch, w["world"], sp.d_sae, sp.k, sp.n_tokens, seed, **kw) if source == "saelens"
+                   else S.train_ours(arch, w["world"], sp.d_sae, sp.k, sp.n_tokens, seed, extra=sp.extra, **kw))
             seconds = time.perf_counter() - t
-            score = S.evaluate(sae, setup["world"], sp.eval_tokens, 0, eval_data=setup["heldout"])
+            score = S.evaluate(sae, w["world"], sp.eval_tokens, 0, eval_data=w["heldout"])
             done = dict(fingerprint=sp.fingerprint(), source=source, architecture=arch, seed=seed,
                         d_sae=int(sae.W_dec.shape[0]), seconds=seconds, **score)
             write_json(f, done)
@@ -127,6 +142,8 @@ def train(setup: dict, progress: bool = True) -> pd.DataFrame:
                   f"({done['seconds']:.0f} s)", flush=True)
         rows.append({k: v for k, v in done.items() if k not in ("fingerprint", "seconds")})  # outputs stay deterministic
     t = pd.DataFrame(rows)
+    head = ["source", "architecture", "seed", "d_sae"]
+    t = t[head + sorted(c for c in t if c not in head)]  # the same bytes whether scored now or resumed from runs/
     common.write_table(t, setup["out"] / "scores.csv")
     return t
 
@@ -143,7 +160,7 @@ def summarize(setup: dict, scores: pd.DataFrame) -> dict:
     sp, out = setup["synthetic"], {}
     s = summary(scores)
     for (source, arch), r in s.iterrows():
-        key = arch if source == "ours" else f"{source}.{arch}"
+        key = arch if source == "ours" else f"{source}.{arch}"  # saelens.<arch>, flat.<arch>
         for c in SCORES:
             if c in r and np.isfinite(r[c]):
                 out[f"{key}.{c}"] = float(r[c])
@@ -160,6 +177,7 @@ def summarize(setup: dict, scores: pd.DataFrame) -> dict:
             diff(f"{arch}.vs_topk", mine[mine.architecture == arch], mine[mine.architecture == "topk"])
     ours, ref = (scores[(scores.source == src) & (scores.architecture == "matryoshka")] for src in ("ours", "saelens"))
     diff("matryoshka_vs_saelens", ours, ref)
+    out["controls"] = list(sp.controls)
     out.update({"world." + k: v for k, v in asdict(S.WorldConfig(**sp.world)).items()}, d_sae=sp.d_sae, k=sp.k, n_tokens=sp.n_tokens,
                train_tokens=sp.train_tokens, eval_tokens=sp.eval_tokens, n_seeds=len(sp.seeds),
                true_l0=float(scores.true_l0.mean()), architectures=list(sp.architectures), references=list(sp.references))
