@@ -142,3 +142,13 @@ def test_claims_count_converged_saes_only():
     assert S.claims(flat)["treesae_ranking"]["best_variant"] == "tree"
     n = S.numbers(dict(t, metrics=m.assign(converged=True)), {})
     assert n["verdict.treesae_ranking"] == V.SUPPORTED and set(V.CLAIMS) == {k.split(".")[1] for k in n if k.startswith("verdict.")}
+
+
+def test_notebook_06_draws_every_figure():
+    """A slug added to treesae.figures without a drawing cell in notebook 06 would fail only at stage 06's
+    listing, after the whole pipeline; this catches it at once."""
+    import re
+    nb = json.loads((paths.REPO / "notebooks" / "06_paper_figures.ipynb").read_text())
+    drawn = {m for c in nb["cells"] if c["cell_type"] == "code"
+             for m in re.findall(r'stage\.draw\(setup, tables, "([a-z_0-9]+)"\)', "".join(c["source"]))}
+    assert drawn == set(S.slugs())
