@@ -4,8 +4,8 @@
     acts, feats = sample(world, 4096, seed=0)             # activations and the true features behind them
     sae = train_ours("tree", world, d_sae=256, k=12, n_tokens=2_000_000, seed=0)   # a sae-lens SAE
     evaluate(sae, world, 16384, seed=0)                   # F1, MCC, explained variance, ..., absorption
-    benchmark(WorldConfig(), ["topk", "tree"], seeds=[0, 1], **BENCHMARK)            # one row per SAE
-    python -m treesae.synthetic --seeds 0 1 --out synthetic.csv                     # all of it, defaults
+
+Stage 08 (``treesae.stages.synthetic``, ``notebooks/08_ground_truth.ipynb``) runs the whole benchmark.
 
 The world (``sae_lens.synthetic``): ``n_roots`` trees of ``depth`` levels, every parent with ``branching``
 mutually exclusive children whose magnitudes scale with the parent's, the remaining features free;
@@ -16,12 +16,10 @@ sha256 of its own tag and identity, so none coincides with another or with ``swe
 from __future__ import annotations
 
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from sae_lens import (SAE, BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig, MatryoshkaBatchTopKTrainingSAE,
                       MatryoshkaBatchTopKTrainingSAEConfig, SAETrainer)
@@ -33,7 +31,6 @@ from sae_lens.util import temporary_seed
 from scipy.optimize import linear_sum_assignment
 
 from .convergence import finalize
-from .io import write_bytes_atomic
 from .saes import MatryoshkaConfig
 from .saes.export import save_sae
 from .seeds import hashed_seed
@@ -48,8 +45,6 @@ REFERENCES = ("batchtopk", "matryoshka")
 ARCHITECTURES = ("topk", "batchtopk", "matryoshka", "relu", "stacked", "residual", "tree")
 EXTRA = dict(relu={"l1_coef_by_k": {12: 0.26}, "l1_warm_up_steps": 50}, stacked={"n_levels": 3},
              residual={"n_levels": 3}, tree={"n_levels": 3, "branching": 2})
-BENCHMARK = dict(d_sae=256, k=12, n_tokens=2_000_000, train_tokens=65536, eval_tokens=16384, batch_size=1024,
-                 lr=3e-3, lr_end=3e-4)
 
 
 @dataclass(frozen=True)
@@ -396,53 +391,3 @@ def train_reference(kind: str, world, d_sae: int, k: int, n_tokens: int, seed: i
         path = Path(out_dir or tmp) / f"saelens-{kind}-d{d_sae}-k{k}-s{seed}"
         sae.save_inference_model(path)
         return SAE.load_from_disk(str(path))
-
-
-def benchmark(world_cfg: WorldConfig, architectures, d_sae: int, k: int, n_tokens: int, seeds, *,
-              references=REFERENCES, train_tokens: int = 65536, eval_tokens: int = 16384, batch_size: int = 1024,
-              lr: float = 3e-3, lr_end: float = 3e-4, extra: dict | None = None, progress: bool = True) -> pd.DataFrame:
-    """One row per (source ours / saelens, architecture, seed): every ``evaluate`` metric, the SAE's actual
-    d_sae and ``seconds`` (training + export, not evaluation). All SAEs share one world, one training set
-    and one held-out set; ``seed`` sets the init and the batch order."""
-    world = make_world(world_cfg)
-    data = train_data(world, train_tokens)
-    held = sample(world, eval_tokens, 0, split="eval")
-    kw = dict(data=data, batch_size=batch_size, lr=lr, lr_end=lr_end)
-    jobs = [("ours", a, s) for s in seeds for a in architectures] + [("saelens", r, s) for s in seeds for r in references]
-    rows = []
-    for source, arch, seed in jobs:
-        t = time.perf_counter()
-        if source == "ours":
-            sae = train_ours(arch, world, d_sae, k, n_tokens, seed, extra=extra, **kw)
-        else:
-            sae = train_reference(arch, world, d_sae, k, n_tokens, seed, **kw)
-        row = dict(source=source, architecture=arch, seed=seed, d_sae=int(sae.W_dec.shape[0]), k=k,
-                   seconds=time.perf_counter() - t)
-        row.update(evaluate(sae, world, eval_tokens, 0, eval_data=held))
-        rows.append(row)
-        if progress:
-            print(f"{source:7s} {arch:10s} s{seed}: f1 {row['f1']:.3f} mcc {row['mcc']:.3f} ev {row['explained_variance']:.3f} "
-                  f"l0 {row['l0']:.1f} dead {row['dead_latents']:.0f} absorption {row['absorption']:.3f} "
-                  f"({row['seconds']:.0f}s)", flush=True)
-    return pd.DataFrame(rows)
-
-
-def main(argv=None) -> pd.DataFrame:
-    """The benchmark at the defaults (``WorldConfig()``, ``BENCHMARK``, ``EXTRA``); writes ``--out`` as CSV."""
-    import argparse
-    ap = argparse.ArgumentParser(prog="python -m treesae.synthetic", description=main.__doc__)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--architectures", nargs="+", default=list(ARCHITECTURES))
-    ap.add_argument("--references", nargs="*", default=list(REFERENCES))
-    ap.add_argument("--out", type=Path)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    table = benchmark(WorldConfig(), args.architectures, seeds=args.seeds, references=args.references, **BENCHMARK)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(args.out, table.to_csv(index=False, float_format="%.6g").encode())
-    return table
-
-
-if __name__ == "__main__":
-    main()

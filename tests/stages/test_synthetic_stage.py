@@ -51,3 +51,12 @@ def test_scores_each_sae_once_and_resumes(tmp_path, monkeypatch):
             "true_l0"} <= set(out)
     assert abs(out["flat.tree.hierarchy_recovery"]) < 0.1  # the flat control is at chance
     assert "seconds" not in stage.summary(again).columns  # outputs hold no timings (determinism)
+
+
+def test_a_scored_sae_is_reused_only_with_the_same_parameters_and_code(monkeypatch):
+    p = stage.SyntheticParams(**TINY)
+    before = p.fingerprint()
+    assert before == stage.SyntheticParams(**TINY).fingerprint()
+    assert before != stage.SyntheticParams(**{**TINY, "k": 4}).fingerprint()
+    monkeypatch.setattr(stage, "CODE", stage.CODE[:-1])  # as if the code of the SAEs (saes/) were different
+    assert p.fingerprint() != before

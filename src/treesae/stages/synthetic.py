@@ -7,7 +7,8 @@ where every hierarchy score must come out at chance.
 Writes to data/analysis/synthetic/:
 
 * ``runs/<source>-<architecture>-s<seed>.json``: one SAE's scores, written when it is done, so an
-  interrupted stage resumes at the next SAE (a file from other parameters is ignored and replaced).
+  interrupted stage resumes at the next SAE (a file from other parameters or other training and scoring
+  code, ``CODE``, is ignored and replaced).
 * ``world.csv``: the world per tree level: features, mean firing probability, mean true L0 share.
 * ``scores.csv``: one row per SAE (``synthetic.evaluate``'s columns; training time only in ``runs/``).
 * ``metrics.json``: per architecture, the mean over seeds and its standard deviation of every score
@@ -18,8 +19,11 @@ Writes to data/analysis/synthetic/:
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -31,6 +35,7 @@ from ..verdicts import mean_difference
 from . import common
 
 NAME = "synthetic"
+CODE = ("synthetic.py", "sweep.py", "seeds.py", "train.py", "convergence.py", "metrics.py", "saes")  # under src/treesae
 SCORES = ("f1", "mcc", "uniqueness", "explained_variance", "l0", "dead_fraction", "shrinkage", "absorption",
           "recall_with_child", "recall_no_child", "hierarchy_recovery", "implication", "implication_baseline",
           "max_cos_level0", "max_cos_level1", "max_cos_level2")
@@ -77,7 +82,12 @@ class SyntheticParams:
             raise ValueError(f"synthetic.k ({self.k}) must be below d_sae ({self.d_sae})")
 
     def fingerprint(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        """These parameters and the code that trains and scores the SAEs: what a resumed SAE must share."""
+        root = Path(S.__file__).parent
+        h = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode())
+        for f in sorted(f for name in CODE for f in ((root / name).rglob("*.py") if (root / name).is_dir() else [root / name])):
+            h.update(f.read_bytes())
+        return h.hexdigest()
 
 
 # --- stage 08, one call per notebook cell ---
@@ -101,7 +111,7 @@ def setup(model: dict, synthetic: dict) -> dict:
 def world(setup: dict) -> pd.DataFrame:
     """Per tree level (-1: free features): features, mean firing probability, share of the true L0."""
     w, feats = setup["world"], setup["heldout"][1]
-    lv = S.levels(w.hierarchy, feats.shape[1])
+    lv = S.levels(w.structure, feats.shape[1])
     active = (feats > 0).float().mean(0).numpy()
     t = pd.DataFrame(dict(level=lv, p=active)).groupby("level").agg(features=("p", "size"), mean_p=("p", "mean"),
                                                                     l0=("p", "sum")).reset_index()
@@ -120,12 +130,11 @@ def jobs(setup: dict) -> list[tuple[str, str, int]]:
 def train(setup: dict, progress: bool = True) -> pd.DataFrame:
     """Train and score every SAE not yet done under these parameters; one row per SAE (``source``: ours,
     saelens, or flat: ours on the flat control world)."""
-    import time
-    sp, rows = setup["synthetic"], []
+    sp, rows, fingerprint = setup["synthetic"], [], setup["synthetic"].fingerprint()
     for source, arch, seed in jobs(setup):
         f = setup["out"] / "runs" / f"{source}-{arch}-s{seed}.json"
         done = json.loads(f.read_text()) if f.exists() else {}
-        if done.get("fingerprint") != sp.fingerprint():
+        if done.get("fingerprint") != fingerprint:
             w = setup["worlds"][source]
             kw = dict(data=w["data"], batch_size=sp.batch_size, lr=sp.lr, lr_end=sp.lr_end)
             t = time.perf_counter()
@@ -133,7 +142,7 @@ def train(setup: dict, progress: bool = True) -> pd.DataFrame:
                    else S.train_ours(arch, w["world"], sp.d_sae, sp.k, sp.n_tokens, seed, extra=sp.extra, **kw))
             seconds = time.perf_counter() - t
             score = S.evaluate(sae, w["world"], sp.eval_tokens, 0, eval_data=w["heldout"])
-            done = dict(fingerprint=sp.fingerprint(), source=source, architecture=arch, seed=seed,
+            done = dict(fingerprint=fingerprint, source=source, architecture=arch, seed=seed,
                         d_sae=int(sae.W_dec.shape[0]), seconds=seconds, **score)
             write_json(f, done)
         if progress:
