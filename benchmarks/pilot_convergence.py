@@ -55,6 +55,8 @@ def main():
     ap.add_argument("--out", default=None, help="--grid: CSV appended row by row")
     ap.add_argument("--sink-ratio", type=float, default=10.0, help="--grid: as train.sink_ratio (0: keep the sinks)")
     ap.add_argument("--dense", action="store_true", help="--grid: the dense reference kernels (sparse=False)")
+    ap.add_argument("--train-fraction", type=float, default=1.0,
+                    help="--grid: train on this leading share of the training contexts (how the gap scales with data)")
     a = ap.parse_args()
     if a.grid:
         return grid(a)
@@ -102,7 +104,8 @@ def grid(a):
     cache = ActivationCache.open(f"{a.root}/data/activations/{a.corpus}")
     dev = torch.device(a.device)
     sinks = None if a.sink_ratio <= 0 else a.sink_ratio
-    data = cache.activations(a.layer, "train", drop_first=True, sink_ratio=sinks).to(dev)
+    data = cache.activations(a.layer, "train", drop_first=True, sink_ratio=sinks)
+    data = data[: int(a.train_fraction * len(data))].to(dev)
     held = cache.activations(a.layer, "heldout", drop_first=True, max_tokens=a.heldout, seed=0, sink_ratio=sinks).to(dev)
     sample = data[torch.linspace(0, len(data) - 1, len(held)).long().to(dev)].float()
     print(f"{len(data):,} train / {len(held):,} held-out tokens on {dev}; thresholds {THRESHOLDS}", flush=True)
@@ -117,7 +120,7 @@ def grid(a):
         saes = {r.name: build(r, data.shape[1], {"topk": {"sparse": False}} if a.dense else {}).to(dev) for r in runs}
         cfg = TrainConfig(n_tokens=int(epochs * len(data)), batch_size=batch, lr=lr, lr_end=lr / 10,
                           log_every=10 ** 9, checkpoint_every=0, threads=a.threads)
-        mon, t0 = Monitor(cfg.n_steps, held), time.time()
+        mon, t0 = Monitor(cfg.n_steps, held, train_sample=sample, epoch_steps=-(-len(data) // batch)), time.time()
         train_sweep(saes, data, cfg, progress=False, callback=mon)
         if dev.type == "cuda":
             torch.cuda.synchronize()
@@ -132,17 +135,17 @@ def grid(a):
             row.update({f"{k}{i}": v for k, v in diag[n].items()}, **{f"converged{i}": converged(diag[n])})
         rows.append(row)
         print(f"{spec}: {cfg.n_steps} steps {minutes:.1f} min | FVU {row['fvu_heldout_end0']:.4f}/{row['fvu_heldout_end1']:.4f} "
-              f"gain {row['fvu_gain_last_quarter0']:+.3f} stab {row['dec_stability0']:.3f} gap {row['fvu_gap0']:+.3f} "
+              f"gain {row['fvu_gain_last_quarter0']:+.3f} stab {row['dec_stability0']:.3f} gap {row['fvu_gap0']:+.3f} (first epoch {row.get('fvu_gap_first_epoch0', float('nan')):+.3f}) "
               f"init>0.7 {row['init_frac_above0']:.0%} L0err {row['l0_rel_error0']:.3f} "
               f"converged {row['converged0']}/{row['converged1']} shared {row['shared']:.1%}", flush=True)
         if a.out:
             pd.DataFrame(rows).to_csv(a.out, index=False)
     print("\n| d_sae | batch | lr | epochs | steps | held-out FVU (s0 / s1) | FVU gain, last quarter | decoder stability | "
-          "train/held-out gap | rows > 0.7 to init | L0 error | converged | cross-seed shared @0.7 |")
+          "train/held-out gap (after one epoch) | rows > 0.7 to init | L0 error | converged | cross-seed shared @0.7 |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['d_sae']:,} | {r['batch']} | {r['lr']:g} | {r['epochs']:g} | {r['steps']:,} | {r['fvu_heldout_end0']:.4f} / "
-              f"{r['fvu_heldout_end1']:.4f} | {r['fvu_gain_last_quarter0']:.1%} | {r['dec_stability0']:.3f} | {r['fvu_gap0']:+.1%} | "
+              f"{r['fvu_heldout_end1']:.4f} | {r['fvu_gain_last_quarter0']:.1%} | {r['dec_stability0']:.3f} | {r['fvu_gap0']:+.1%} ({r.get('fvu_gap_first_epoch0', float('nan')):+.1%}) | "
               f"{r['init_frac_above0']:.0%} | {r['l0_rel_error0']:.1%} | {r['converged0']}/{r['converged1']} | {r['shared']:.1%} |")
     for r in rows:
         print(f"RATIO pilot_shared_d{r['d_sae']}_b{r['batch']}_lr{r['lr']:g}_e{r['epochs']:g} {r['shared']:.4f}")

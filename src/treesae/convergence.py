@@ -6,7 +6,13 @@ Per SAE, on a fixed held-out sample and a train sample of the same size (FVU is 
   dec_stability                     median over latents of cos(decoder row at 75%, at the end)
   init_cos_median, init_frac_above  decoder rows' cosine to their own random init: median, fraction > 0.7
   fvu_train_end, fvu_gap            train FVU at the end; (held-out - train) / train
+  fvu_gap_first_epoch               the same gap after one pass over the training tokens (each seen once)
+  fvu_gap_growth                    fvu_gap - fvu_gap_first_epoch: what repeated epochs added (overfitting)
   l0_rel_error                      |held-out L0 - k| / k, for architectures whose k fixes L0 (set by evaluate)
+The overfitting check is the growth of the gap, not the gap: held-out contexts come from other documents,
+and on a heterogeneous corpus (the Python docs) they are harder than the training ones by ~14% FVU after
+a single pass, before any token was seen twice (docs/DESIGN.md, "Train/held-out gap"). No amount of
+training removes that part; memorising the training tokens adds to it.
 ``converged``: every available criterion of THRESHOLDS holds (a missing diagnostic fails it). The last
 one is not in the usual list: a run of a few steps under a decaying learning rate also stops improving
 and stops moving, so only its distance from the init tells it from a converged one (tests/test_convergence.py).
@@ -22,7 +28,7 @@ from .io import write_bytes_atomic
 
 THRESHOLDS = dict(fvu_gain_last_quarter=0.02,  # held-out FVU improves by less than 2% over the last quarter
                   dec_stability=0.98,          # decoder rows barely move over the last quarter
-                  fvu_gap=0.05,                # held-out FVU within 5% of train FVU (no overfitting)
+                  fvu_gap_growth=0.05,         # the train/held-out gap grew < 5 points since the first epoch
                   l0_rel_error=0.05,           # L0 within 5% of k where k fixes L0
                   init_frac_above=0.5)         # most decoder rows left their init (cosine to it <= 0.7)
 INIT_THRESHOLD = 0.7
@@ -38,22 +44,29 @@ def _rows(W) -> torch.Tensor:
 
 
 class Monitor:
-    """``train_sweep`` callback: at 75% of the steps, every SAE's decoder and held-out FVU, saved to ``path``
-    (so a run resumed after that point still has them)."""
+    """``train_sweep`` callback: every SAE's train and held-out FVU after its first epoch (``epoch_steps``, or
+    the end if sooner; needs ``train_sample``), and its decoder and held-out FVU at 75% of the steps; saved to
+    ``path`` so that a run resumed after either point still has them."""
 
-    def __init__(self, n_steps: int, heldout: torch.Tensor, path=None, train_sample: torch.Tensor | None = None):
+    def __init__(self, n_steps: int, heldout: torch.Tensor, path=None, train_sample: torch.Tensor | None = None,
+                 epoch_steps: int | None = None):
         self.at, self.heldout, self.path = math.ceil(0.75 * n_steps), heldout, Path(path) if path else None
+        self.epoch_at = min(epoch_steps, n_steps) if epoch_steps and train_sample is not None else None
         self.train_sample = train_sample
-        self.snap = torch.load(self.path, weights_only=True) if self.path and self.path.exists() else None
+        saved = torch.load(self.path, weights_only=True) if self.path and self.path.exists() else {}
+        self.snap, self.first = saved.get("q3"), saved.get("epoch", {})
 
     def __call__(self, step, tokens, saes):
-        if step != self.at:
-            return
-        self.snap = {n: {"W_dec": s.W_dec.detach().clone(), "fvu": torch.tensor(_fvu(finalized(s, self.train_sample), self.heldout))}
-                     for n, s in saes.items()}
-        if self.path:
+        if step == self.epoch_at:
+            for n, s in saes.items():
+                s = finalized(s, self.train_sample)
+                self.first[n] = torch.tensor([_fvu(s, self.heldout), _fvu(s, self.train_sample)])
+        if step == self.at:
+            self.snap = {n: {"W_dec": s.W_dec.detach().clone(), "fvu": torch.tensor(_fvu(finalized(s, self.train_sample), self.heldout))}
+                         for n, s in saes.items()}
+        if self.path and step in (self.at, self.epoch_at):
             buf = io.BytesIO()
-            torch.save(self.snap, buf)
+            torch.save({"q3": self.snap, "epoch": self.first}, buf)
             write_bytes_atomic(self.path, buf.getvalue())
 
     def diagnostics(self, saes: dict, train_sample: torch.Tensor) -> dict[str, dict]:
@@ -64,6 +77,10 @@ class Monitor:
             init = cosine_to_init(s)
             d = dict(fvu_heldout_end=end, fvu_train_end=train, fvu_gap=(end - train) / train,
                      init_cos_median=float(np.median(init)), init_frac_above=float((init > INIT_THRESHOLD).mean()))
+            if n in self.first:
+                held, train0 = (float(v) for v in self.first[n])
+                d["fvu_gap_first_epoch"] = (held - train0) / train0
+                d["fvu_gap_growth"] = d["fvu_gap"] - d["fvu_gap_first_epoch"]
             if self.snap and n in self.snap:
                 f75 = float(self.snap[n]["fvu"])
                 d.update(fvu_heldout_75=f75, fvu_gain_last_quarter=(f75 - end) / f75,
@@ -93,10 +110,10 @@ def converged(d: dict) -> bool:
     def val(k):
         v = d.get(k)
         return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
-    need = ("fvu_gain_last_quarter", "dec_stability", "fvu_gap", "init_frac_above")
+    need = ("fvu_gain_last_quarter", "dec_stability", "fvu_gap_growth", "init_frac_above")
     if any(val(k) is None for k in need):
         return False
     ok = val("fvu_gain_last_quarter") < THRESHOLDS["fvu_gain_last_quarter"] and \
-        val("dec_stability") > THRESHOLDS["dec_stability"] and abs(val("fvu_gap")) < THRESHOLDS["fvu_gap"] and \
+        val("dec_stability") > THRESHOLDS["dec_stability"] and val("fvu_gap_growth") < THRESHOLDS["fvu_gap_growth"] and \
         val("init_frac_above") < THRESHOLDS["init_frac_above"]
     return bool(ok and (val("l0_rel_error") is None or val("l0_rel_error") < THRESHOLDS["l0_rel_error"]))

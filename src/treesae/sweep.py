@@ -11,6 +11,7 @@ L1 coefficient listed for that k in ``architectures.relu.l1_coef_by_k``.
 import hashlib
 import itertools
 import json
+import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,7 +248,8 @@ def train_all(setup: dict, progress: bool = True) -> dict:
         heldout = cache.activations(layer, "heldout", drop_first=tp.drop_first, max_tokens=tp.eval.heldout_tokens,
                                     seed=tp.eval.seed, sink_ratio=tp.sink_ratio)
         sample = data[torch.linspace(0, len(data) - 1, len(heldout)).long()]  # as many train tokens, spread out
-        monitor = Monitor(cfg.n_steps, heldout, part / "monitor.pt", train_sample=sample)
+        monitor = Monitor(cfg.n_steps, heldout, part / "monitor.pt", train_sample=sample,
+                          epoch_steps=math.ceil(len(data) / cfg.batch_size))
         curves = train_sweep(saes, data, cfg, out_dir=part, progress=progress, callback=monitor)
         for sae in saes.values():
             finalize(sae, sample)  # BatchTopK / Matryoshka: inference threshold calibrated to L0 = k
@@ -360,5 +362,5 @@ def summary(metrics: pd.DataFrame) -> pd.DataFrame:
     """The columns worth reading first, rounded."""
     cols = [c for c in ("architecture", "dataset", "layer", "d_sae", "k", "seed", "nmse", "explained_variance", "l0",
                         "dead_fraction", "ce_increase", "ce_score", "kl_score", "fvu_gain_last_quarter", "dec_stability",
-                        "init_frac_above", "fvu_gap", "l0_rel_error", "converged") if c in metrics]
+                        "init_frac_above", "fvu_gap", "fvu_gap_growth", "l0_rel_error", "converged") if c in metrics]
     return metrics[cols].round(4)
