@@ -1,0 +1,84 @@
+"""Each DVC stage lists exactly the treesae code its command runs (#14): editing a module reruns the stages
+that import it and no other. The code a stage runs is its entry module (``treesae.notebook`` and the
+notebook's code cells, or ``python -m treesae.X``) and every treesae module these import, transitively,
+at module or function level; importing ``a.b`` runs ``a/__init__.py`` too. Found by parsing (``ast``):
+treesae imports no module by a name computed at run time. Only .py files are compared: other files under
+src/ (the browser's static app, read through importlib.resources) are data.
+"""
+import ast
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def source(module: str) -> Path | None:
+    """The file that importing ``module`` runs, if it is ours."""
+    p = SRC / module.replace(".", "/")
+    return next((f for f in (p / "__init__.py", p.with_suffix(".py")) if module and f.exists()), None)
+
+
+def imported(tree: ast.AST, module: str = "") -> set[str]:
+    """Modules that ``tree`` (the code of ``module``) imports, with the packages above them."""
+    package = module if source(module) and source(module).name == "__init__.py" else module.rpartition(".")[0]
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module
+            if node.level:  # relative: from the package, up level - 1
+                up = package.split(".")[: package.count(".") + 2 - node.level]
+                base = ".".join(up + ([node.module] if node.module else []))
+            names |= {base} | {f"{base}.{a.name}" for a in node.names if source(f"{base}.{a.name}")}
+    return {".".join(n.split(".")[:i]) for n in names for i in range(1, n.count(".") + 2)}
+
+
+def closure(roots: set[str], stop: set[str]) -> set[Path]:
+    ours = lambda names: {n for n in names if n.split(".")[0] == "treesae" and source(n)} - stop  # noqa: E731
+    todo, seen = ours(roots), set()
+    while todo:
+        m = todo.pop()
+        seen.add(m)
+        todo |= ours(imported(ast.parse(source(m).read_text()), m)) - seen
+    return {source(m).relative_to(ROOT) for m in seen}
+
+
+def py_files(path: Path) -> set[Path]:
+    return {p.relative_to(ROOT) for p in (path.rglob("*.py") if path.is_dir() else [path]) if p.suffix == ".py"}
+
+
+def runs(stage: dict) -> set[Path]:
+    """The treesae files that the stage's command executes."""
+    module, *args = stage["cmd"].removeprefix("python -m ").split()
+    roots = imported(ast.Module([ast.Import([ast.alias(module)])], []))
+    for nb in args:  # the notebook's code cells, without IPython's magics
+        cells = [c["source"] for c in json.loads((ROOT / nb).read_text())["cells"] if c["cell_type"] == "code"]
+        code = "\n".join(l for c in cells for l in "".join(c).splitlines() if not l.lstrip().startswith(("%", "!")))
+        roots |= imported(ast.parse(code))
+    # The runner's params check (treesae.validate) only passes or raises; build/params.ok, the output of the
+    # validate stage that depends on its code, stands for it. Else every stage would import every stage's params.
+    return closure(roots, {"treesae.validate"} if "build/params.ok" in stage["deps"] else set())
+
+
+def fingerprinted(name: str) -> set[Path]:
+    """Files stage 08 reads as data: it hashes ``stages.synthetic.CODE`` to tell whether a saved score is current."""
+    if name != "synthetic":
+        return set()
+    code = next(n.value for n in ast.parse((SRC / "treesae/stages/synthetic.py").read_text()).body
+                if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "CODE")
+    return set().union(*(py_files(SRC / "treesae" / f) for f in ast.literal_eval(code)))
+
+
+@pytest.mark.parametrize("name", STAGES)
+def test_stage_lists_exactly_the_code_it_runs(name):
+    stage = STAGES[name]
+    listed = set().union(*(py_files(ROOT / d) for d in stage["deps"] if d.startswith("src/")))
+    need = runs(stage) | fingerprinted(name)
+    assert listed == need, (f"stage {name}: dvc.yaml misses {sorted(map(str, need - listed))}; "
+                            f"lists {sorted(map(str, listed - need))}, which it does not run")
