@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -88,3 +90,96 @@ def test_animation_and_missing_columns(tmp_path):
     assert a.read_bytes() == b.read_bytes() and a.read_bytes()[:3] == b"GIF"
     with pytest.raises(KeyError, match="nmse"):
         F.frontier_nmse_l0(pd.DataFrame({"architecture": ["topk"], "l0": [3]}), tmp_path / "x.png")
+
+
+def _lab(hex_color, sim=np.eye(3)):
+    """CIELAB (D65) of an sRGB colour, optionally through a colour-vision simulation on linear RGB."""
+    c = np.array([int(hex_color[i:i + 2], 16) for i in (1, 3, 5)]) / 255
+    c = np.clip(sim @ np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4), 0, 1)
+    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ c
+    f = np.cbrt(xyz / [0.95047, 1.0, 1.08883])
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+# Machado et al. (2009), severity 1: deuteranopia, protanopia
+CVD = [np.array([[0.367, 0.861, -0.228], [0.280, 0.673, 0.047], [-0.012, 0.043, 0.969]]),
+       np.array([[0.152, 1.053, -0.205], [0.115, 0.786, 0.099], [-0.004, -0.048, 1.052]])]
+
+
+def _min_distance(colors, sim=np.eye(3)):
+    labs = [_lab(c, sim) for c in colors]
+    return min(np.linalg.norm(a - b) for i, a in enumerate(labs) for b in labs[i + 1:])
+
+
+def test_one_palette_distinct_architectures():
+    """Each architecture has its own colour and marker; any two colours differ by at least 30 CIELAB units
+    (seaborn's colorblind orange/vermilion differ by 26, pink/light pink by 21) and 15 under deuteranopia
+    and protanopia, where the markers tell them apart too."""
+    assert list(F.PALETTE) == F.ARCH_ORDER == list(F.MARKERS) and len(set(F.MARKERS.values())) == len(F.MARKERS)
+    assert _min_distance(["#DE8F05", "#D55E00"]) < 30 and _min_distance(["#CC78BC", "#FBAFE4"]) < 30
+    assert _min_distance(F.PALETTE.values()) >= 30
+    assert all(_min_distance(F.PALETTE.values(), sim) >= 15 for sim in CVD)
+    assert F.color("tree (given)") == F.PALETTE["tree"] and F.color("topk-brown-L15-d1152-k32-s0") == F.PALETTE["topk"]
+
+
+@pytest.fixture(scope="module")
+def drawn(tmp_path_factory):
+    """Every figure of the test tables, kept open after it is saved (so it can be inspected)."""
+    figs, save, out = {}, F._save, tmp_path_factory.mktemp("figs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(F, "_save", lambda fig, path: figs.setdefault(Path(path).stem, fig) and save(fig, path))
+        for slug, args in tables().items():
+            F.FIGURES[slug](*args, out / f"{slug}.png")
+    return figs
+
+
+def test_figures_fit_the_column_with_legible_text(drawn):
+    """At most WIDTH inches wide, so the HTML (8.1 in) and PDF (7.4 in) columns never shrink them, and no
+    text under MIN_PT points."""
+    import matplotlib.text
+    for slug, fig in drawn.items():
+        assert fig.get_size_inches()[0] <= F.WIDTH + 1e-9, slug
+        small = {(t.get_text(), t.get_fontsize()) for t in fig.findobj(matplotlib.text.Text)
+                 if t.get_visible() and t.get_text().strip() and t.get_fontsize() < F.MIN_PT}
+        assert not small, (slug, small)
+
+
+def test_no_twin_axes_no_legend_on_data_titles_in_words(drawn):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    for slug, fig in drawn.items():
+        axes = [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
+        boxes = [tuple(np.round(ax.get_position().bounds, 4)) for ax in axes]
+        assert len(set(boxes)) == len(boxes), f"{slug}: two axes on one spot (a twin axis)"
+        assert all(ax.get_legend() is None for ax in axes), f"{slug}: a legend inside a panel"
+        FigureCanvasAgg(fig)  # saved and closed: draw it again to measure
+        fig.draw_without_rendering()
+        r = fig.canvas.get_renderer()
+        for leg in fig.legends:
+            assert not any(leg.get_window_extent(r).overlaps(ax.get_window_extent(r)) for ax in axes), slug
+        words = [t for ax in axes for t in (ax.get_title(), ax.get_xlabel(), ax.get_ylabel())]
+        assert not [t for t in words if "_" in t], (slug, words)
+
+
+def _rgb(c):
+    import matplotlib.colors as mc
+    return np.round(np.asarray(mc.to_rgba(c))[:3], 3)
+
+
+def test_architecture_colours_are_the_palette_everywhere(drawn):
+    """In every figure that shows architectures, each one's data is drawn in its palette colour and every
+    other colour is a grey (no second palette)."""
+    from matplotlib.collections import Collection
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+    shown = {"frontier_nmse_l0": ARCHS, "l0_distribution": ["topk", "batchtopk", "relu"], "synthetic_benchmark": ARCHS,
+             "treesae_levels": ["stacked", "residual", "tree"], "hierarchy_correlation": ["tree", "topk"]}
+    palette = {tuple(_rgb(c)) for c in F.PALETTE.values()}
+    for slug, archs in shown.items():
+        used = set()
+        for ax in drawn[slug].axes:
+            for a in ax.findobj(lambda a: isinstance(a, (Line2D, Patch, Collection))):
+                cs = ([a.get_color()] if isinstance(a, Line2D) else [a.get_facecolor()] if isinstance(a, Patch)
+                      else list(a.get_facecolors()))
+                used |= {tuple(_rgb(c)) for c in cs if not isinstance(c, str) or c != "none"}
+        assert {tuple(_rgb(F.PALETTE[a])) for a in archs} <= used, slug
+        assert not [c for c in used - palette if np.ptp(c) > 0.02], f"{slug}: a colour outside the palette"

@@ -1,7 +1,10 @@
+import io
 import json
 import re
+import zlib
 
 import jinja2
+import numpy as np
 import pytest
 
 from treesae import paper, paths
@@ -23,7 +26,7 @@ def test_template_renders_the_generated_numbers(tmp_path):
     n = _numbers()
     md = paper.env(paths.REPO / "paper").get_template("template.md").render(n=n)
     assert "{{" not in md and "{%" not in md and "nan" not in md.lower().split()
-    slugs = re.findall(r'<figure id="fig:([a-z_0-9]+)"', md)
+    slugs = re.findall(r"!\[[^\]]+\]\(\.\./figures/([a-z_0-9]+)\.png\)", md)
     assert len(slugs) >= 12 and all((paths.root() / "figures" / f"{s}.png").exists() for s in slugs)
     assert f"{n['n_saes']} SAEs" in md and n["base.run"] in md
 
@@ -33,3 +36,86 @@ def test_template_fails_on_a_missing_number():
     del n["matching.init.base.frac_above"]
     with pytest.raises(jinja2.UndefinedError, match="matching.init.base.frac_above"):
         paper.env(paths.REPO / "paper").get_template("template.md").render(n=n)
+
+
+def _render(tmp_path):
+    n = _numbers()
+    return paper.render(n, out_dir=tmp_path)
+
+
+def test_post_is_standard_markdown_with_alt_text(tmp_path):
+    """post.md: Markdown images only (no <figure> or <img>), each with alt text that describes it (not its file
+    name), each a figure stage 06 drew, numbered in order."""
+    out = _render(tmp_path)
+    md = out["markdown"].read_text()
+    assert "<figure" not in md and "<img" not in md and "<figcaption" not in md
+    images = re.findall(r"!\[([^\]]*)\]\(([^)]+)\)", md)
+    assert len(images) >= 12 and all(len(alt) >= 30 and "_" not in alt for alt, _ in images), images
+    assert all(u.startswith("../figures/") and (paths.root() / "figures" / u[11:]).exists() for _, u in images)
+    assert re.findall(r"\*\*Figure (\d+)\.\*\*", md) == [str(i + 1) for i in range(len(images))]
+
+
+def test_html_is_self_contained(tmp_path):
+    out = _render(tmp_path)
+    page = out["html"].read_text()
+    srcs = re.findall(r'<img[^>]*\ssrc="([^"]*)"', page)
+    assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert not re.search(r'(src|href)\s*=\s*["\']?(https?:)?//', page) and "url(" not in page and "@import" not in page
+
+
+def test_lesswrong_bundle(tmp_path):
+    """lesswrong.zip: a README line on pasting, post.md with its images at images/<file> (all inside the zip) and
+    no link out of the bundle, the same bytes when rendered again, and images at a URL when asked."""
+    import zipfile
+    out = _render(tmp_path)
+    z = zipfile.ZipFile(out["bundle"])
+    names = set(z.namelist())
+    post = z.read("post.md").decode()
+    urls = re.findall(r"!\[[^\]]+\]\(([^)]+)\)", post)
+    assert "README.md" in names and "LessWrong" in z.read("README.md").decode() and urls
+    assert all(u.startswith("images/") and u in names for u in urls) and "../" not in post
+    assert {n for n in names if n.startswith("images/")} == set(urls)
+    md = out["markdown"].read_text()
+    assert "../" in md and post.count("\n#") == md.count("\n#") and len(urls) == md.count("](../figures/")
+    first = out["bundle"].read_bytes()
+    assert _render(tmp_path)["bundle"].read_bytes() == first
+    hosted = paper.bundle(out["markdown"].read_text(), "https://example.org/f/")
+    hosted = zipfile.ZipFile(io.BytesIO(hosted)).read("post.md")
+    assert b"](https://example.org/f/frontier_nmse_l0.png)" in hosted
+
+
+def _pdf_images(pdf: bytes) -> list[tuple[float, int]]:
+    """(width in inches on the page, width in pixels) of every image a Chromium PDF draws (content streams' cm
+    transforms through q/Q; XObjects referenced by name)."""
+    width = {int(m[0]): int(m[1]) for m in re.findall(rb"(\d+) 0 obj\s*<<[^>]*?/Subtype /Image[^>]*?/Width (\d+)", pdf)}
+    names = {k.decode(): int(v) for k, v in re.findall(rb"/(X\d+) (\d+) 0 R", pdf)}
+    out = []
+    for m in re.finditer(rb"stream\r?\n", pdf):
+        try:
+            t = zlib.decompress(pdf[m.end():pdf.find(b"endstream", m.end())])
+        except zlib.error:
+            continue
+        ctm, stack = np.eye(3), []
+        for cm, do, op in re.findall(rb"((?:[-\d.]+\s+){6})cm\b|/(X\d+) Do\b|\b([qQ])\b", t):
+            if op == b"q":
+                stack.append(ctm)
+            elif op == b"Q":
+                ctm = stack.pop() if stack else ctm
+            elif cm:
+                a, b, c, d, e, f = map(float, cm.split())
+                ctm = np.array([[a, b, 0], [c, d, 0], [e, f, 1]]) @ ctm
+            elif names.get(do.decode()) in width:
+                out.append((np.hypot(*ctm[0, :2]) / 72, width[names[do.decode()]]))
+    return out
+
+
+def test_pdf_shows_figures_at_least_at_their_size(tmp_path):
+    """Every figure is printed at least as wide as it was drawn (DPI pixels per inch), so its text is at least
+    figures.MIN_PT points on the page."""
+    from treesae import figures as F
+    out = _render(tmp_path)
+    if "pdf" not in out:
+        pytest.skip("no Chromium")
+    images = _pdf_images(out["pdf"].read_bytes())
+    assert len(images) == len(re.findall(r"!\[", out["markdown"].read_text()))
+    assert all(inches >= px / F.DPI - 0.01 for inches, px in images), images

@@ -1,11 +1,17 @@
 """The paper: ``paper/template.md`` (prose with Jinja2 placeholders) + ``paper/numbers.json`` ->
-``paper/post.md`` (LessWrong-ready Markdown), ``paper/index.html`` and, where Chromium exists,
+``paper/post.md`` (standard Markdown: ``![alt](../figures/<slug>.png)`` images with alt text, no HTML),
+``paper/lesswrong.zip`` (the post, its images under ``images/`` and how to paste it into LessWrong),
+``paper/index.html`` (self-contained: images embedded as data URIs) and, where Chromium exists,
 ``paper/paper.pdf``. Every number in the text comes from numbers.json; an unknown name is an error.
 """
-import html
+import base64
+import io
+import itertools
+import re
 import shutil
 import subprocess
 import tempfile
+import zipfile
 from pathlib import Path
 
 import jinja2
@@ -16,8 +22,9 @@ from .io import write_bytes_atomic
 from .verdicts import CLAIMS
 
 CSS = """body{max-width:46rem;margin:2rem auto;padding:0 1rem;font:17px/1.55 Georgia,serif;color:#222}
-h1,h2,h3{font-family:Helvetica,Arial,sans-serif;line-height:1.2}img{max-width:100%}figure{margin:1.5rem 0}
-figcaption{font-size:.9em;color:#555}table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ccc;padding:.2rem .5rem}
+h1,h2,h3{font-family:Helvetica,Arial,sans-serif;line-height:1.2}
+img{max-width:100%;display:block;margin:1.5rem auto .5rem}
+table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ccc;padding:.2rem .5rem}
 code{font-size:.9em;background:#f4f4f4;padding:0 .2em}"""
 
 
@@ -34,32 +41,71 @@ def _pct(x, digits=1):
     return f"{100 * x:.{digits}f}%"
 
 
-def figure(slug: str, caption: str) -> str:
-    """A figure referenced by its slug: file figures/<slug>.png, label fig:<slug>; a note where stage 06 drew
-    none (the profile trained nothing it shows)."""
-    if not (paths.root() / "figures" / f"{slug}.png").exists():
-        return f"*(Figure `{slug}` is not drawn in this profile: it trained nothing the figure shows.)*"
-    return f'<figure id="fig:{slug}"><img src="../figures/{slug}.png" alt="{html.escape(slug)}"><figcaption><b>{slug}</b>. {caption}</figcaption></figure>'
+FIGURES = "../figures/"  # where post.md (in paper/) finds the figures
+README = ("To post on LessWrong: turn on the Markdown editor (Account Settings, 'Activate Markdown Editor'), paste "
+          "post.md into a new post, then upload each file of images/ in place of its ![...](images/...) line; or host "
+          "images/ and run `python -m treesae.paper --image-url <URL>` so that post.md links them.\n")
+
+
+def figures():
+    """``figure(slug, caption, alt)`` for the template: a Markdown image of figures/<slug>.png with its alt text
+    and a numbered caption; a note where stage 06 drew none (the profile trained nothing it shows)."""
+    count = itertools.count(1)
+
+    def figure(slug: str, caption: str, alt: str) -> str:
+        if not (paths.root() / "figures" / f"{slug}.png").exists():
+            return f"*(Figure `{slug}` is not drawn in this profile: it trained nothing the figure shows.)*\n"
+        alt = re.sub(r"\s+", " ", alt).replace("[", "(").replace("]", ")").strip()
+        return f"![{alt}]({FIGURES}{slug}.png)\n\n**Figure {next(count)}.** {caption}\n"  # a paragraph: may follow a figure
+    return figure
 
 
 def env(template_dir: Path) -> jinja2.Environment:
     e = jinja2.Environment(loader=jinja2.FileSystemLoader(template_dir), undefined=jinja2.StrictUndefined,
                            keep_trailing_newline=True, autoescape=False)
     e.filters.update(fmt=_fmt, pct=_pct)
-    e.globals["figure"] = figure
+    e.globals["figure"] = figures()
     e.globals["claims"] = CLAIMS
     return e
 
 
-def render(numbers: dict, template: Path | None = None, out_dir: Path | None = None) -> dict:
+def embed_images(page: str) -> str:
+    """Every figure's <img src> becomes a data URI: the page fetches nothing."""
+    def data(m):
+        f = paths.root() / "figures" / m.group(1)
+        return f'src="data:image/{f.suffix[1:]};base64,{base64.b64encode(f.read_bytes()).decode()}"'
+    return re.sub(rf'src="{re.escape(FIGURES)}([^"]+)"', data, page)
+
+
+def bundle(md: str, image_url: str | None = None) -> bytes:
+    """lesswrong.zip: README.md (how to paste), post.md with its images under images/ (or at ``image_url``) and
+    those images; links into the repository become plain text; fixed timestamps, so the same post gives the
+    same bytes."""
+    names = re.findall(rf"\]\({re.escape(FIGURES)}([^)]+)\)", md)
+    post = md.replace(f"]({FIGURES}", f"]({image_url.rstrip('/') + '/' if image_url else 'images/'}")
+    post = re.sub(r"(?<!!)\[([^\]]+)\]\(\.\./[^)]+\)", r"\1", post)  # links into the repository: plain text
+    files = [("README.md", README.encode()), ("post.md", post.encode())]
+    files += [(f"images/{n}", (paths.root() / "figures" / n).read_bytes()) for n in dict.fromkeys(names)]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in files:
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr, info.compress_type = 0o644 << 16, zipfile.ZIP_DEFLATED
+            z.writestr(info, data)
+    return buf.getvalue()
+
+
+def render(numbers: dict, template: Path | None = None, out_dir: Path | None = None,
+           image_url: str | None = None) -> dict:
     template = Path(template or paths.root() / "paper" / "template.md")
     out_dir = Path(out_dir or paths.root() / "paper")
     md = env(template.parent).get_template(template.name).render(n=numbers)
-    body = markdown.markdown(md, extensions=["tables", "fenced_code"])
+    body = embed_images(markdown.markdown(md, extensions=["tables", "fenced_code"]))
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>TreeSAE</title><style>{CSS}</style></head><body>{body}</body></html>\n"
     write_bytes_atomic(out_dir / "post.md", md.encode())
+    write_bytes_atomic(out_dir / "lesswrong.zip", bundle(md, image_url))
     write_bytes_atomic(out_dir / "index.html", page.encode())
-    out = {"markdown": out_dir / "post.md", "html": out_dir / "index.html"}
+    out = {"markdown": out_dir / "post.md", "bundle": out_dir / "lesswrong.zip", "html": out_dir / "index.html"}
     pdf = print_pdf(out_dir / "index.html", out_dir / "paper.pdf")
     if pdf:
         out["pdf"] = pdf
@@ -80,6 +126,9 @@ def print_pdf(page: Path, pdf: Path) -> Path | None:
 
 
 if __name__ == "__main__":
+    import argparse
     import json
-    out = render(json.loads((paths.root() / "paper" / "numbers.json").read_text()))
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--image-url", help="where the figures are hosted: lesswrong.zip's post.md links them there")
+    out = render(json.loads((paths.root() / "paper" / "numbers.json").read_text()), image_url=ap.parse_args().image_url)
     print("\n".join(f"{k}: {v}" for k, v in out.items()))
