@@ -18,13 +18,14 @@ WORKSPACE_HEADER = "# Generated from params.yaml"  # first line of a workspace's
 
 def root() -> Path:
     r = Path(os.environ["TREESAE_ROOT"]).resolve() if "TREESAE_ROOT" in os.environ else find_root(Path.cwd())
-    if _in_kernel() and os.environ.get("TREESAE_WRITE") != "1" and Path.cwd().resolve() in (r / "notebooks", REPO / "notebooks"):
+    stage_dirs = (r / "notebooks", REPO / "notebooks")
+    if _in_kernel() and os.environ.get("TREESAE_WRITE") != "1" and Path.cwd().resolve() in stage_dirs:
         raise RuntimeError(
             f"This notebook runs by hand (not through `python -m treesae.notebook`), and its cells write its stage's "
             f"DVC-tracked outputs under {r}. To run it anyway, opt in first with `%env TREESAE_WRITE=1` "
-            f"(`dvc status` then names the stage whose outputs changed; `dvc repro` brings them back in line). "
-            f"To keep {r}'s outputs, run it in a workspace: `python -m treesae.workspace smoke build/smoke`, "
-            f"then open build/smoke/notebooks/ (README: Working in Jupyter).")
+            f"(`dvc status` then names the stage whose outputs changed; `dvc repro` brings them back in line), or "
+            f"leave them as they are and experiment in a workspace of your own, e.g. `make smoke` then "
+            f"build/smoke/notebooks/ (README: Working in Jupyter).")
     return r
 
 
