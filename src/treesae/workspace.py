@@ -2,7 +2,8 @@
 
 ``python -m treesae.workspace smoke build/smoke`` copies dvc.yaml, notebooks/, src/ and the paper template into
 ``build/smoke``, writes the merged params.yaml and runs DVC there with ``TREESAE_ROOT`` set, so the
-smoke pipeline never touches the paper's data. ``python -m treesae.workspace --changed BEFORE AFTER`` lists
+smoke pipeline never touches the paper's data. The params.yaml header (``paths.WORKSPACE_HEADER``) marks the
+directory as a workspace: a notebook opened inside it uses it without ``TREESAE_ROOT``. ``python -m treesae.workspace --changed BEFORE AFTER`` lists
 the stage outputs whose hash differs between two dvc.lock files (``make determinism``).
 """
 import shutil

@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -152,3 +153,33 @@ def test_lm_vs_sae_loss():
     assert np.abs(x.ce_increase).max() < 1e-4 and x.sae_nmse.max() < 1e-10
     frozen = P.lm_vs_sae_loss(m, {1: ident}, tok, position_mode="freeze")
     assert not np.allclose(frozen.ce_clean, x.ce_clean)
+
+
+class Bar:
+    """A progress bar that records its updates."""
+
+    def __init__(self):
+        self.updates = []
+
+    def update(self, n=1):
+        self.updates.append(n)
+
+
+def test_progress_counts_contexts_and_changes_nothing(planted):
+    sae, x = planted  # 40 contexts, batches of 7
+    for fn, kw in ((P.position_profile, {}), (P.feature_deciles, dict(include_first=True)), (P.position_features, {})):
+        bar = Bar()
+        pd.testing.assert_frame_equal(fn(sae, x, batch_contexts=7, progress=bar, **kw),
+                                      fn(sae, x, batch_contexts=7, **kw))
+        assert bar.updates == [7] * 5 + [5], fn.__name__
+    m = tiny("rotary")
+    tok = torch.randint(0, 50, (5, 16), generator=torch.Generator().manual_seed(0))
+    saes = {1: random_sae()}
+    bar = Bar()
+    pd.testing.assert_frame_equal(P.position_intervention(m, tok, [0, 1], saes, "permute", batch_size=2, progress=bar),
+                                  P.position_intervention(m, tok, [0, 1], saes, "permute", batch_size=2))
+    assert bar.updates == [2, 2, 1] * 2  # clean, then permuted
+    bar = Bar()
+    pd.testing.assert_frame_equal(P.lm_vs_sae_loss(m, saes, tok, batch_size=2, progress=bar),
+                                  P.lm_vs_sae_loss(m, saes, tok, batch_size=2))
+    assert bar.updates == [2, 2, 1]

@@ -41,14 +41,17 @@ def as_sparse(Z) -> sp.csc_matrix:
 
 
 @torch.no_grad()
-def codes(sae, X, batch_size: int = 4096) -> sp.csc_matrix:
-    """sae.encode over X [N, d_in] in batches (float32), straight to a sparse [N, d_sae] matrix."""
+def codes(sae, X, batch_size: int = 4096, progress=None) -> sp.csc_matrix:
+    """sae.encode over X [N, d_in] in batches (float32), straight to a sparse [N, d_sae] matrix.
+    progress: None, or a progress bar (``tqdm``) advanced by the tokens encoded."""
     parts = []
     for i in range(0, len(X), batch_size):
         x = torch.as_tensor(np.asarray(X[i:i + batch_size], dtype=np.float32)) if not torch.is_tensor(X) \
             else X[i:i + batch_size].float()
         z = sae.encode(x)
         parts.append(as_sparse(z.to_dense() if z.layout != torch.strided else z).tocsr())
+        if progress is not None:
+            progress.update(len(x))
     return sp.vstack(parts).tocsc()
 
 

@@ -13,6 +13,8 @@ Metric definitions:
     eta^2 of a latent = between-position sum of squares / total sum of squares of its code (zeros
         included): the fraction of the variance of the code explained by the position means
     CE = next-token cross-entropy (nats); logits at t predict token t+1
+
+``progress``: None, or a progress bar (``tqdm``) that each function advances by the contexts it has done.
 """
 from __future__ import annotations
 
@@ -43,11 +45,13 @@ def _eval(*modules):
             m.train(w)
 
 
-def _batches(acts, batch_contexts: int, max_contexts: int | None = None):
+def _batches(acts, batch_contexts: int, max_contexts: int | None = None, progress=None):
     n = len(acts) if max_contexts is None else min(len(acts), max_contexts)
     for i in range(0, n, batch_contexts):
         x = acts[i:min(i + batch_contexts, n)]
         yield x.float() if torch.is_tensor(x) else torch.from_numpy(np.asarray(x, dtype=np.float32))
+        if progress is not None:
+            progress.update(len(x))
 
 
 def _encode(sae, x):
@@ -58,11 +62,12 @@ def _encode(sae, x):
 
 
 @torch.no_grad()
-def position_profile(sae, acts, batch_contexts: int = 16, max_contexts: int | None = None) -> pd.DataFrame:
+def position_profile(sae, acts, batch_contexts: int = 16, max_contexts: int | None = None,
+                     progress=None) -> pd.DataFrame:
     """Per position: n (contexts), mean_act, l0, nmse, resid_norm (definitions in the module docstring)."""
     s = None
     with _eval(sae):
-        for x in _batches(acts, batch_contexts, max_contexts):
+        for x in _batches(acts, batch_contexts, max_contexts, progress):
             B, T, _ = x.shape
             z, xh = _encode(sae, x)
             z = z.reshape(B, T, -1)
@@ -89,11 +94,11 @@ def residual_norm_by_position(acts, batch_contexts: int = 64, max_contexts: int 
 
 
 @torch.no_grad()
-def _codes_by_position(sae, acts, include_first, batch_contexts, max_contexts):
+def _codes_by_position(sae, acts, include_first, batch_contexts, max_contexts, progress=None):
     """(feature, value, position) of every non-zero code."""
     f, v, p = [], [], []
     with _eval(sae):
-        for x in _batches(acts, batch_contexts, max_contexts):
+        for x in _batches(acts, batch_contexts, max_contexts, progress):
             B, T, _ = x.shape
             z, _ = _encode(sae, x)
             z = z.reshape(B, T, -1)[:, (0 if include_first else 1):]
@@ -105,10 +110,10 @@ def _codes_by_position(sae, acts, include_first, batch_contexts, max_contexts):
 
 
 def feature_deciles(sae, acts, include_first: bool, quantiles=QUANTILES, batch_contexts: int = 16,
-                    max_contexts: int | None = None) -> pd.DataFrame:
+                    max_contexts: int | None = None, progress=None) -> pd.DataFrame:
     """Per latent: n_active and quantiles (q10..q90, linear interpolation) of its *non-zero* code values,
     over all tokens with (include_first=True) or without position 0. Latents never active get NaN."""
-    f, v, _, d = _codes_by_position(sae, acts, include_first, batch_contexts, max_contexts)
+    f, v, _, d = _codes_by_position(sae, acts, include_first, batch_contexts, max_contexts, progress)
     order = np.lexsort((v, f))
     f, v = f[order], v[order]
     counts = np.bincount(f, minlength=d)
@@ -126,7 +131,7 @@ def feature_deciles(sae, acts, include_first: bool, quantiles=QUANTILES, batch_c
 
 @torch.no_grad()
 def position_features(sae, acts, include_first: bool = False, min_active: int = 10, batch_contexts: int = 16,
-                      max_contexts: int | None = None) -> pd.DataFrame:
+                      max_contexts: int | None = None, progress=None) -> pd.DataFrame:
     """Latents ranked by how much position explains their code: eta^2 = sum_t n_t (m_t - m)^2 /
     sum (z - m)^2 over tokens (zeros included; m_t = mean code at position t, m = overall mean),
     positions from 0 (include_first) or 1. Columns: feature, eta2, n_active, freq, peak_position
@@ -135,7 +140,7 @@ def position_features(sae, acts, include_first: bool = False, min_active: int = 
     s1 = s2 = na = None
     nb = 0
     with _eval(sae):
-        for x in _batches(acts, batch_contexts, max_contexts):
+        for x in _batches(acts, batch_contexts, max_contexts, progress):
             B, T, _ = x.shape
             z, _ = _encode(sae, x)
             z = z.reshape(B, T, -1)[:, (0 if include_first else 1):].double()
@@ -243,8 +248,8 @@ def _tokens(tokens):
 
 @torch.no_grad()
 def position_intervention(model, tokens, layers, saes_by_layer: dict, mode: str, seed: int = 0,
-                          batch_size: int = 8, include_first: bool = False, hook: str = "hook_resid_pre"
-                          ) -> pd.DataFrame:
+                          batch_size: int = 8, include_first: bool = False, hook: str = "hook_resid_pre",
+                          progress=None) -> pd.DataFrame:
     """Per layer and condition ("clean" and ``mode``, see ``position_intervened``):
     resid_norm (mean ||x||), sae_nmse (pooled OpenAI nMSE), sae_l0, lm_loss (mean CE, no splice) and
     lm_loss_spliced (mean CE with that layer's SAE reconstruction spliced in, under the same
@@ -279,6 +284,8 @@ def position_intervention(model, tokens, layers, saes_by_layer: dict, mode: str,
                         acc[L][3] += float((z != 0).sum())
                         lg = model.run_with_hooks(tok, fwd_hooks=hooks + [(names[L], _splice(sae, first))])
                         acc[L][4] += float(_ce_per_token(lg, tok)[:, first:].sum())
+                    if progress is not None:
+                        progress.update(len(tok))
             for L in layers:
                 has = L in saes_by_layer
                 rows.append(dict(layer=L, condition=cond, resid_norm=acc[L][0] / n_tok,
@@ -290,7 +297,8 @@ def position_intervention(model, tokens, layers, saes_by_layer: dict, mode: str,
 
 @torch.no_grad()
 def lm_vs_sae_loss(model, sae_by_layer: dict, tokens, hook_names: dict | None = None, batch_size: int = 8,
-                   include_first: bool = False, position_mode: str | None = None, seed: int = 0) -> pd.DataFrame:
+                   include_first: bool = False, position_mode: str | None = None, seed: int = 0, progress=None
+                   ) -> pd.DataFrame:
     """Per token and layer: ctx, position, layer, ce_clean, ce_spliced (CE when that layer's SAE
     reconstruction replaces the activation at every position >= first, i.e. the whole context is
     spliced), ce_increase, sae_nmse (||x - x_hat||^2 / ||x||^2 of this token), resid_norm.
@@ -321,6 +329,8 @@ def lm_vs_sae_loss(model, sae_by_layer: dict, tokens, hook_names: dict | None = 
                                          "ce_spliced": ce1.reshape(-1).double().numpy(),
                                          "sae_nmse": err.double().numpy(),
                                          "resid_norm": xf.norm(dim=-1).double().numpy()}))
+            if progress is not None:
+                progress.update(B)
     df = pd.concat(out, ignore_index=True)
     df.insert(df.columns.get_loc("ce_spliced") + 1, "ce_increase", df.ce_spliced - df.ce_clean)
     return df.sort_values(["layer", "ctx", "position"], kind="stable").reset_index(drop=True)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from .. import paths
 from . import common
@@ -77,6 +78,12 @@ def variant_label(architecture: str, mode: str) -> str:
     return architecture if mode == "inferred" else f"{architecture} ({mode})"
 
 
+def _bar(desc: str, progress: bool, unit: str = "sae", **kw):
+    """Progress on stderr (done, rate, ETA) over the SAEs of ``iterable``, or ``total`` tokens (unit "tok")."""
+    return tqdm(desc=f"hierarchy {desc}", unit=unit, unit_scale=unit == "tok", mininterval=10, disable=not progress,
+                **kw)
+
+
 # --- stage 05, one call per notebook cell ---
 
 def setup(model: dict, hierarchy: dict, train: dict | None = None) -> dict:
@@ -114,18 +121,19 @@ def load_saes(setup: dict) -> dict:
     return {r.architecture: saes[n] for n, r in setup["runs"].iterrows()}
 
 
-def encode(setup: dict, saes: dict, X) -> dict:
+def encode(setup: dict, saes: dict, X, progress: bool = True) -> dict:
     """{architecture: sparse codes [N, d_sae]}."""
     from ..analysis import hierarchy as H
-    return {a: H.codes(sae, X, setup["hierarchy"].batch_size) for a, sae in saes.items()}
+    with _bar("encode", progress, "tok", total=len(saes) * len(X)) as bar:
+        return {a: H.codes(sae, X, setup["hierarchy"].batch_size, progress=bar) for a, sae in saes.items()}
 
 
-def parents(setup: dict, saes: dict, Z: dict) -> dict:
+def parents(setup: dict, saes: dict, Z: dict, progress: bool = True) -> dict:
     """{(architecture, mode): DataFrame(child, parent, level)}: "given" for SAEs with parent_of, and
     "inferred" (``infer_parents``) for every SAE."""
     from ..analysis import hierarchy as H
     out = {}
-    for a, sae in saes.items():
+    for a, sae in _bar("parents", progress, iterable=saes.items()):
         if sae.parent_of is not None:
             p = sae.parent_of.cpu().numpy()
             lvl = np.full(len(p), -1)
@@ -177,23 +185,24 @@ def decoder_cosine(setup: dict, saes: dict, parents: dict) -> pd.DataFrame:
     return t
 
 
-def level_correlation(setup: dict, saes: dict, Z: dict) -> pd.DataFrame:
+def level_correlation(setup: dict, saes: dict, Z: dict, progress: bool = True) -> pd.DataFrame:
     """Per multi-level SAE, ``level_correlation`` of consecutive levels."""
     from ..analysis import hierarchy as H
     hp = setup["hierarchy"]
+    multi = {a: sae for a, sae in saes.items() if len(sae.levels) > 1}
     parts = [H.level_correlation(Z[a], sae.levels, hp.seed, hp.min_count).assign(architecture=a)
-             for a, sae in saes.items() if len(sae.levels) > 1]
+             for a, sae in _bar("level correlation", progress, iterable=multi.items())]
     cols = ["architecture", "level", "n_latents", "best_abs_r", "mean_abs_r", "best_abs_r_shuffled", "mean_abs_r_shuffled"]
     t = pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
     common.write_table(t, setup["out"] / "level_correlation.csv")
     return t
 
 
-def scores(setup: dict, saes: dict, Z: dict) -> pd.DataFrame:
+def scores(setup: dict, saes: dict, Z: dict, progress: bool = True) -> pd.DataFrame:
     """``hierarchy_score`` per SAE: inferred parents for all, and given parents where the SAE has them."""
     from ..analysis import hierarchy as H
     hp, rows = setup["hierarchy"], []
-    for a, sae in saes.items():
+    for a, sae in _bar("scores", progress, iterable=saes.items()):
         modes = [None] + ([sae.parent_of] if sae.parent_of is not None else [])
         for p in modes:
             s = H.hierarchy_score(Z[a], sae.levels, p, hp.seed, hp.min_count)
@@ -203,7 +212,7 @@ def scores(setup: dict, saes: dict, Z: dict) -> pd.DataFrame:
     return t
 
 
-def levels(setup: dict, saes: dict, Z: dict, X) -> pd.DataFrame:
+def levels(setup: dict, saes: dict, Z: dict, X, progress: bool = True) -> pd.DataFrame:
     """Per SAE and level: width, dead, dead_fraction, l0, n_tokens (``dead_per_level``) and
     nmse_cumulative (``treesae.metrics.reconstruction_metrics`` on the same tokens; NaN where prefixes
     of levels are not trained to reconstruct, e.g. stacked, except at the last level, where it is the
@@ -211,7 +220,7 @@ def levels(setup: dict, saes: dict, Z: dict, X) -> pd.DataFrame:
     from ..analysis import hierarchy as H
     from ..metrics import reconstruction_metrics
     parts = []
-    for a, sae in saes.items():
+    for a, sae in _bar("levels", progress, iterable=saes.items()):
         t = H.dead_per_level(Z[a], sae.levels)
         rm = reconstruction_metrics(sae, X, setup["hierarchy"].batch_size)
         t["nmse_cumulative"] = [rm.get(f"nmse_cumulative_level{i}", np.nan) for i in t.level]
@@ -223,21 +232,22 @@ def levels(setup: dict, saes: dict, Z: dict, X) -> pd.DataFrame:
     return t
 
 
-def l0_per_token(setup: dict, X) -> pd.DataFrame:
+def l0_per_token(setup: dict, X, progress: bool = True) -> pd.DataFrame:
     """Histogram of active latents per token for every frontier SAE (architecture, k): rows
     (architecture, k, l0, count)."""
     import torch
-    rows = []
-    for name, r in setup["frontier"].iterrows():
-        sae = common.load_saes([name])[name]
-        counts = []
-        with torch.no_grad():
-            for i in range(0, len(X), setup["hierarchy"].batch_size):
-                z = sae.encode(X[i:i + setup["hierarchy"].batch_size])
+    rows, B = [], setup["hierarchy"].batch_size
+    with _bar("l0 per token", progress, "tok", total=len(setup["frontier"]) * len(X)) as bar, torch.no_grad():
+        for name, r in setup["frontier"].iterrows():
+            sae = common.load_saes([name])[name]
+            counts = []
+            for i in range(0, len(X), B):
+                z = sae.encode(X[i:i + B])
                 z = z.to_dense() if z.layout != torch.strided else z
                 counts.append((z != 0).sum(1))
-        v, c = np.unique(torch.cat(counts).numpy(), return_counts=True)
-        rows.append(pd.DataFrame({"architecture": r.architecture, "k": int(r.k), "l0": v, "count": c}))
+                bar.update(len(z))
+            v, c = np.unique(torch.cat(counts).numpy(), return_counts=True)
+            rows.append(pd.DataFrame({"architecture": r.architecture, "k": int(r.k), "l0": v, "count": c}))
     t = pd.concat(rows, ignore_index=True).sort_values(["architecture", "k", "l0"], kind="stable").reset_index(drop=True)
     common.write_table(t, setup["out"] / "l0_per_token.csv")
     return t

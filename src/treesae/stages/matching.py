@@ -28,15 +28,22 @@ method and the matching code (``analysis.matching.pair_key``). A rerun after an 
 missing pairs and writes the same bytes. The cache is kept after success (~300 bytes a pair; stale keys are
 never read): a rerun for another reason (e.g. embedding settings, ``pairs: planned``) matches no pair again.
 ``rm -rf data/.partial/matching`` clears it.
+
+Progress on stderr: pairs matched (rate, ETA over the pairs the cache lacks) and SAEs of the controls. The
+UMAP / t-SNE fit (``analysis.matching.decoder_embedding``) reports its size before and its time after.
 """
 from __future__ import annotations
 
 import itertools
 import math
+import sys
+import threading
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from .. import paths
 from ..io import JsonStore
@@ -124,6 +131,25 @@ class PairCache(JsonStore):
         super().__init__(root, check=lambda row: set(row) == fields and all(type(v) in (int, float) for v in row.values()))
 
 
+class CountedCache:
+    """A pair cache that drives a progress bar: each pair it lacks adds to the total, each pair stored since
+    advances it (``compare_saes`` looks every pair up before matching any, and stores each as it finishes)."""
+
+    def __init__(self, cache, bar):
+        self.cache, self.bar, self.lock = cache, bar, threading.Lock()
+
+    def get(self, key):
+        row = self.cache.get(key)
+        if row is None:
+            self.bar.total += 1
+        return row
+
+    def __setitem__(self, key, row):
+        self.cache[key] = row
+        with self.lock:
+            self.bar.update()
+
+
 # --- stage 04, one call per notebook cell ---
 
 def setup(model: dict, matching: dict) -> dict:
@@ -154,13 +180,18 @@ def load_saes(setup: dict) -> dict:
     return common.load_saes(names)
 
 
-def compare(setup: dict, saes: dict) -> pd.DataFrame:
+def _bar(desc: str, progress: bool, **kw):
+    return tqdm(desc=f"matching {desc}", mininterval=10, disable=not progress, **kw)
+
+
+def compare(setup: dict, saes: dict, progress: bool = True) -> pd.DataFrame:
     """``compare_saes`` over the pairs of ``plan_pairs``, annotated (``annotate_pairs``); resumes from
     ``PairCache`` (module docstring)."""
     from ..analysis import matching as M
     mt = setup["matching"]
-    t = M.compare_saes(saes, setup["pairs"], threshold=mt.threshold, method=mt.method, n_jobs=mt.n_jobs,
-                       cache=PairCache(paths.data(".partial", NAME)))
+    with _bar("pairs", progress, total=0, unit="pair") as bar:
+        t = M.compare_saes(saes, setup["pairs"], threshold=mt.threshold, method=mt.method, n_jobs=mt.n_jobs,
+                           cache=CountedCache(PairCache(paths.data(".partial", NAME)), bar))
     t = annotate_pairs(t, setup["meta"], setup["metrics"], mt.factors)
     common.write_table(t, setup["out"] / "pairs.csv")
     return t
@@ -221,13 +252,13 @@ def pair_features(setup: dict, saes: dict) -> pd.DataFrame:
     return t
 
 
-def top2(setup: dict, saes: dict) -> pd.DataFrame:
+def top2(setup: dict, saes: dict, progress: bool = True) -> pd.DataFrame:
     """Controls per SAE. Within-SAE: mean, median, p90 of each decoder row's cosine to its nearest other
     row, and the fraction above the threshold. Init: median cosine of decoder rows to their random init
     and the fraction above the threshold (each run's own init, ``sweep.Run.init_seed``)."""
     from ..analysis import matching as M
     thr, rows = setup["matching"].threshold, []
-    for n in dict.fromkeys(x for p in setup["pairs"] for x in p):
+    for n in _bar("top2", progress, iterable=list(dict.fromkeys(x for p in setup["pairs"] for x in p)), unit="sae"):
         c, i = M.within_sae_top2(M.directions(saes[n], "decoder")), M.cosine_to_init(saes[n])
         rows.append(dict(name=n, architecture=setup["metrics"].at[n, "architecture"], n_latents=len(c),
                          top2_mean=c.mean(), top2_median=np.median(c), top2_p90=np.quantile(c, 0.9),
@@ -256,12 +287,18 @@ def embedding_runs(setup: dict) -> pd.DataFrame:
     return common.pick(m, setup["matching"].embedding_grids, architecture=common.base_run(m).architecture)
 
 
-def embedding(setup: dict, saes: dict, method: str) -> pd.DataFrame:
+def embedding(setup: dict, saes: dict, method: str, progress: bool = True) -> pd.DataFrame:
     """``decoder_embedding`` (UMAP or t-SNE, cosine) of the embedding SAEs, with their factors."""
     from ..analysis import matching as M
     mt, runs = setup["matching"], embedding_runs(setup)
+    if progress:
+        print(f"matching {method}: decoder rows of {len(runs)} SAEs, at most {mt.max_per_sae} each"
+              + (" (a process's first UMAP compiles numba code, ~1 min)" if method == "umap" else ""), file=sys.stderr)
+    t0 = time.perf_counter()
     t = M.decoder_embedding({n: saes[n] for n in runs.index}, method=method, seed=mt.seed, max_per_sae=mt.max_per_sae,
                             n_neighbors=mt.n_neighbors, min_dist=mt.min_dist, perplexity=mt.perplexity)
+    if progress:
+        print(f"matching {method}: {len(t)} points in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     t = t.join(runs[["architecture", "dataset", "layer", "d_sae", "k", "seed"]].rename(columns={"seed": "sae_seed"}),
                on="sae")
     t.insert(0, "method", method)

@@ -22,6 +22,8 @@ held-out contexts of one corpus (``cache.layer(L)[rows]``, [n_ctx, T, d], positi
   harvest's ``data/activations/<corpus>/summary.csv`` (every corpus).
 * ``corpora.csv``: what was harvested (model, layers, tokens per corpus), for stage 06.
 * ``metrics.json``: the headline numbers (keys in ``summarize``).
+
+Every step that reads contexts shows a progress bar on stderr (contexts done, rate, ETA; ``progress=False``: none).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from .. import paths
 from . import common
@@ -101,11 +104,17 @@ def _acts(setup, layer):
     return setup["cache"].layer(layer)[setup["rows"]]
 
 
-def profile(setup: dict, saes: dict) -> pd.DataFrame:
+def _bar(desc: str, contexts: int, progress: bool):
+    return tqdm(total=contexts, desc=f"position {desc}", unit="ctx", mininterval=10, disable=not progress)
+
+
+def profile(setup: dict, saes: dict, progress: bool = True) -> pd.DataFrame:
     """Per layer and position: n, mean_act, l0, nmse, resid_norm (position 0 its own row)."""
     from ..analysis import position as P
     pp = setup["position"]
-    t = P.stack_layers({L: P.position_profile(sae, _acts(setup, L), pp.batch_contexts) for L, sae in saes.items()})
+    with _bar("profile", len(saes) * len(setup["rows"]), progress) as bar:
+        t = P.stack_layers({L: P.position_profile(sae, _acts(setup, L), pp.batch_contexts, progress=bar)
+                            for L, sae in saes.items()})
     common.write_table(t, setup["out"] / "profile.csv")
     return t
 
@@ -118,15 +127,16 @@ def profile_summary(profile: pd.DataFrame) -> pd.DataFrame:
     return first.join(rest)[[f"{c}_{s}" for c in cols for s in ("pos0", "pos1plus")]]
 
 
-def deciles(setup: dict, saes: dict) -> pd.DataFrame:
+def deciles(setup: dict, saes: dict, progress: bool = True) -> pd.DataFrame:
     """Per layer and latent: n_active and q10..q90 of its non-zero values, with and without position 0."""
     from ..analysis import position as P
     pp = setup["position"]
     parts = {}
-    for L, sae in saes.items():
-        x = _acts(setup, L)
-        parts[L] = pd.concat([P.feature_deciles(sae, x, include_first=inc, batch_contexts=pp.batch_contexts)
-                              for inc in (True, False)], ignore_index=True)
+    with _bar("deciles", 2 * len(saes) * len(setup["rows"]), progress) as bar:
+        for L, sae in saes.items():
+            x = _acts(setup, L)
+            parts[L] = pd.concat([P.feature_deciles(sae, x, include_first=inc, batch_contexts=pp.batch_contexts,
+                                                    progress=bar) for inc in (True, False)], ignore_index=True)
     t = P.stack_layers(parts)
     common.write_table(t, setup["out"] / "deciles.csv")
     return t
@@ -145,12 +155,14 @@ def deciles_summary(deciles: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def position_features(setup: dict, saes: dict) -> pd.DataFrame:
+def position_features(setup: dict, saes: dict, progress: bool = True) -> pd.DataFrame:
     """Per layer, latents ranked by eta^2 (positions >= 1; those active >= min_active times)."""
     from ..analysis import position as P
     pp = setup["position"]
-    t = P.stack_layers({L: P.position_features(sae, _acts(setup, L), include_first=False, min_active=pp.min_active,
-                                               batch_contexts=pp.batch_contexts) for L, sae in saes.items()})
+    with _bar("features", len(saes) * len(setup["rows"]), progress) as bar:
+        t = P.stack_layers({L: P.position_features(sae, _acts(setup, L), include_first=False, min_active=pp.min_active,
+                                                   batch_contexts=pp.batch_contexts, progress=bar)
+                            for L, sae in saes.items()})
     common.write_table(t, setup["out"] / "position_features.csv")
     return t
 
@@ -192,17 +204,19 @@ def _tokens(setup, rows):
     return np.asarray(setup["cache"].tokens[rows])
 
 
-def intervention(setup: dict, lm, saes: dict) -> pd.DataFrame:
+def intervention(setup: dict, lm, saes: dict, progress: bool = True) -> pd.DataFrame:
     """Per layer (every block's resid_pre; SAE columns where an SAE exists) and condition: clean and
     every intervention of ``modes(lm)``."""
     from ..analysis import position as P
     pp = setup["position"]
     toks = _tokens(setup, setup["lm_rows"])
-    layers = list(range(lm.cfg.n_layers))
+    layers, modes = list(range(lm.cfg.n_layers)), P.position_modes(lm)
     parts = []
-    for i, mode in enumerate(P.position_modes(lm)):
-        t = P.position_intervention(lm, toks, layers, saes, mode, seed=pp.seed, batch_size=pp.batch_size)
-        parts.append(t if i == 0 else t[t.condition != "clean"])  # clean rows are identical for every mode
+    with _bar("intervention", 2 * len(modes) * len(toks), progress) as bar:  # clean and intervened, per mode
+        for i, mode in enumerate(modes):
+            t = P.position_intervention(lm, toks, layers, saes, mode, seed=pp.seed, batch_size=pp.batch_size,
+                                        progress=bar)
+            parts.append(t if i == 0 else t[t.condition != "clean"])  # clean rows are identical for every mode
     t = pd.concat(parts, ignore_index=True)
     t["ce_increase"] = t.lm_loss_spliced - t.lm_loss
     common.write_table(t, setup["out"] / "intervention.csv")
@@ -220,14 +234,15 @@ def remove_mode(lm) -> str:
     return next(m for m in modes(lm) if m in REMOVE_MODES)
 
 
-def lm_vs_sae(setup: dict, lm, saes: dict) -> pd.DataFrame:
+def lm_vs_sae(setup: dict, lm, saes: dict, progress: bool = True) -> pd.DataFrame:
     """Per token and layer (positions 1..T-2): ce_clean, ce_spliced, ce_increase, sae_nmse, resid_norm,
     clean (condition "clean") and with position information removed (condition = that mode)."""
     from ..analysis import position as P
     pp = setup["position"]
     toks = _tokens(setup, setup["lm_rows"])
-    parts = [P.lm_vs_sae_loss(lm, saes, toks, batch_size=pp.batch_size, position_mode=mode, seed=pp.seed)
-             .assign(condition=mode or "clean") for mode in (None, remove_mode(lm))]
+    with _bar("lm_vs_sae", 2 * len(toks), progress) as bar:
+        parts = [P.lm_vs_sae_loss(lm, saes, toks, batch_size=pp.batch_size, position_mode=mode, seed=pp.seed,
+                                  progress=bar).assign(condition=mode or "clean") for mode in (None, remove_mode(lm))]
     t = pd.concat(parts, ignore_index=True)
     common.write_table(t, setup["out"] / "lm_vs_sae_tokens.csv")
     return t
