@@ -54,8 +54,7 @@ def test_a_failed_run_keeps_the_last_good_notebook(root):
 
 
 def test_the_runner_uses_this_interpreter_whatever_kernel_the_notebook_names(root, monkeypatch):
-    """The DVC path needs no registered kernel and no opt-in (TREESAE_WRITE is for notebooks run by hand)."""
-    monkeypatch.delenv("TREESAE_WRITE", raising=False)
+    """The DVC path needs no registered kernel."""
     nb = nbformat.read(root / "notebooks" / "t.ipynb", 4)
     nb.metadata.kernelspec.name = "no-such-kernel"
     nb.cells[-1].source = "import sys\nfrom treesae import paths\nprint(sys.executable, paths.root())"

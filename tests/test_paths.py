@@ -1,5 +1,5 @@
 """treesae.paths.root(): $TREESAE_ROOT, else the workspace the working directory is in, else the repository;
-another checkout is refused, and so is a stage notebook run by hand in Jupyter until TREESAE_WRITE=1."""
+another checkout is refused; a stage notebook run by hand in the repository warns, in a workspace it runs silently."""
 import os
 import re
 
@@ -13,7 +13,7 @@ from treesae.paths import REPO
 @pytest.fixture
 def env(monkeypatch):
     monkeypatch.delenv("TREESAE_ROOT", raising=False)
-    monkeypatch.delenv("TREESAE_WRITE", raising=False)
+    monkeypatch.setattr(paths, "_warned", False)
     return monkeypatch
 
 
@@ -64,16 +64,15 @@ def test_an_unrelated_params_yaml_is_not_a_root(env, tmp_path):
     assert paths.root() == REPO
 
 
-def test_by_hand_in_jupyter_needs_an_opt_in(env, workspace):
+def test_by_hand_in_jupyter_warns_in_the_repository_only(env, workspace, recwarn):
     env.setattr(paths, "_in_kernel", lambda: True)
     env.chdir(workspace / "notebooks")
-    with pytest.raises(RuntimeError, match="TREESAE_WRITE=1"):
-        paths.root()
-    env.chdir(workspace)  # a notebook elsewhere (not a stage notebook's directory) reads freely
-    assert paths.root() == workspace.resolve()
-    env.chdir(workspace / "notebooks")
-    env.setenv("TREESAE_WRITE", "1")
-    assert paths.root() == workspace.resolve()
+    assert paths.root() == workspace.resolve() and not recwarn.list
+    env.chdir(REPO / "notebooks")
+    with pytest.warns(UserWarning, match="rewrite the published run's DVC-tracked outputs"):
+        assert paths.root() == REPO
+    paths.root()  # once per kernel, not once per call
+    assert not recwarn.list
 
 
 def _notebook(path, source):
@@ -83,22 +82,14 @@ def _notebook(path, source):
     return path
 
 
-@pytest.mark.parametrize("opt_in", [False, True])
-def test_a_real_kernel_in_a_workspace_notebook(env, workspace, opt_in):
+def test_a_real_kernel_in_a_workspace_notebook(env, workspace):
     """In an actual Jupyter kernel started in build/<profile>/notebooks (as JupyterLab, VS Code and nbval start
-    it): the workspace's root, only after the opt-in."""
+    it): the workspace's root, with no warning and no opt-in."""
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
     env.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])))
-    if opt_in:
-        env.setenv("TREESAE_WRITE", "1")
-    nb = nbformat.read(_notebook(workspace / "notebooks" / "t.ipynb", "from treesae import paths\nprint(paths.root())"), 4)
-    client = NotebookClient(nb, timeout=120, resources={"metadata": {"path": str(workspace / "notebooks")}})
-    if not opt_in:
-        with pytest.raises(CellExecutionError, match="TREESAE_WRITE=1"):
-            client.execute()
-        return
-    client.execute()
+    src = "import warnings\nwarnings.simplefilter('error')\nfrom treesae import paths\nprint(paths.root())"
+    nb = nbformat.read(_notebook(workspace / "notebooks" / "t.ipynb", src), 4)
+    NotebookClient(nb, timeout=120, resources={"metadata": {"path": str(workspace / "notebooks")}}).execute()
     assert nb.cells[0].outputs[0]["text"].strip() == str(workspace.resolve())
 
 

@@ -4,12 +4,12 @@ The root is ``$TREESAE_ROOT`` when set (DVC in a workspace, ``make test``); else
 directory is in, if any (``python -m treesae.workspace`` writes the workspace's params.yaml under the header
 ``WORKSPACE_HEADER``), so a notebook opened in Jupyter inside ``build/smoke`` uses build/smoke; else the
 repository that holds this package. A working directory inside another checkout of the repository is refused
-(its params.yaml and data are not this package's), and so is a Jupyter kernel that ``treesae.notebook`` did not
-start in a stage notebook's directory, until ``TREESAE_WRITE=1``: run by hand, a stage notebook writes the same
-DVC-tracked outputs as ``dvc repro``.
+(its params.yaml and data are not this package's). A stage notebook run by hand in Jupyter from the repository's
+notebooks/ warns once that it rewrites the published run's DVC-tracked outputs; in a workspace it runs silently.
 """
 import os
 import sys
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -18,15 +18,21 @@ WORKSPACE_HEADER = "# Generated from params.yaml"  # first line of a workspace's
 
 def root() -> Path:
     r = Path(os.environ["TREESAE_ROOT"]).resolve() if "TREESAE_ROOT" in os.environ else find_root(Path.cwd())
-    stage_dirs = (r / "notebooks", REPO / "notebooks")
-    if _in_kernel() and os.environ.get("TREESAE_WRITE") != "1" and Path.cwd().resolve() in stage_dirs:
-        raise RuntimeError(
-            f"This notebook runs by hand (not through `python -m treesae.notebook`), and its cells write its stage's "
-            f"DVC-tracked outputs under {r}. To run it anyway, opt in first with `%env TREESAE_WRITE=1` "
-            f"(`dvc status` then names the stage whose outputs changed; `dvc repro` brings them back in line), or "
-            f"leave them as they are and experiment in a workspace of your own, e.g. `make smoke` then "
-            f"build/smoke/notebooks/ (README: Working in Jupyter).")
+    if r == REPO and _in_kernel() and Path.cwd().resolve() == REPO / "notebooks" and not _warned:
+        _warn_by_hand()
     return r
+
+
+_warned = False
+
+
+def _warn_by_hand():
+    global _warned
+    _warned = True
+    warnings.warn(f"This notebook runs by hand in {REPO}: its cells rewrite the published run's DVC-tracked outputs "
+                  f"(`dvc status` then names the stage, `dvc repro` restores it). To experiment without touching them, "
+                  f"open the notebook in a workspace instead: `make smoke`, then build/smoke/notebooks/ "
+                  f"(README: Working in Jupyter).", stacklevel=3)
 
 
 def find_root(cwd: Path) -> Path:
