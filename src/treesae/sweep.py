@@ -23,6 +23,7 @@ import torch
 from . import paths
 from .cache import ActivationCache, hook_name
 from .io import write_bytes_atomic, write_json
+from .model import origin
 from .seeds import INIT_TAG, hashed_seed
 
 HIERARCHICAL = ("stacked", "residual", "tree")
@@ -255,7 +256,7 @@ def train_all(setup: dict, progress: bool = True) -> dict:
             finalize(sae, sample)  # BatchTopK / Matryoshka: inference threshold calibrated to L0 = k
         diagnostics = monitor.diagnostics(saes, sample)
         for r in runs:
-            save_sae(saes[r.name], sae_dir / r.name, metadata={"hook_name": hook_name(layer), "model_name": s["model"].name})
+            save_sae(saes[r.name], sae_dir / r.name, metadata=sae_metadata(s["model"].name, layer, cache.meta, tp, corpus))
             write_json(sae_dir / r.name / "training.json", diagnostics[r.name])
             write_bytes_atomic(curves_dir / f"{r.name}.csv", curves[r.name].to_csv(index=False, float_format="%.6g").encode())
             trained[r.name] = saes[r.name]
@@ -264,6 +265,17 @@ def train_all(setup: dict, progress: bool = True) -> dict:
     for stale in [d for d in sae_dir.iterdir() if d.name not in names] + [f for f in curves_dir.iterdir() if f.stem not in names]:
         shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     return trained
+
+
+def sae_metadata(model_name: str, layer: int, cache_meta: dict, tp, corpus: str) -> dict:
+    """cfg.json metadata: what a sae-lens user needs to load the model and splice the SAE where it was trained."""
+    return {**origin(model_name), "hook_name": hook_name(layer), "context_size": cache_meta["context_len"],
+            "prepend_bos": False, "dataset_path": corpus, "excluded_positions": [0] if tp.drop_first else [],
+            "sink_ratio": tp.sink_ratio,
+            "splice": "positions in excluded_positions and attention sinks (residual norm > sink_ratio x the median) "
+                      "were never trained on: keep them clean, e.g. treesae.metrics.splice_hook(sae, "
+                      "exclude_first=True, sink_ratio=sink_ratio); TreeSAE architectures (treesae_*) load after "
+                      "`import treesae.saes`"}
 
 
 def eval_key(run: Run, sae, cache_meta: dict, setup: dict, downstream: bool) -> str:
