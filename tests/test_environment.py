@@ -15,7 +15,8 @@ def test_conda_file_installs_what_the_makefile_installs():
     env = yaml.safe_load((REPO / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert "python=3.11" in env["dependencies"]
-    assert pip == ["torch==2.13.0", "-r requirements.lock.txt", "-e ."]
+    assert pip == ["--extra-index-url https://download.pytorch.org/whl/cpu", "torch==2.13.0+cpu",
+                   "-r requirements.lock.txt", "-e ."]  # the CPU build: PyPI's Linux torch is the CUDA one
     make = (REPO / "Makefile").read_text()
     assert "pip install -q torch==2.13.0" in make and "-r requirements.lock.txt" in make
 
