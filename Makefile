@@ -61,6 +61,8 @@ determinism: smoke
 bench: setup
 	python benchmarks/bench_harvest.py --contexts 64 256
 	python benchmarks/bench_train.py
+	python benchmarks/bench_roofline.py
+	python benchmarks/bench_saelens_multi.py
 	python benchmarks/bench_eval.py
 	python benchmarks/bench_cache.py
 	python benchmarks/bench_matching.py   # needs stage 02's SAEs (make paper; or TREESAE_ROOT=build/smoke after make smoke)
