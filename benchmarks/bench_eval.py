@@ -6,6 +6,7 @@ for every SAE) against ``treesae.metrics`` (clean and zero-ablated runs once per
     .venv/bin/python benchmarks/bench_eval.py [--saes 8] [--layer 15] [--contexts 16] [--threads 2]
 """
 import argparse
+import resource
 import time
 
 import torch
@@ -76,6 +77,8 @@ def main():
     diff = max(abs(r[k] - o[k]) for r, o in zip(ref_vals, ours) for k in r)
     print(f"{a.saes} SAEs, {a.contexts} contexts, layer {a.layer}: naive {best_naive:.1f} s, treesae {best_ours:.1f} s, "
           f"ratio {best_naive / best_ours:.2f}x; largest |difference| in a CE/KL mean {diff:.1e} nats")
+    print(f"RATIO eval_vs_naive {best_naive / best_ours:.2f}")
+    print(f"PEAK_RSS_MB eval {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
 
 
 if __name__ == "__main__":

@@ -62,6 +62,7 @@ def main():
     print(f"$ {' '.join(sys.argv)}\nlayers {args.layers}, {args.threads} threads, batch {args.batch_size}, "
           f"contexts of 128 tokens, shards of {args.shard_contexts} contexts")
     print(f"{'contexts':>8} {'tokens':>8} {'bare tok/s':>11} {'harvest tok/s':>14} {'ratio':>6} {'bare peak MB':>13} {'harvest peak MB':>16}")
+    tail = []
     for n in args.contexts:
         best = {"bare": None, "harvest": None}
         for _ in range(args.repeats):
@@ -72,7 +73,10 @@ def main():
         b, h = best["bare"], best["harvest"]
         print(f"{n:>8} {b['tokens']:>8} {b['tokens'] / b['seconds']:>11.0f} {h['tokens'] / h['seconds']:>14.0f} "
               f"{b['seconds'] / h['seconds']:>6.2f} {b['peak_rss_mb']:>13.0f} {h['peak_rss_mb']:>16.0f}")
+        tail += [f"RATIO harvest_vs_bare_{n}ctx {b['seconds'] / h['seconds']:.3f}",
+                 f"PEAK_RSS_MB bare_{n}ctx {b['peak_rss_mb']:.0f}", f"PEAK_RSS_MB harvest_{n}ctx {h['peak_rss_mb']:.0f}"]
     print("ratio = harvest throughput / bare forward throughput (target >= 0.9); peak = max RSS of that process")
+    print("\n".join(tail))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ wall-clock seconds and ratios measured in the same run (the machine is shared: c
 seconds across runs). Not collected by pytest.
 """
 import argparse
+import resource
 import itertools
 import time
 
@@ -65,6 +66,10 @@ def main():
     print(f"compare_saes on {len(pairs)} pairs: n_jobs=1 {wall[1][1]:.1f} s, n_jobs={a.jobs} {wall[a.jobs][1]:.1f} s: "
           f"{wall[1][1] / wall[a.jobs][1]:.2f}x, tables identical: {same}")
     assert same
+    print(f"RATIO matching_auto_vs_scipy {tot['scipy'] / tot['auto']:.2f}")
+    print(f"RATIO matching_sparse_vs_scipy {tot['scipy'] / tot['sparse']:.2f}")
+    print(f"RATIO matching_{a.jobs}threads_vs_1 {wall[1][1] / wall[a.jobs][1]:.2f}")
+    print(f"PEAK_RSS_MB matching {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
 
 
 if __name__ == "__main__":

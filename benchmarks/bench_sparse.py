@@ -8,6 +8,7 @@ disturb far less than wall time; with one thread it equals wall time on an idle 
 --threads > 1 it uses wall time (CPU time would add the threads up).
 """
 import argparse
+import resource
 import time
 
 import torch
@@ -145,9 +146,15 @@ def main():
             sae.after_optimizer_step()
         rows.append((f"treesae {arch} (d_sae {sae.d_sae}), {a.dead_frac:.0%} dead", arch_step))
     print(f"B={a.batch} d_in={a.d_in} d_sae={a.d_sae} k={a.k} threads={a.threads}")
+    times = {}
     for name, fn in rows:
-        t = step_time(fn, a.reps)
+        t = times[name] = step_time(fn, a.reps)
         print(f"{name:45s} {t * 1e3:8.1f} ms/step {a.batch / t:9.0f} tok/s")
+    sparse = times["treesae sparse, no dead, sparse z"]
+    for name, slug in (("treesae dense, no dead", "dense"), ("sae-lens TopKTrainingSAE, no dead", "saelens")):
+        if name in times:
+            print(f"RATIO sparse_step_vs_{slug} {times[name] / sparse:.3f}")
+    print(f"PEAK_RSS_MB sparse {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
 
 
 if __name__ == "__main__":

@@ -223,6 +223,13 @@ def main():
     print(f"\nroofline = GEMM rate / (2*d_in*(d_sae + 4k)) FLOP/token (sparse backward); at the fastest probe "
           f"({g:.0f} GFLOP/s) that is {bound(g):,.0f} tok/s; a dense-backward trainer's bound would be "
           f"{bound(g, sparse=False):,.0f} tok/s.")
+    if "duel" in res:
+        print(f"RATIO train_vs_saelens_duel {res['duel']['tok_s'] / res['duel']['theirs_tok_s']:.2f}")
+        print(f"RATIO train_topk_of_roofline {res['duel']['of_roofline']:.3f}")
+    if base and "ours" in res:
+        print(f"RATIO train_vs_saelens_separate {res['ours']['tok_s'] / base['tok_s']:.2f}")
+    for name in [n for n in LABELS if n in res]:
+        print(f"PEAK_RSS_MB train_{name} {res[name]['maxrss_mb']:.0f}")
 
 
 if __name__ == "__main__":
