@@ -63,15 +63,10 @@ def test_the_runner_uses_this_interpreter_whatever_kernel_the_notebook_names(roo
     assert out.split() == [sys.executable, str(root.resolve())]
 
 
-# Their stage reruns when a notebook's bytes change: these name the kernel from their next change on.
-PENDING = {"01_harvest", "02_train", "06_paper_figures", "08_ground_truth"}
-
-
 def test_notebooks_name_the_kernel_that_setup_installs(tmp_path):
     names = {p.stem: json.loads(p.read_text())["metadata"]["kernelspec"]["name"]
              for p in (paths.REPO / "notebooks").glob("*.ipynb")}
-    assert {n: k for n, k in names.items() if n not in PENDING} == dict.fromkeys(set(names) - PENDING, notebook.KERNEL)
-    assert all(names[n] == "python3" for n in PENDING), "update PENDING"
+    assert names == dict.fromkeys(names, notebook.KERNEL) and len(names) == 8
     for _ in range(2):  # make setup may run it again
         spec = json.loads((notebook.install_kernel(tmp_path) / "kernel.json").read_text())
     assert spec["argv"][0] == sys.executable and spec["display_name"] == "Python (treesae)"
