@@ -20,6 +20,9 @@ def test_matching_pairs_single_factor_and_adjacent_layers():
         ("topk-brown-L15-d4608-k32-s0", "topk-brown-L21-d4608-k32-s0"),
         ("topk-brown-L3-d4608-k32-s0", "topk-brown-L9-d4608-k32-s0"),
         ("topk-brown-L9-d4608-k32-s0", "topk-brown-L15-d4608-k32-s0")]
+    few = ("seed", "aux_k", "tied_init")  # a profile that compares recipes only (profiles/deadlatents.yaml)
+    assert matching.adjacent_layer_pairs(matching.meta_table(m, few), few) == []
+    assert matching.plan_pairs(matching.meta_table(m, few), few)
     counts = matching.plan(dict(meta=meta, pairs=pairs, matching=matching.MatchingParams())).factor.value_counts().to_dict()
     # 7 architectures x 3 k: C(7,2)*3 architecture pairs, 7*C(3,2) k pairs; seeds 0,1,2; sizes; layers; recipes
     assert counts == {"architecture": 63, "k": 21, "seed": 3, "d_sae": 3, "layer": 6, "dataset": 1, "aux_k": 1,

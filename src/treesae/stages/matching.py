@@ -88,9 +88,10 @@ def meta_table(metrics: pd.DataFrame, factors) -> pd.DataFrame:
 
 
 def adjacent_layer_pairs(meta: pd.DataFrame, factors) -> list[tuple]:
-    """SAEs at consecutive harvested layers that agree on every other factor, (lower, upper)."""
+    """SAEs at consecutive harvested layers that agree on every other factor, (lower, upper); none when the
+    profile's matching.factors leave out layer."""
     from ..analysis import matching as M
-    return M.layer_pairs(meta, tuple(factors))
+    return M.layer_pairs(meta, tuple(factors)) if "layer" in factors else []
 
 
 def plan_pairs(meta: pd.DataFrame, factors, which: str = "planned") -> list[tuple]:
