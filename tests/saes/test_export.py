@@ -17,11 +17,15 @@ CASES = {
     "stacked_plain": ("treesae_stacked", dict(widths=[6, 12], k=3, layer_norm=False)),
     "residual": ("treesae_residual", dict(widths=[6, 12, 24], k=2)),
     "tree": ("treesae_tree", dict(widths=[4, 12], ks=[2, 5], branching=3)),
+    "tree_global": ("treesae_tree", dict(widths=[4, 12], ks=[2, 5], branching=3, budget="global")),
+    "tree_fixed": ("treesae_tree", dict(widths=[4, 12], ks=[2, 5], branching=3, parent_rule="fixed", budget="level")),
 }
 
 
 def trained(arch, x, **cfg):
     sae = build(arch, d_in=12, seed=7, **cfg)
+    if getattr(sae, "parent_rule", None) == "learned":  # a planted tree: adoption needs more steps than these
+        sae.parent_index[4:].copy_(torch.arange(sae.d_sae - 4) % 4)
     sae.init_from_sample(x)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
     dead = torch.zeros(sae.d_sae, dtype=torch.bool)
@@ -66,10 +70,12 @@ def test_round_trip_through_sae_lens(case, x_small, tmp_path):
         torch.testing.assert_close(back(x_small), ours, rtol=0, atol=0)
 
 
-def test_tree_parent_of_survives_sae_lens(tmp_path, x_small):
-    sae = trained("tree", x_small, **CASES["tree"][1])
+@pytest.mark.parametrize("case", ["tree", "tree_fixed"])
+def test_tree_parent_of_survives_sae_lens(case, tmp_path, x_small):
+    sae = trained("tree", x_small, **CASES[case][1])
     save_sae(sae, tmp_path)
     assert torch.equal(SAE.load_from_disk(tmp_path).parent_of, sae.parent_of)
+    assert (sae.parent_of[4:] >= 0).any()
 
 
 def test_float64_round_trip(tmp_path, x_small):

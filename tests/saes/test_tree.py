@@ -10,19 +10,31 @@ def test_widths_and_rounding():
     assert TreeConfig(d_in=8, size=84, n_levels=2, branching=3, k=2).level_widths == [21, 63]
 
 
+FIXED = dict(parent_rule="fixed", budget="level")  # the original design
+
+
 @pytest.mark.parametrize("kw, msg", [
-    (dict(widths=[10, 25]), r"widths \[10, 25\] must grow by exactly branching=2 per level"),
-    (dict(widths=[10, 20], ks=[2, 5]), r"level 1: k=5 exceeds branching \* k of level 0 \(2 \* 2\)"),
+    (dict(widths=[10, 25], **FIXED), r"widths \[10, 25\] must grow by exactly branching=2 per level"),
+    (dict(widths=[10, 20], ks=[2, 5], **FIXED), r"level 1: k=5 exceeds branching \* k of level 0 \(2 \* 2\)"),
     (dict(size=5, n_levels=3), "too small"),
     (dict(size=70, branching=0), "branching must be an integer >= 1"),
+    (dict(size=70, parent_rule="random"), "parent_rule must be 'fixed' or 'learned'"),
+    (dict(size=70, budget="token"), "budget must be one of level, global, batch"),
+    (dict(size=70, adopt_coverage=0.0), r"adopt_coverage must be in \(0, 1\]"),
 ])
 def test_config_validation(kw, msg):
     with pytest.raises(ValueError, match=msg):
         TreeConfig(d_in=8, **({"k": 2} | kw))
 
 
+def test_learned_rule_and_other_budgets_lift_the_fixed_constraints():
+    TreeConfig(d_in=8, widths=[10, 25], ks=[1, 5])  # learned rule: any widths, any split of k
+    TreeConfig(d_in=8, widths=[10, 20], ks=[2, 5], parent_rule="fixed", budget="global")
+
+
 def test_parent_of():
-    sae = build("tree", d_in=8, widths=[3, 6, 12], k=2)
+    assert (build("tree", d_in=8, widths=[3, 6, 12], k=2).parent_of == -1).all()  # learned: all start at the root
+    sae = build("tree", d_in=8, widths=[3, 6, 12], k=2, **FIXED)
     p = sae.parent_of
     assert p.shape == (21,) and (p[:3] == -1).all()
     assert p[3:9].tolist() == [0, 0, 1, 1, 2, 2]
@@ -32,7 +44,7 @@ def test_parent_of():
 
 @pytest.mark.parametrize("sparse", [True, False])
 def test_children_fire_only_with_their_parent(sparse, x_small):
-    sae = build("tree", d_in=12, widths=[4, 8, 16], ks=[2, 3, 4], sparse=sparse)
+    sae = build("tree", d_in=12, widths=[4, 8, 16], ks=[2, 3, 4], sparse=sparse, **FIXED)
     with torch.no_grad():  # make many children want to fire
         for enc in sae.encoders[1:]:
             enc.b_enc.add_(1.0)
@@ -53,9 +65,89 @@ def test_children_fire_only_with_their_parent(sparse, x_small):
     torch.testing.assert_close(z[:, 4:12], ref.detach())
 
 
-def test_sparse_and_dense_paths_agree(sparse_vs_dense, x_small):
+def planted_tree(**kw):
+    """A learned-rule tree with a planted parent_index: level-1 latents 4..11 under 0..3 (two each) except 11
+    (root), level-2 latents 12..27 under level 1 (two each) except 26, 27 (under level 0's latent 1, root)."""
+    sae = build("tree", d_in=12, widths=[4, 8, 16], ks=[2, 3, 4], seed=3, **kw)
+    par = [-1] * 4 + [0, 0, 1, 1, 2, 2, 3, -1] + [4 + j // 2 for j in range(14)] + [1, -1]
+    sae.parent_index.copy_(torch.tensor(par))
+    with torch.no_grad():  # make many children want to fire
+        for enc in sae.encoders[1:]:
+            enc.b_enc.add_(1.0)
+    return sae
+
+
+@pytest.mark.parametrize("budget", ["batch", "global", "level"])
+@pytest.mark.parametrize("rule", ["learned", "fixed"])
+def test_every_budget_keeps_the_tree(budget, rule, x_small):
+    sae = planted_tree(budget=budget) if rule == "learned" else \
+        build("tree", d_in=12, widths=[4, 8, 16], ks=[2, 3, 4], seed=3, parent_rule="fixed", budget=budget)
+    p = sae.parent_of
+    assert torch.equal(sae.parent_of, p) and p.dtype == torch.long
+    for training in (True, False):
+        sae.train(training)
+        with torch.no_grad():
+            z = sae.training_loss(x_small)[2] if training else sae.encode(x_small)
+        gated = torch.nonzero(p >= 0).squeeze(1)
+        fires = z > 0
+        assert fires[:, gated].any()
+        assert not (fires[:, gated] & ~fires[:, p[gated]]).any()  # a child fires only with its parent
+        if budget == "global" or budget == "batch" and training:
+            n = fires.sum(1)
+            assert (n <= 9).all() if budget == "global" else n.sum() <= 9 * len(x_small)
+
+
+def test_batch_budget_threshold_calibrates_l0(x_small):
+    sae = planted_tree()
+    sae.train()
+    with torch.no_grad():
+        for _ in range(3):
+            sae.training_loss(x_small)
+    assert sae.threshold > 0 and sae.threshold_updates == 3  # the running estimate moves in training
+    sae.eval()
+    sae.calibrate_threshold(x_small)
+    with torch.no_grad():
+        l0 = (sae.encode(x_small) > 0).sum(1).float().mean()
+    assert l0 == pytest.approx(9, rel=0.05)  # k = sum(ks)
+
+
+def test_adoption_picks_the_most_specific_covering_parent():
+    sae = build("tree", d_in=8, widths=[3, 6], k=2, adopt_every=2, adopt_min_count=10, adopt_coverage=0.8)
+    sae.train()
+    sae.parent_index[[6, 7]] = torch.tensor([1, 2])  # already gated
+    n = torch.tensor([1000, 200, 50, 100, 100, 5, 0, 100, 0])
+    sae.fire_count.copy_(n)
+    co = torch.zeros(9, 9, dtype=torch.long)
+    co[3, :3] = torch.tensor([100, 100, 0])    # covered by 0 and 1; 1 is the more specific -> adopts 1
+    co[4, :3] = torch.tensor([70, 0, 30])      # coverage 0.7 < 0.8 -> stays at the root
+    co[5, :3] = torch.tensor([5, 0, 0])        # fired too rarely (5 < 10) -> stays at the root
+    co[7, :3] = torch.tensor([100, 0, 0])      # gated children keep their parent
+    sae.cofire.copy_(co)
+    sae.after_optimizer_step()
+    assert sae.parent_index[3] == -1 and sae.fire_count.sum() > 0  # not yet: a round every 2 steps
+    sae.after_optimizer_step()
+    assert sae.parent_index.tolist() == [-1, -1, -1, 1, -1, -1, -1, 2, -1]  # 6 never fired: back to the root
+    assert sae.cofire.sum() == 0 and sae.fire_count.sum() == 0
+
+
+def test_adoption_counts_come_from_training_batches(x_small):
+    sae = planted_tree()
+    sae.parent_index[4:].fill_(-1)
+    with torch.no_grad():
+        z = sae.training_loss(x_small)[2]
+        f = (z > 0).long()
+    assert torch.equal(sae.fire_count, f.sum(0))
+    assert torch.equal(sae.cofire[4:], f[:, 4:].T @ f)
+    sae.eval()
+    with torch.no_grad():
+        sae.training_loss(x_small)
+    assert torch.equal(sae.fire_count, f.sum(0))  # eval batches do not count
+
+
+@pytest.mark.parametrize("kw", [FIXED, dict(budget="global"), dict()])
+def test_sparse_and_dense_paths_agree(kw, sparse_vs_dense, x_small):
     dead = torch.zeros(28, dtype=torch.bool)
     dead[[1, 5, 6, 13, 20, 27]] = True
-    _, logs, z, _ = sparse_vs_dense("tree", x_small, dead, d_in=12, widths=[4, 8, 16], ks=[2, 3, 4], k_aux=2)
+    _, logs, z, _ = sparse_vs_dense("tree", x_small, dead, d_in=12, widths=[4, 8, 16], ks=[2, 3, 4], k_aux=2, **kw)
     assert logs["level2/aux"] > 0
     assert logs["l0"] == sum(logs[f"level{l}/l0"] for l in range(3))

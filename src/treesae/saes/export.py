@@ -116,6 +116,8 @@ class ResidualSL(ResidualCore, _HierarchicalSL):
 @dataclass
 class TreeSLConfig(HierarchicalSLConfig):
     branching: int = 2
+    parent_rule: str = "fixed"
+    budget: str = "level"
 
     @classmethod
     def architecture(cls) -> str:
@@ -123,6 +125,14 @@ class TreeSLConfig(HierarchicalSLConfig):
 
 
 class TreeSL(TreeCore, _HierarchicalSL):
+    def initialize_weights(self) -> None:
+        super().initialize_weights()
+        self.parent_rule, self.budget, self.batch_training = self.cfg.parent_rule, self.cfg.budget, False
+        if self.budget == "batch":
+            self.register_buffer("threshold", torch.zeros((), dtype=self.dtype, device=self.device))
+        if self.parent_rule == "learned":
+            self.register_buffer("parent_index", torch.full((self.cfg.d_sae,), -1, dtype=torch.long, device=self.device))
+
     @property
     def parent_of(self) -> Tensor:
         return self._parent_of()
@@ -136,7 +146,7 @@ for _cls, _cfg in SAE_LENS_CLASSES.values():
 
 
 # ------------------------------------------------------------------------------- conversion
-TRAINING_ONLY = ("threshold_updates", "steps")  # buffers that only matter during training
+TRAINING_ONLY = ("threshold_updates", "steps", "cofire", "fire_count", "adopt_steps")  # buffers that only matter during training
 
 
 def _dtype_str(sae: BaseSAE) -> str:
@@ -151,7 +161,7 @@ def _sae_lens_spec(sae: BaseSAE) -> tuple[type, type, dict[str, Any], dict[str, 
         cls, cfg_cls = SAE_LENS_CLASSES[arch]
         extra = dict(widths=sae.level_widths, ks=sae.level_ks)
         extra |= dict(layer_norm=cfg.layer_norm, level_residual=cfg.level_residual) if arch == "stacked" else {}
-        extra |= dict(branching=cfg.branching) if arch == "tree" else {}
+        extra |= dict(branching=cfg.branching, parent_rule=cfg.parent_rule, budget=cfg.budget) if arch == "tree" else {}
         return cls, cfg_cls, extra, state
     if arch == "relu":
         return StandardSAE, StandardSAEConfig, dict(apply_b_dec_to_input=cfg.apply_b_dec_to_input), state
@@ -201,8 +211,9 @@ def load_sae(path: str | Path) -> BaseSAE:
         raise ValueError(f"{path / TREESAE_FILENAME}: format {info.get('format')!r}, expected {FORMAT_VERSION}")
     state = load_file(str(path / SAE_WEIGHTS_FILENAME))
     sae = build(info["architecture"], **info["config"]).to(state["W_dec"].dtype)
-    if "threshold" in state:  # jumprelu: our scalar threshold, repeated on every latent
-        state["threshold"] = state["threshold"][0]
+    if "threshold" in state:
+        if state["threshold"].ndim == 1:  # jumprelu: our scalar threshold, repeated on every latent
+            state["threshold"] = state["threshold"][0]
     elif "threshold" in sae.state_dict():  # matryoshka with topk selection: the threshold is unused
         state["threshold"] = sae.threshold
     state |= {k: v for k, v in sae.state_dict().items() if k in TRAINING_ONLY}  # counters, not exported

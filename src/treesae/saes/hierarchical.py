@@ -209,6 +209,7 @@ class HierarchicalSAE(LevelsMixin, BaseSAE):
         x = self._prep(x)
         cfg, B = self.cfg, x.shape[0]
         outs = self._levels(x, self.b_dec)
+        self._observe(outs)
         cum, acc = [], self.b_dec
         for dec in self._level_decodes(outs):
             acc = acc + dec
@@ -226,6 +227,9 @@ class HierarchicalSAE(LevelsMixin, BaseSAE):
             logs |= scalar_logs(**{f"level{l}/l0": l0s[l], f"level{l}/nmse": level_nmse[l],
                                    f"level{l}/aux": level_aux[l]})
         return loss, logs, self._z_out(self._concat(outs), dense_z)
+
+    def _observe(self, outs: list[LevelOut]) -> None:
+        """Training statistics a variant keeps from each batch's codes (none by default)."""
 
     def _level_aux(self, l: int, out: LevelOut, x: Tensor, x_hat: Tensor, dead_mask: Tensor | None) -> Tensor:
         e_hat = None

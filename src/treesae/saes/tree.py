@@ -1,20 +1,37 @@
-"""Tree TreeSAE (gated): level l+1's latents are children of level l's, and fire only with them.
+"""Tree TreeSAE (gated): every latent below level 0 may have a parent latent, and then fires only with it.
 
-Definition (notation of ``treesae.saes.hierarchical``), branching factor b:
+Levels (notation of ``treesae.saes.hierarchical``): widths w_l = w_0 * b**l (b = ``branching``; with
+``size``, w_0 = size // (1 + b + ... + b**(L-1)), so ``d_sae`` may fall a little short), every level reads
+the input, a_l = (x - b_dec) @ W_l + b_l, one decoder over the concatenated codes, and every level's
+cumulative reconstruction x_hat_l = b_dec + sum_{m<=l} z_m @ W_dec[level m] is trained to reconstruct x
+(``level_loss="cumulative"``, as Matryoshka's prefixes). Two switches define the variant.
 
-    widths:  w_l = w_0 * b**l;  child j of level l+1 has parent floor(j / b) in level l
-    a_l   = (x - b_dec) @ W_l + b_l                      every level reads the input; W_l: [d_in, w_l]
-    z_0   = ReLU(TopK_{k_0}(a_0))
-    z_l   = ReLU(TopK_{k_l}(a_l masked to -inf where z_{l-1}[parent] == 0))        for l >= 1
-    x_hat_l = b_dec + sum_{m<=l} z_m @ W_dec[level m],   x_hat = x_hat_{L-1}
+``parent_rule`` (who is whose parent; ``parent_of``: -1 = none):
+* ``"learned"`` (default): a latent of level l >= 1 hangs from any latent of a level < l or from an
+  always-active root (ungated). All start at the root; every ``adopt_every`` steps a root child c that
+  fired at least ``adopt_min_count`` times since the last round adopts
 
-So a child is active only on tokens where its parent is active (and ``k_l <= b * k_{l-1}`` is
-required, since only the b children of the k_{l-1} active parents are candidates). Every level's
-cumulative reconstruction is trained to reconstruct x (``level_loss="cumulative"``: mean of the
-levels' nMSE). ``parent_of`` maps every latent of the concatenated space to its parent's index
-there (-1 at level 0). AuxK ranks dead latents by their ungated pre-activations, so a dead child
-of a dead parent still gets a gradient. With ``size``, ``w_0 = size // (1 + b + ... + b**(L-1))``
-(so ``d_sae`` may fall a little short of ``size``). Encoder init: tied to the decoder rows.
+      p* = argmax_p P(c fires | p fires)   over the p with P(p fires | c fires) >= adopt_coverage
+
+  (the most specific latent that covers its firing), counted on the training batches' codes. A child
+  that did not fire in a round returns to the root (AuxK can revive it there); otherwise adoption sticks.
+* ``"fixed"``: child j of level l+1 has parent floor(j / b) of level l.
+
+``budget`` (how many fire). Scores cap each child just below its parent (root children: no cap),
+
+      s_c = a_c (level 0, root children),   s_c = min(a_c, nextafter(s_parent(c), -inf)) otherwise,
+
+and z = ReLU(a) on the chosen entries with s > 0. A child's score is strictly below its parent's, so any
+cut on s that keeps a child keeps its parent (whose a >= s > 0): the tree holds by construction.
+* ``"batch"`` (default): the k * B largest scores of the batch (BatchTopK, k = sum of ``level_ks``); at
+  inference s > theta, theta estimated as BatchTopK's and set by ``calibrate_threshold`` so that L0 is k.
+* ``"global"``: the k largest scores per token.
+* ``"level"``: level l keeps its own top-k_l among the latents whose parent fires (with ``"fixed"``,
+  ``k_l <= b * k_{l-1}`` is required: only the b children of the k_{l-1} active parents are candidates).
+
+AuxK ranks dead latents by their ungated pre-activations, so a dead child of a dead parent still gets a
+gradient. Encoder init: tied to the decoder rows. The original design is ``parent_rule="fixed",
+budget="level"``; docs/DESIGN.md measures each switch on the ground-truth world.
 """
 from __future__ import annotations
 
@@ -25,25 +42,44 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from .batchtopk import threshold_select
 from .hierarchical import HierarchicalConfig, HierarchicalSAE, LevelOut, LevelsMixin, linear_columns
-from .sparse import Codes, fixed_rows, topk_select
+from .sparse import Codes, batch_topk_select, fixed_rows, row_offsets, topk_select
+
+
+BUDGETS = ("level", "global", "batch")
 
 
 @dataclass(kw_only=True)
 class TreeConfig(HierarchicalConfig):
-    """branching: children per parent latent (widths multiply by it level to level)."""
+    """branching: width ratio of consecutive levels (children per parent with the fixed rule); parent_rule,
+    adopt_*, budget, threshold_lr: see the module docstring."""
 
     architecture: ClassVar[str] = "tree"
 
     branching: int = 2
+    parent_rule: str = "learned"
+    adopt_every: int = 50
+    adopt_coverage: float = 0.8
+    adopt_min_count: int = 20
+    budget: str = "batch"
+    threshold_lr: float = 0.01
 
     def __post_init__(self):
+        self._check(self.budget in BUDGETS, f"budget must be one of {', '.join(BUDGETS)}; got {self.budget!r}")
+        self._check(0 < self.threshold_lr <= 1, f"threshold_lr must be in (0, 1], got {self.threshold_lr}")
         self._check_int("branching", self.branching)
-        if self.widths is not None:
+        self._check(self.parent_rule in ("fixed", "learned"),
+                    f"parent_rule must be 'fixed' or 'learned', got {self.parent_rule!r}")
+        self._check_int("adopt_every", self.adopt_every)
+        self._check_int("adopt_min_count", self.adopt_min_count)
+        self._check(0 < self.adopt_coverage <= 1, f"adopt_coverage must be in (0, 1], got {self.adopt_coverage}")
+        fixed = self.parent_rule == "fixed"
+        if fixed and self.widths is not None:
             ok = all(b == a * self.branching for a, b in zip(self.widths, self.widths[1:]))
             self._check(ok, f"widths {list(self.widths)} must grow by exactly branching={self.branching} per level")
         super().__post_init__()
-        for l in range(1, len(self._ks)):
+        for l in range(1, len(self._ks)) if fixed and self.budget == "level" else ():
             self._check(self._ks[l] <= self.branching * self._ks[l - 1],
                         f"level {l}: k={self._ks[l]} exceeds branching * k of level {l - 1} "
                         f"({self.branching} * {self._ks[l - 1]}), the most children that can be active")
@@ -72,10 +108,65 @@ def gated_select(pre: Tensor, parent: Codes, branching: int, k: int) -> tuple[Te
     return rows, cand.gather(1, top.indices).view(-1), offsets, active.gather(1, top.indices).view(-1)
 
 
+@torch.no_grad()
+def fired_dense(outs: list[LevelOut], offsets: list[int], n_cols: int) -> Tensor:
+    """bool [B, n_cols]: which latents of the concatenated levels fired (one extra column, always True,
+    when ``n_cols`` exceeds the levels' total: the root)."""
+    B = outs[0].codes.shape[0]
+    out = torch.zeros(B, n_cols, dtype=torch.bool, device=outs[0].codes.vals.device)
+    out[:, sum(o.codes.shape[1] for o in outs):] = True
+    for o, off in zip(outs, offsets):
+        out[o.codes.rows, o.codes.cols + off] = o.codes.vals.detach() > 0
+    return out
+
+
 class TreeCore(LevelsMixin):
     branching: int
+    parent_rule: str = "fixed"
+    budget: str = "level"
+    parent_index: Tensor  # learned rule: parent of every latent in the concatenated space, -1 = root
+
+    batch_training: bool = True  # budget "batch": select over the batch in training mode (the sae-lens class never does)
+    threshold: Tensor
 
     def _levels(self, x: Tensor, shift: Tensor | None) -> list[LevelOut]:
+        return self._levels_per_level(x, shift) if self.budget == "level" else self._levels_global(x, shift)
+
+    @torch.no_grad()
+    def _scores(self, lins: list[Tensor]) -> Tensor:
+        """[B, d_sae] pre-activations, each capped just below its parent's capped score (root: no cap)."""
+        par = self._parent_of().to(lins[0].device)
+        s = torch.cat([lin.detach() for lin in lins], 1)
+        for o, w in zip(self.level_offsets[1:], self.level_widths[1:]):
+            p = par[o:o + w]
+            cap = torch.where(p < 0, float("inf"), s[:, p.clamp_min(0)])
+            s[:, o:o + w] = torch.minimum(s[:, o:o + w], torch.nextafter(cap, cap.new_tensor(float("-inf"))))
+        return s
+
+    def _levels_global(self, x: Tensor, shift: Tensor | None) -> list[LevelOut]:
+        kn, B, K = self.kernels, x.shape[0], sum(self.level_ks)
+        lins = [kn.linear(x, shift, enc.W_enc, enc.b_enc) for enc in self.encoders]
+        with torch.no_grad():
+            s = self._scores(lins)
+            if self.budget == "global":
+                rows, cols, _ = topk_select(s, K)
+            elif self.training and self.batch_training:
+                rows, cols, _ = batch_topk_select(s, K * B)
+            else:
+                rows, cols, _ = threshold_select(s, self.threshold)
+            live = s[rows, cols] > 0
+            self._kept_min = s[rows, cols].min() if self.budget == "batch" and rows.numel() else None
+        outs = []
+        for enc, lin, o, w in zip(self.encoders, lins, self.level_offsets, self.level_widths):
+            keep = (cols >= o) & (cols < o + w)
+            r, c = rows[keep], cols[keep] - o
+            value_at = partial(kn.gather, lin, x, shift, enc.W_enc, enc.b_enc)
+            vals = value_at(r, c).relu() * live[keep]
+            outs.append(LevelOut(Codes(vals, r, c, row_offsets(r, B), (B, w)), lin, value_at,
+                                 linear_columns(x, shift, enc)))
+        return outs
+
+    def _levels_per_level(self, x: Tensor, shift: Tensor | None) -> list[LevelOut]:
         kn, outs = self.kernels, []
         for l, (enc, w, k) in enumerate(zip(self.encoders, self.level_widths, self.level_ks)):
             lin = kn.linear(x, shift, enc.W_enc, enc.b_enc)
@@ -83,14 +174,23 @@ class TreeCore(LevelsMixin):
             if l == 0:
                 rows, cols, offsets = topk_select(lin.detach(), k)
                 vals = value_at(rows, cols).relu()
-            else:
+            elif self.parent_rule == "fixed":
                 rows, cols, offsets, allowed = gated_select(lin.detach(), outs[-1].codes, self.branching, k)
                 vals = value_at(rows, cols).relu() * allowed
+            else:
+                o = self.level_offsets[l]
+                par = self.parent_index[o:o + w].long()  # sae-lens' loader casts buffers to the SAE's dtype
+                # column o of fired is the root: always True
+                mask = fired_dense(outs, self.level_offsets, o + 1)[:, torch.where(par < 0, o, par)]
+                rows, cols, offsets = topk_select(lin.detach().masked_fill(~mask, float("-inf")), k)
+                vals = value_at(rows, cols).relu() * mask[rows, cols]
             outs.append(LevelOut(Codes(vals, rows, cols, offsets, (x.shape[0], w)), lin, value_at,
                                  linear_columns(x, shift, enc)))
         return outs
 
     def _parent_of(self) -> Tensor:
+        if self.parent_rule == "learned":
+            return self.parent_index.detach().cpu().long()
         parts = [torch.full((self.level_widths[0],), -1, dtype=torch.long)]
         for l in range(1, len(self.level_widths)):
             parts.append(self.level_offsets[l - 1] + torch.arange(self.level_widths[l]) // self.branching)
@@ -98,13 +198,78 @@ class TreeCore(LevelsMixin):
 
 
 class TreeSAE(TreeCore, HierarchicalSAE):
+    """Learned rule: buffers ``parent_index`` [d_sae] and, for adoption (training only), ``cofire``
+    [d_sae, d_sae] (c, p: batches' tokens where both fired), ``fire_count`` and ``adopt_steps``."""
+
     config_class: ClassVar[type] = TreeConfig
     cfg: TreeConfig
 
     def __init__(self, cfg: TreeConfig):
-        self.branching = cfg.branching
+        self.branching, self.parent_rule, self.budget = cfg.branching, cfg.parent_rule, cfg.budget
         super().__init__(cfg)
+        if self.parent_rule == "learned":
+            n = self.n_latents
+            self.register_buffer("parent_index", torch.full((n,), -1, dtype=torch.long))
+            self.register_buffer("cofire", torch.zeros(n, n, dtype=torch.long))
+            self.register_buffer("fire_count", torch.zeros(n, dtype=torch.long))
+            self.register_buffer("adopt_steps", torch.zeros((), dtype=torch.long))
+        if self.budget == "batch":
+            self.register_buffer("threshold", torch.zeros(()))
+            self.register_buffer("threshold_updates", torch.zeros((), dtype=torch.long))
 
     @property
     def parent_of(self) -> Tensor:
         return self._parent_of()
+
+    @torch.no_grad()
+    def _observe(self, outs: list[LevelOut]) -> None:
+        if self.budget == "batch" and self.training and self._kept_min is not None:
+            self.threshold_updates += 1  # as BatchTopK: the mean of the first 1/threshold_lr batches, then an EMA
+            self.threshold.lerp_(self._kept_min.to(self.threshold),
+                                 max(self.cfg.threshold_lr, 1.0 / float(self.threshold_updates)))
+        if self.parent_rule != "learned" or not self.training:
+            return
+        f = fired_dense(outs, self.level_offsets, self.n_latents).float()
+        self.fire_count += f.sum(0).long()
+        o = self.level_offsets[1]
+        self.cofire[o:] += (f[:, o:].T @ f).round().long()  # exact: 0/1 products, at most B per entry
+
+    @torch.no_grad()
+    def calibrate_threshold(self, x: Tensor, batch_size: int = 4096) -> None:
+        """Budget "batch": theta such that L0 on ``x`` (training activations) is k, the (k N)-th largest
+        positive score over its N tokens (as ``BatchTopKSAE.calibrate_threshold``). Other budgets: nothing."""
+        if self.budget != "batch":
+            return
+        x, m, top = self._prep(x), sum(self.level_ks) * len(x), None
+        for i in range(0, len(x), batch_size):
+            s = self._scores([self.kernels.linear(x[i:i + batch_size], self.b_dec, e.W_enc, e.b_enc)
+                              for e in self.encoders]).flatten()
+            top = s[s > 0] if top is None else torch.cat([top, s[s > 0]])
+            top = top.topk(m, sorted=False).values if len(top) > m else top
+        self.threshold.fill_(float(top.min()) if len(top) == m else 0.0)
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        super().after_optimizer_step()
+        if self.parent_rule != "learned" or not self.training:
+            return
+        self.adopt_steps += 1
+        if int(self.adopt_steps) % self.cfg.adopt_every == 0:
+            self.adopt()
+
+    @torch.no_grad()
+    def adopt(self) -> None:
+        """One adoption round over the counts since the last one (see the module docstring); resets them."""
+        cfg, n, par = self.cfg, self.fire_count, self.parent_index
+        for l in range(1, len(self.level_widths)):
+            o, w = self.level_offsets[l], self.level_widths[l]
+            kids = torch.arange(o, o + w, device=par.device)
+            co = self.cofire[kids, :o].double()
+            cover = co / n[kids, None].clamp_min(1)               # P(p fires | c fires)
+            specific = co / n[None, :o].clamp_min(1)              # P(c fires | p fires)
+            best = specific.masked_fill(cover < cfg.adopt_coverage, -1).max(1)
+            free = (par[kids] < 0) & (n[kids] >= cfg.adopt_min_count) & (best.values >= 0)
+            par[kids[free]] = best.indices[free]
+            par[kids[n[kids] == 0]] = -1
+        self.cofire.zero_()
+        self.fire_count.zero_()
