@@ -171,7 +171,8 @@ def test_train_ours_round_trips(world, held, arch, tmp_path):
         assert torch.allclose(sae.decode(sae.encode(x)), ours(x), atol=1e-5)
     m = S.evaluate(sae, world, 4096, 0, eval_data=held)
     assert all(np.isfinite(v) for k, v in m.items() if not k.startswith("absorption") and k != "recall_with_child"
-               and k != "recall_no_child")
+               and k != "recall_no_child" and not (k.startswith("tree_precision") and m["n_edges"] == 0))
+    assert ("tree_edges" in m) == (arch == "tree")  # 32 steps: too few for a round of adoption (every 50)
     assert m["explained_variance"] > 0.2 and m["l0"] > 0
 
 
@@ -204,6 +205,30 @@ def test_hierarchy_recovery_finds_true_trees_and_is_at_chance_on_a_flat_world(wo
                        extra={"tree": {"n_levels": 3, "branching": 2}})
     gated = S.evaluate(sae, flat, 4096, 0)
     assert abs(gated["hierarchy_recovery"]) < 0.1
+    assert gated["tree_edges"] < 0.1  # nothing covers a flat world's features: few children find a parent
+
+
+def test_tree_precision_planted(world):
+    """The world's own tree as an SAE's parent_of (latent i = feature i) scores 1; parents drawn at random score
+    near the chance fraction the metric reports beside it."""
+    ident = torch.arange(TINY.n_features)
+    true = torch.full((TINY.n_features,), -1)
+    for p, (_, kids) in S.parents(world.structure).items():
+        true[kids] = p
+    t = S.tree_precision(true, world.structure, ident)
+    assert t["tree_precision"] == 1.0 and t["n_edges"] == (true >= 0).sum() and t["tree_precision_chance"] < 0.1
+    rand = torch.where(true >= 0, torch.randint(0, TINY.n_features, (TINY.n_features,), generator=torch.Generator().manual_seed(0)), -1)
+    r = S.tree_precision(rand, world.structure, ident)
+    assert r["tree_precision"] < 0.2 and r["tree_edges"] == t["tree_edges"]
+
+
+def test_learned_tree_adopts_true_parents(world):
+    """Trained on the hierarchical world, the learned tree's own edges mostly join a feature to one of its true
+    ancestors, far above chance (the flat-world test above is the control)."""
+    sae = S.train_ours("tree", world, d_sae=63, k=4, n_tokens=61440, seed=0, train_tokens=8192, batch_size=512,
+                       extra={"tree": {"n_levels": 3, "branching": 2}})
+    m = S.evaluate(sae, world, 4096, 0)
+    assert m["n_edges"] >= 5 and m["tree_precision"] >= 0.3 and m["tree_precision"] > 10 * m["tree_precision_chance"]
 
 
 def test_our_matryoshka_trains_like_sae_lens_on_a_small_world():

@@ -277,6 +277,33 @@ def hierarchy_recovery(sae_latents: torch.Tensor, hierarchy, assignment: torch.T
                 implication_baseline=float(np.mean(base)), n_pairs=float(len(imp)))
 
 
+def tree_precision(parent_of: torch.Tensor, hierarchy, assignment: torch.Tensor) -> dict:
+    """How true is a tree SAE's own tree? Over its (child, parent) latent edges whose two latents are both
+    matched to true features: ``tree_precision``, the fraction where the parent's feature is an ancestor of
+    the child's, and ``tree_precision_chance``, the same fraction with every parent latent replaced by each
+    matched latent in turn (what an unrelated parent scores). ``tree_edges``: the fraction of latents that
+    have a parent (root-level latents and the learned rule's root children have none)."""
+    feature_of = {int(j): f for f, j in enumerate(assignment.tolist()) if j >= 0}
+    up = {c: p for p, (_, kids) in parents(hierarchy).items() for c in kids}
+
+    def ancestors(f):
+        out = set()
+        while f in up:
+            f = up[f]
+            out.add(f)
+        return out
+
+    par = parent_of.long().tolist()
+    edges = [(feature_of[c], feature_of[p]) for c, p in enumerate(par) if p >= 0 and c in feature_of and p in feature_of]
+    out = dict(tree_edges=float(np.mean([p >= 0 for p in par])), n_edges=float(len(edges)))
+    if not edges:
+        return out | dict(tree_precision=float("nan"), tree_precision_chance=float("nan"))
+    matched = list(feature_of.values())
+    chance = np.mean([np.mean([q in ancestors(fc) for q in matched]) for fc, _ in edges])
+    return out | dict(tree_precision=float(np.mean([fp in ancestors(fc) for fc, fp in edges])),
+                      tree_precision_chance=float(chance))
+
+
 class _Replay:
     """An activation generator for ``eval_sae_on_synthetic_data`` that hands out fixed feature rows."""
 
@@ -306,6 +333,8 @@ def evaluate(sae, world, n_tokens: int, seed: int, batch_size: int = 4096, eval_
     assignment = match(sae.W_dec, gt)
     out.update(absorption(latents, feats, world.structure, assignment))
     out.update(hierarchy_recovery(latents, world.structure, assignment))
+    if getattr(sae, "parent_of", None) is not None:
+        out.update(tree_precision(sae.parent_of, world.structure, assignment))
     best = (torch.nn.functional.normalize(gt.float(), dim=1)
             @ torch.nn.functional.normalize(sae.W_dec.detach().float(), dim=1).T).abs().amax(1).numpy()
     lv = levels(world.structure, gt.shape[0])

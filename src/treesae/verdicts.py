@@ -20,6 +20,8 @@ SUPPORTED, CONTRADICTED, NO_DIFFERENCE, NOT_TESTABLE = ("supported", "contradict
                                                         "not testable here")
 CLAIMS = {
     "treesae_ranking": "one TreeSAE variant beats the other two but trails TopK/BatchTopK at matched L0 (held-out FVU)",
+    "treesae_ranking_ground_truth": "the same on the synthetic world (stage 08): one TreeSAE variant beats the other "
+                                    "two but trails TopK/BatchTopK at matched L0 (unexplained variance)",
     "dataset_matters_most": "for feature matching the dataset matters more than seed, architecture or size",
     "encoder_decoder_disagree": "encoder and decoder matching disagree",
     "position_early_layers": "position features concentrate in early layers",

@@ -128,13 +128,18 @@ def encode(setup: dict, saes: dict, X, progress: bool = True) -> dict:
         return {a: H.codes(sae, X, setup["hierarchy"].batch_size, progress=bar) for a, sae in saes.items()}
 
 
+def _has_tree(sae) -> bool:
+    """The SAE has parents of its own (a learned tree that has not adopted any yet has none)."""
+    return sae.parent_of is not None and bool((sae.parent_of >= 0).any())
+
+
 def parents(setup: dict, saes: dict, Z: dict, progress: bool = True) -> dict:
     """{(architecture, mode): DataFrame(child, parent, level)}: "given" for SAEs with parent_of, and
     "inferred" (``infer_parents``) for every SAE."""
     from ..analysis import hierarchy as H
     out = {}
     for a, sae in _bar("parents", progress, iterable=saes.items()):
-        if sae.parent_of is not None:
+        if _has_tree(sae):
             p = sae.parent_of.cpu().numpy()
             lvl = np.full(len(p), -1)
             for i, s in enumerate(sae.levels):
@@ -203,7 +208,7 @@ def scores(setup: dict, saes: dict, Z: dict, progress: bool = True) -> pd.DataFr
     from ..analysis import hierarchy as H
     hp, rows = setup["hierarchy"], []
     for a, sae in _bar("scores", progress, iterable=saes.items()):
-        modes = [None] + ([sae.parent_of] if sae.parent_of is not None else [])
+        modes = [None] + ([sae.parent_of] if _has_tree(sae) else [])
         for p in modes:
             s = H.hierarchy_score(Z[a], sae.levels, p, hp.seed, hp.min_count)
             rows.append(dict(architecture=a, variant=variant_label(a, s["mode"]), **s))

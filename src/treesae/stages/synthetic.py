@@ -14,15 +14,17 @@ Writes to data/analysis/synthetic/:
 * ``metrics.json``: per architecture, the mean over seeds and its standard deviation of every score
   (``<architecture>.<score>`` and ``.sd``; sae-lens' references under ``saelens.<architecture>.``, the
   flat control world's SAEs under ``flat.<architecture>.``); differences of means with +- 2 standard errors
-  (``.lo``, ``.hi``; ``verdicts.mean_difference``): ``<architecture>.vs_topk.<score>`` and
-  ``matryoshka_vs_saelens.<score>`` (ours minus sae-lens' Matryoshka: does ours train as theirs does?).
+  (``.lo``, ``.hi``; ``verdicts.mean_difference``): ``<architecture>.vs_topk.<score>``, for the TreeSAE
+  variants also ``.vs_batchtopk.`` and ``.vs_matryoshka.`` (the goals: BatchTopK's F1, Matryoshka's
+  absorption), and ``matryoshka_vs_saelens.<score>`` (ours minus sae-lens' Matryoshka: does ours train as
+  theirs does?). A tree SAE also reports its own edges (``tree_edges``, ``tree_precision`` and its chance).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,7 @@ import pandas as pd
 from .. import synthetic as S
 from ..io import write_json
 from ..saes import ARCHITECTURES
+from ..sweep import HIERARCHICAL
 from ..verdicts import mean_difference
 from . import common
 
@@ -38,7 +41,7 @@ NAME = "synthetic"
 CODE = ("synthetic.py", "sweep.py", "seeds.py", "train.py", "convergence.py", "metrics.py", "saes")  # under src/treesae
 SCORES = ("f1", "mcc", "uniqueness", "explained_variance", "l0", "dead_fraction", "shrinkage", "absorption",
           "recall_with_child", "recall_no_child", "hierarchy_recovery", "implication", "implication_baseline",
-          "max_cos_level0", "max_cos_level1", "max_cos_level2")
+          "max_cos_level0", "max_cos_level1", "max_cos_level2", "tree_edges", "tree_precision", "tree_precision_chance")
 
 
 @dataclass(frozen=True)
@@ -181,11 +184,16 @@ def summarize(setup: dict, scores: pd.DataFrame) -> dict:
             if np.isfinite(d):
                 out.update({f"{key}.{c}": d, f"{key}.{c}.lo": lo, f"{key}.{c}.hi": hi})
     mine = scores[scores.source == "ours"]
-    for arch in sp.architectures:
-        if arch != "topk":
-            diff(f"{arch}.vs_topk", mine[mine.architecture == arch], mine[mine.architecture == "topk"])
+    for arch in sp.architectures:  # every architecture against TopK; the TreeSAE variants also against the goals
+        for ref in ("topk",) + (("batchtopk", "matryoshka") if arch in HIERARCHICAL else ()):
+            if arch != ref and ref in sp.architectures:
+                diff(f"{arch}.vs_{ref}", mine[mine.architecture == arch], mine[mine.architecture == ref])
     ours, ref = (scores[(scores.source == src) & (scores.architecture == "matryoshka")] for src in ("ours", "saelens"))
     diff("matryoshka_vs_saelens", ours, ref)
+    if "tree" in sp.architectures:  # the tree's design as trained here (the paper describes it from these)
+        from ..saes import TreeConfig
+        tc = {f.name: f.default for f in fields(TreeConfig)} | (sp.extra.get("tree") or {})
+        out.update({f"tree_config.{k}": tc[k] for k in ("parent_rule", "budget", "adopt_every", "adopt_coverage")})
     out["controls"] = list(sp.controls)
     out.update({"world." + k: v for k, v in asdict(S.WorldConfig(**sp.world)).items()}, d_sae=sp.d_sae, k=sp.k, n_tokens=sp.n_tokens,
                train_tokens=sp.train_tokens, eval_tokens=sp.eval_tokens, n_seeds=len(sp.seeds),
