@@ -16,3 +16,25 @@ def test_changed_outputs(tmp_path):
     assert changed_outputs(a, same) == []  # an executed notebook's timings do not count
     moved = _lock(tmp_path / "c.lock", data__t__m_csv="1", data__saes="4.dir", data__new="5")
     assert changed_outputs(a, moved) == ["data/new", "data/saes"]
+
+
+def test_workspace_is_a_git_repo_where_dvc_compares(tmp_path):
+    """A new workspace has a first commit, so `dvc params diff` reports a changed parameter (with `dvc init
+    --no-scm` it failed: "Only supported for Git repositories"); remaking it keeps its history."""
+    import subprocess
+
+    from treesae.workspace import make
+    ws = make("smoke", tmp_path / "ws")
+    git = lambda *a: subprocess.run(["git", *a], cwd=ws, check=True, capture_output=True, text=True).stdout
+    assert git("log", "--format=%s").strip() == "workspace for profile smoke"
+    assert git("status", "--porcelain") == ""  # everything made is committed
+    assert {"dvc.yaml", "params.yaml", ".dvc/config"} <= set(git("ls-files").split())
+    (ws / "data" / "activations").mkdir(parents=True)  # a cached output: never for git, whatever a user adds
+    (ws / "data" / "activations" / "x.npy").write_bytes(b"0")
+    assert git("status", "--porcelain") == ""
+    p = ws / "params.yaml"
+    p.write_text(p.read_text().replace("lr: 0.001", "lr: 0.002", 1))
+    out = subprocess.run(["dvc", "params", "diff"], cwd=ws, check=True, capture_output=True, text=True).stdout
+    assert "lr" in out and "0.001" in out and "0.002" in out
+    make("smoke", ws)
+    assert len(git("log", "--format=%s").splitlines()) == 1

@@ -3,7 +3,10 @@
 ``python -m treesae.workspace smoke build/smoke`` copies dvc.yaml, notebooks/, src/ and the paper template into
 ``build/smoke``, writes the merged params.yaml and runs DVC there with ``TREESAE_ROOT`` set, so the
 smoke pipeline never touches the paper's data. The params.yaml header (``paths.WORKSPACE_HEADER``) marks the
-directory as a workspace: a notebook opened inside it uses it without ``TREESAE_ROOT``. ``python -m treesae.workspace --changed BEFORE AFTER`` lists
+directory as a workspace: a notebook opened inside it uses it without ``TREESAE_ROOT``. A new workspace is its
+own git repository with a first commit (the profile as made), so DVC's comparisons work there: ``dvc params
+diff``, ``dvc metrics diff``, ``dvc exp run -S ...`` / ``dvc exp show``, ``dvc plots diff`` (DVC keeps the
+cached outputs out of git; commit a finished run to compare the next one against it). ``python -m treesae.workspace --changed BEFORE AFTER`` lists
 the stage outputs whose hash differs between two dvc.lock files (``make determinism``).
 """
 import shutil
@@ -14,20 +17,52 @@ from pathlib import Path
 from . import config, paths
 
 
+COPIED_DIRS = ("notebooks", "src")
+COPIED_FILES = ("dvc.yaml", "paper/template.md", "figures/README.md")
+MADE = COPIED_DIRS + COPIED_FILES
+
+
 def make(profile: str, dest) -> Path:
     dest = Path(dest).resolve()
     dest.mkdir(parents=True, exist_ok=True)
-    for d in ("notebooks", "src"):
+    for d in COPIED_DIRS:
         shutil.rmtree(dest / d, ignore_errors=True)
         shutil.copytree(paths.REPO / d, dest / d, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", ".ipynb_checkpoints"))
-    for f in ("dvc.yaml", "paper/template.md", "figures/README.md"):
+    for f in COPIED_FILES:
         (dest / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(paths.REPO / f, dest / f)
     config.write_profile(profile, dest / "params.yaml")
+    run = lambda *cmd: subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
+    new_repo = not (dest / ".git").exists()
+    if new_repo:
+        run("git", "init", "-q")
+    ignore = ["__pycache__/", "*.egg-info/", ".ipynb_checkpoints/", "dvc.lock.before", "/data/.partial/", "/data/raw/"]
+    for p in stage_outputs(dest / "dvc.yaml"):  # an output directory that holds a file made here keeps that file
+        keep = [f for f in MADE if f.startswith(p + "/")]
+        ignore += [f"/{p}/*", *(f"!/{f}" for f in keep)] if keep else [f"/{p}"]
+    (dest / ".gitignore").write_text("".join(f"{line}\n" for line in ignore))
     if not (dest / ".dvc").exists():
-        subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=dest, check=True)
-        subprocess.run(["dvc", "config", "core.analytics", "false"], cwd=dest, check=True)
+        run("dvc", "init", "-q")
+        run("dvc", "config", "core.analytics", "false")
+    elif "no_scm" in (dest / ".dvc" / "config").read_text():  # made by an older version with dvc init --no-scm
+        run("dvc", "config", "--unset", "core.no_scm")
+        if not (dest / ".dvc" / ".gitignore").exists():  # what dvc init writes: the cache stays out of git
+            (dest / ".dvc" / ".gitignore").write_text("/config.local\n/tmp\n/cache\n")
+    if new_repo:  # what this function wrote; DVC's outputs are gitignored by DVC as its stages run
+        meta = [f for f in (".gitignore", ".dvcignore", ".dvc/config", ".dvc/.gitignore") if (dest / f).exists()]
+        run("git", "add", "--", *meta, *MADE, "params.yaml")
+        run("git", "-c", "user.name=treesae", "-c", "user.email=treesae@localhost", "commit", "-q", "--no-verify",
+            "-m", f"workspace for profile {profile}")
     return dest
+
+
+def stage_outputs(dvc_yaml) -> list[str]:
+    """Paths of every stage's ``outs`` (data, SAEs, executed notebooks, figures): they stay out of the
+    workspace's git, so ``git add -A`` is safe at any time; ``metrics`` and ``plots`` files are what git keeps
+    for ``dvc metrics diff`` / ``dvc plots diff``."""
+    import yaml
+    return [o if isinstance(o, str) else next(iter(o)) for st in yaml.safe_load(Path(dvc_yaml).read_text())["stages"].values()
+            for o in st.get("outs", [])]
 
 
 def changed_outputs(before, after, ignore=("build/notebooks/",)) -> list[str]:
