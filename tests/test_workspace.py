@@ -28,10 +28,16 @@ def test_workspace_is_a_git_repo_where_dvc_compares(tmp_path):
     git = lambda *a: subprocess.run(["git", *a], cwd=ws, check=True, capture_output=True, text=True).stdout
     assert git("log", "--format=%s").strip() == "workspace for profile smoke"
     assert git("status", "--porcelain") == ""  # everything made is committed
-    assert {"dvc.yaml", "params.yaml", ".dvc/config"} <= set(git("ls-files").split())
-    (ws / "data" / "activations").mkdir(parents=True)  # a cached output: never for git, whatever a user adds
+    assert {"dvc.yaml", "params.yaml", ".dvc/config", ".dvc/plots/runs.json"} <= set(git("ls-files").split())
+    from treesae import dvcplots, paths
+    if (paths.REPO / dvcplots.PAGE).exists():  # after make setup: the plot pages render offline here too
+        assert str(paths.REPO / dvcplots.PAGE) in (ws / ".dvc" / "config.local").read_text()
+    (ws / "data" / "activations").mkdir(parents=True)  # a stage's data: never for git, whatever a user adds
     (ws / "data" / "activations" / "x.npy").write_bytes(b"0")
     assert git("status", "--porcelain") == ""
+    (ws / "data" / "train").mkdir(parents=True)  # what runs are compared by: for git
+    (ws / "data" / "train" / "metrics.json").write_text("{}")
+    assert git("status", "--porcelain", "-uall").split() == ["??", "data/train/metrics.json"]
     p = ws / "params.yaml"
     p.write_text(p.read_text().replace("lr: 0.001", "lr: 0.002", 1))
     out = subprocess.run(["dvc", "params", "diff"], cwd=ws, check=True, capture_output=True, text=True).stdout

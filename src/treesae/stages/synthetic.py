@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from .. import synthetic as S
 from ..io import write_json
@@ -134,7 +135,8 @@ def train(setup: dict, progress: bool = True) -> pd.DataFrame:
     """Train and score every SAE not yet done under these parameters; one row per SAE (``source``: ours,
     saelens, or flat: ours on the flat control world)."""
     sp, rows, fingerprint = setup["synthetic"], [], setup["synthetic"].fingerprint()
-    for source, arch, seed in jobs(setup):
+    bar = tqdm(jobs(setup), desc="synthetic SAEs", unit="sae", disable=not progress)  # done, rate, ETA on stderr
+    for source, arch, seed in bar:
         f = setup["out"] / "runs" / f"{source}-{arch}-s{seed}.json"
         done = json.loads(f.read_text()) if f.exists() else {}
         if done.get("fingerprint") != fingerprint:
@@ -149,9 +151,9 @@ def train(setup: dict, progress: bool = True) -> pd.DataFrame:
                         d_sae=int(sae.W_dec.shape[0]), seconds=seconds, **score)
             write_json(f, done)
         if progress:
-            print(f"{source:7s} {arch:10s} s{seed}: f1 {done['f1']:.3f} mcc {done['mcc']:.3f} "
+            bar.write(f"{source:7s} {arch:10s} s{seed}: f1 {done['f1']:.3f} mcc {done['mcc']:.3f} "
                   f"ev {done['explained_variance']:.3f} l0 {done['l0']:.1f} absorption {done['absorption']:.3f} "
-                  f"({done['seconds']:.0f} s)", flush=True)
+                  f"({done['seconds']:.0f} s)")
         rows.append({k: v for k, v in done.items() if k not in ("fingerprint", "seconds")})  # outputs stay deterministic
     t = pd.DataFrame(rows)
     head = ["source", "architecture", "seed", "d_sae"]
