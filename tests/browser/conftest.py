@@ -44,7 +44,8 @@ def saes():
     }
     with torch.no_grad():
         out["relu"].b_enc.fill_(-0.12)  # sparser ReLU codes
-    return out
+        out["tree"].parent_index[6:].copy_(torch.arange(6, 42).sub(6) // 2)  # a planted tree: two children each
+    return {name: sae.eval() for name, sae in out.items()}  # as load_sae returns them
 
 
 @pytest.fixture(scope="session")
