@@ -117,11 +117,11 @@ def test_adoption_picks_the_most_specific_covering_parent():
     sae.parent_index[[6, 7]] = torch.tensor([1, 2])  # already gated
     n = torch.tensor([1000, 200, 50, 100, 100, 5, 0, 100, 0])
     sae.fire_count.copy_(n)
-    co = torch.zeros(9, 9, dtype=torch.long)
-    co[3, :3] = torch.tensor([100, 100, 0])    # covered by 0 and 1; 1 is the more specific -> adopts 1
-    co[4, :3] = torch.tensor([70, 0, 30])      # coverage 0.7 < 0.8 -> stays at the root
-    co[5, :3] = torch.tensor([5, 0, 0])        # fired too rarely (5 < 10) -> stays at the root
-    co[7, :3] = torch.tensor([100, 0, 0])      # gated children keep their parent
+    co = torch.zeros(6, 3, dtype=torch.int32)  # [children 3..8, parents 0..2]
+    co[0] = torch.tensor([100, 100, 0])    # 3: covered by 0 and 1; 1 is the more specific -> adopts 1
+    co[1] = torch.tensor([70, 0, 30])      # 4: coverage 0.7 < 0.8 -> stays at the root
+    co[2] = torch.tensor([5, 0, 0])        # 5: fired too rarely (5 < 10) -> stays at the root
+    co[4] = torch.tensor([100, 0, 0])      # 7: gated children keep their parent
     sae.cofire.copy_(co)
     sae.after_optimizer_step()
     assert sae.parent_index[3] == -1 and sae.fire_count.sum() > 0  # not yet: a round every 2 steps
@@ -137,7 +137,7 @@ def test_adoption_counts_come_from_training_batches(x_small):
         z = sae.training_loss(x_small)[2]
         f = (z > 0).long()
     assert torch.equal(sae.fire_count, f.sum(0))
-    assert torch.equal(sae.cofire[4:], f[:, 4:].T @ f)
+    assert sae.cofire.shape == (24, 12) and torch.equal(sae.cofire.long(), f[:, 4:].T @ f[:, :12])
     sae.eval()
     with torch.no_grad():
         sae.training_loss(x_small)

@@ -199,7 +199,8 @@ class TreeCore(LevelsMixin):
 
 class TreeSAE(TreeCore, HierarchicalSAE):
     """Learned rule: buffers ``parent_index`` [d_sae] and, for adoption (training only), ``cofire``
-    [d_sae, d_sae] (c, p: batches' tokens where both fired), ``fire_count`` and ``adopt_steps``."""
+    [children, parents] (tokens of the batches since the last round where child c and coarser latent p both
+    fired; c from level 1 on, p above the last level), ``fire_count`` and ``adopt_steps``."""
 
     config_class: ClassVar[type] = TreeConfig
     cfg: TreeConfig
@@ -210,7 +211,8 @@ class TreeSAE(TreeCore, HierarchicalSAE):
         if self.parent_rule == "learned":
             n = self.n_latents
             self.register_buffer("parent_index", torch.full((n,), -1, dtype=torch.long))
-            self.register_buffer("cofire", torch.zeros(n, n, dtype=torch.long))
+            # rows: latents of levels >= 1 (children); columns: latents of the levels above the last (parents)
+            self.register_buffer("cofire", torch.zeros(n - self.level_offsets[1], self.level_offsets[-1], dtype=torch.int32))
             self.register_buffer("fire_count", torch.zeros(n, dtype=torch.long))
             self.register_buffer("adopt_steps", torch.zeros((), dtype=torch.long))
         if self.budget == "batch":
@@ -231,8 +233,10 @@ class TreeSAE(TreeCore, HierarchicalSAE):
             return
         f = fired_dense(outs, self.level_offsets, self.n_latents).float()
         self.fire_count += f.sum(0).long()
-        o = self.level_offsets[1]
-        self.cofire[o:] += (f[:, o:].T @ f).round().long()  # exact: 0/1 products, at most B per entry
+        o, last = self.level_offsets[1], self.level_offsets[-1]
+        # exact (0/1 products, at most B per entry); a dense [B, d_sae] product: at 4,608 latents and batch 4,096
+        # about as long as the step's forward on CPU (docs/DESIGN.md), negligible at the default's sizes
+        self.cofire += (f[:, o:].T @ f[:, :last]).round().to(self.cofire.dtype)
 
     @torch.no_grad()
     def calibrate_threshold(self, x: Tensor, batch_size: int = 4096) -> None:
@@ -264,7 +268,7 @@ class TreeSAE(TreeCore, HierarchicalSAE):
         for l in range(1, len(self.level_widths)):
             o, w = self.level_offsets[l], self.level_widths[l]
             kids = torch.arange(o, o + w, device=par.device)
-            co = self.cofire[kids, :o].double()
+            co = self.cofire[kids - self.level_offsets[1], :o].double()
             cover = co / n[kids, None].clamp_min(1)               # P(p fires | c fires)
             specific = co / n[None, :o].clamp_min(1)              # P(c fires | p fires)
             best = specific.masked_fill(cover < cfg.adopt_coverage, -1).max(1)
