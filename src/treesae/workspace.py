@@ -45,7 +45,8 @@ def make(profile: str, dest) -> Path:
         (dest / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(paths.REPO / f, dest / f)
     config.write_profile(profile, dest / "params.yaml")
-    ignore = ["__pycache__/", "*.egg-info/", ".ipynb_checkpoints/", "dvc.lock.before", "/data/.partial/", "/data/raw/"]
+    ignore = ["__pycache__/", "*.egg-info/", ".ipynb_checkpoints/", "dvc.lock.before", "/data/.partial/", "/data/raw/",
+              "/build/"]  # executed notebooks (and their scratch copies), the browser, params.ok
     for p in stage_outputs(dest / "dvc.yaml"):  # an output directory that holds a file made here keeps that file
         keep = [f for f in MADE if f.startswith(p + "/")]
         ignore += [f"/{p}/*", *(f"!/{f}" for f in keep)] if keep else [f"/{p}"]
