@@ -231,12 +231,15 @@ class TreeSAE(TreeCore, HierarchicalSAE):
                                  max(self.cfg.threshold_lr, 1.0 / float(self.threshold_updates)))
         if self.parent_rule != "learned" or not self.training:
             return
-        f = fired_dense(outs, self.level_offsets, self.n_latents).float()
-        self.fire_count += f.sum(0).long()
         o, last = self.level_offsets[1], self.level_offsets[-1]
-        # exact (0/1 products, at most B per entry); a dense [B, d_sae] product: at 4,608 latents and batch 4,096
-        # about as long as the step's forward on CPU (docs/DESIGN.md), negligible at the default's sizes
-        self.cofire += (f[:, o:].T @ f[:, :last]).round().to(self.cofire.dtype)
+        f = fired_dense(outs, self.level_offsets, self.n_latents)
+        self.fire_count += f.sum(0)
+        # cofire += F_children^T F_coarser with F the batch's 0/1 firing matrix: the children's side sparse, so the
+        # cost is (children that fired) x (coarser latents), not B x children x coarser; sums of ones, so exact
+        rows, cols = f[:, o:].nonzero(as_tuple=True)
+        kids = torch.sparse_coo_tensor(torch.stack([cols, rows]), torch.ones(len(rows), device=f.device),
+                                       (self.n_latents - o, f.shape[0]), check_invariants=False)
+        self.cofire += torch.sparse.mm(kids, f[:, :last].float()).round().to(self.cofire.dtype)
 
     @torch.no_grad()
     def calibrate_threshold(self, x: Tensor, batch_size: int = 4096) -> None:
