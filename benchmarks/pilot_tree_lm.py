@@ -12,6 +12,7 @@ cosine between each child's decoder row and its parent's minus the same with par
 which a gate does not touch. Ends with RATIO and PEAK_RSS_MB lines.
 """
 import argparse
+import json
 import resource
 import time
 
@@ -35,6 +36,7 @@ def main():
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--epochs", type=float, default=4)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tree", default="{}", help='tree config fields on top of params.yaml, JSON: {"adopt_coverage": 0.6}')
     a = ap.parse_args()
     p = yaml.safe_load(open(f"{a.root}/params.yaml"))
     base, tr, hp = p["train"]["base"], p["train"], p["hierarchy"]
@@ -44,7 +46,9 @@ def main():
                              sink_ratio=tr.get("sink_ratio", 10.0))
     runs = [Run(architecture=arch, corpus=base["corpus"], layer=base["layer"], d_sae=base["d_sae"], k=base["k"], seed=s)
             for s in a.seeds for arch in a.arch]
-    saes = {r.name: build(r, data.shape[1], tr.get("architectures", {})) for r in runs}
+    extra = dict(tr.get("architectures") or {})
+    extra["tree"] = {**(extra.get("tree") or {}), **json.loads(a.tree)}
+    saes = {r.name: build(r, data.shape[1], extra) for r in runs}
     o = tr["optim"]
     cfg = TrainConfig(n_tokens=int(a.epochs * len(data)), batch_size=o["batch_size"], lr=o["lr"], lr_end=o["lr_end"],
                       log_every=10 ** 9, checkpoint_every=0, threads=a.threads)
