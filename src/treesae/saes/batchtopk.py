@@ -43,6 +43,24 @@ def threshold_select(pre: Tensor, threshold: Tensor) -> tuple[Tensor, Tensor, Te
     return rows, cols, row_offsets(rows, pre.shape[0])
 
 
+def kth_largest_positive(chunks, m: int) -> float:
+    """The m-th largest positive value over the (flattened) tensors of ``chunks``, keeping only the top m between
+    chunks; 0 when fewer than m are positive. The threshold that keeps m entries: BatchTopK's selection with all
+    the chunks as one batch."""
+    top = None
+    for v in chunks:
+        top = v[v > 0] if top is None else torch.cat([top, v[v > 0]])
+        top = top.topk(m, sorted=False).values if len(top) > m else top
+    return float(top.min()) if top is not None and len(top) == m else 0.0
+
+
+@torch.no_grad()
+def update_running_threshold(threshold: Tensor, updates: Tensor, kept_min: Tensor, rate: float) -> None:
+    """One step of the inference threshold's running estimate (module docstring), in place."""
+    updates += 1
+    threshold.lerp_(kept_min.to(threshold), max(rate, 1.0 / float(updates)))
+
+
 class BatchTopKSAE(TopKSAE):
     config_class: ClassVar[type] = BatchTopKConfig
     cfg: BatchTopKConfig
@@ -65,12 +83,10 @@ class BatchTopKSAE(TopKSAE):
         running estimate alone gives a held-out L0 well below k."""
         if getattr(self.cfg, "selection", "batchtopk") != "batchtopk":
             return
-        x, m, top = self._prep(x), self.cfg.k * len(x), None
-        for i in range(0, len(x), batch_size):
-            pre = self.kernels.linear(x[i:i + batch_size], self.b_dec, self.W_enc, self.b_enc).flatten()
-            top = pre[pre > 0] if top is None else torch.cat([top, pre[pre > 0]])
-            top = top.topk(m, sorted=False).values if len(top) > m else top
-        self.threshold.fill_(float(top.min()) if len(top) == m else 0.0)
+        x = self._prep(x)
+        pre = (self.kernels.linear(x[i:i + batch_size], self.b_dec, self.W_enc, self.b_enc).flatten()
+               for i in range(0, len(x), batch_size))
+        self.threshold.fill_(kth_largest_positive(pre, self.cfg.k * len(x)))
 
     @torch.no_grad()
     def _after_batch(self, codes: Codes) -> None:
@@ -78,6 +94,4 @@ class BatchTopKSAE(TopKSAE):
             return
         kept = codes.vals[codes.vals > 0]
         if kept.numel():
-            self.threshold_updates += 1
-            rate = max(self.cfg.threshold_lr, 1.0 / float(self.threshold_updates))
-            self.threshold.lerp_(kept.min().to(self.threshold), rate)
+            update_running_threshold(self.threshold, self.threshold_updates, kept.min(), self.cfg.threshold_lr)

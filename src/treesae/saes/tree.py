@@ -42,7 +42,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from .batchtopk import threshold_select
+from .batchtopk import kth_largest_positive, threshold_select, update_running_threshold
 from .hierarchical import HierarchicalConfig, HierarchicalSAE, LevelOut, LevelsMixin, linear_columns
 from .sparse import Codes, batch_topk_select, fixed_rows, row_offsets, topk_select
 
@@ -135,7 +135,7 @@ class TreeCore(LevelsMixin):
     @torch.no_grad()
     def _scores(self, lins: list[Tensor]) -> Tensor:
         """[B, d_sae] pre-activations, each capped just below its parent's capped score (root: no cap)."""
-        par = self._parent_of().to(lins[0].device)
+        par = self._parents(lins[0].device)
         s = torch.cat([lin.detach() for lin in lins], 1)
         for o, w in zip(self.level_offsets[1:], self.level_widths[1:]):
             p = par[o:o + w]
@@ -179,7 +179,7 @@ class TreeCore(LevelsMixin):
                 vals = value_at(rows, cols).relu() * allowed
             else:
                 o = self.level_offsets[l]
-                par = self.parent_index[o:o + w].long()  # sae-lens' loader casts buffers to the SAE's dtype
+                par = self._parents()[o:o + w]
                 # column o of fired is the root: always True
                 mask = fired_dense(outs, self.level_offsets, o + 1)[:, torch.where(par < 0, o, par)]
                 rows, cols, offsets = topk_select(lin.detach().masked_fill(~mask, float("-inf")), k)
@@ -188,13 +188,17 @@ class TreeCore(LevelsMixin):
                                  linear_columns(x, shift, enc)))
         return outs
 
-    def _parent_of(self) -> Tensor:
+    def _parents(self, device=None) -> Tensor:
+        """Parent of every latent (-1: none) on ``device``; the learned rule's buffer as it is (no copy)."""
         if self.parent_rule == "learned":
-            return self.parent_index.detach().cpu().long()
-        parts = [torch.full((self.level_widths[0],), -1, dtype=torch.long)]
+            return self.parent_index.long()  # sae-lens' loader casts buffers to the SAE's dtype
+        parts = [torch.full((self.level_widths[0],), -1, dtype=torch.long, device=device)]
         for l in range(1, len(self.level_widths)):
-            parts.append(self.level_offsets[l - 1] + torch.arange(self.level_widths[l]) // self.branching)
+            parts.append(self.level_offsets[l - 1] + torch.arange(self.level_widths[l], device=device) // self.branching)
         return torch.cat(parts)
+
+    def _parent_of(self) -> Tensor:
+        return self._parents().detach().cpu().clone()
 
 
 class TreeSAE(TreeCore, HierarchicalSAE):
@@ -226,9 +230,7 @@ class TreeSAE(TreeCore, HierarchicalSAE):
     @torch.no_grad()
     def _observe(self, outs: list[LevelOut]) -> None:
         if self.budget == "batch" and self.training and self._kept_min is not None:
-            self.threshold_updates += 1  # as BatchTopK: the mean of the first 1/threshold_lr batches, then an EMA
-            self.threshold.lerp_(self._kept_min.to(self.threshold),
-                                 max(self.cfg.threshold_lr, 1.0 / float(self.threshold_updates)))
+            update_running_threshold(self.threshold, self.threshold_updates, self._kept_min, self.cfg.threshold_lr)
         if self.parent_rule != "learned" or not self.training:
             return
         o, last = self.level_offsets[1], self.level_offsets[-1]
@@ -247,13 +249,10 @@ class TreeSAE(TreeCore, HierarchicalSAE):
         positive score over its N tokens (as ``BatchTopKSAE.calibrate_threshold``). Other budgets: nothing."""
         if self.budget != "batch":
             return
-        x, m, top = self._prep(x), sum(self.level_ks) * len(x), None
-        for i in range(0, len(x), batch_size):
-            s = self._scores([self.kernels.linear(x[i:i + batch_size], self.b_dec, e.W_enc, e.b_enc)
-                              for e in self.encoders]).flatten()
-            top = s[s > 0] if top is None else torch.cat([top, s[s > 0]])
-            top = top.topk(m, sorted=False).values if len(top) > m else top
-        self.threshold.fill_(float(top.min()) if len(top) == m else 0.0)
+        x = self._prep(x)
+        scores = (self._scores([self.kernels.linear(x[i:i + batch_size], self.b_dec, e.W_enc, e.b_enc)
+                                for e in self.encoders]).flatten() for i in range(0, len(x), batch_size))
+        self.threshold.fill_(kth_largest_positive(scores, sum(self.level_ks) * len(x)))
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:

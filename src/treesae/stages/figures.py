@@ -490,8 +490,9 @@ def claims(tables: dict) -> dict[str, dict]:
         d["basis"] = f"{d.get('basis', '')}; {why}".lstrip("; ")
     s = t.get("synthetic.scores")
     if s is not None and len(s):  # every synthetic SAE trains to the plateau measured in docs/DESIGN.md
-        s = s[s.source == "ours"].assign(fvu=lambda d: 1 - d.explained_variance, k=int(t["synthetic.metrics"]["k"]))
-        out["treesae_ranking_ground_truth"] = V.treesae_ranking(s, int(t["synthetic.metrics"]["k"]))
+        k = int(t["synthetic.metrics"]["k"])
+        s = s[s.source == "ours"].assign(fvu=lambda d: 1 - d.explained_variance, k=k)
+        out["treesae_ranking_ground_truth"] = V.treesae_ranking(s, k)
     else:
         out["treesae_ranking_ground_truth"] = {"verdict": V.NOT_TESTABLE, "basis": "stage 08 not run"}
     return out
