@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from treesae import figures as F
+from treesae.saes import names
 
 ARCHS = ["topk", "batchtopk", "relu", "tree"]
 
@@ -112,14 +113,17 @@ def _min_distance(colors, sim=np.eye(3)):
 
 
 def test_one_palette_distinct_architectures():
-    """Each architecture has its own colour and marker; any two colours differ by at least 30 CIELAB units
-    (seaborn's colorblind orange/vermilion differ by 26, pink/light pink by 21) and 15 under deuteranopia
-    and protanopia, where the markers tell them apart too."""
-    assert list(F.PALETTE) == F.ARCH_ORDER == list(F.MARKERS) and len(set(F.MARKERS.values())) == len(F.MARKERS)
+    """Each architecture has its own colour and marker, by its rank in display order (with one spare for the
+    next architecture); any two colours differ by at least 30 CIELAB units (seaborn's colorblind
+    orange/vermilion differ by 26, pink/light pink by 21) and 15 under deuteranopia and protanopia, where
+    the markers tell them apart too."""
+    assert F.ARCH_ORDER == names() and len(F.COLORS) == len(F.MARKERS) > len(F.ARCH_ORDER)
+    assert len({F.color(a) for a in F.ARCH_ORDER}) == len({F.marker(a) for a in F.ARCH_ORDER}) == len(F.ARCH_ORDER)
     assert _min_distance(["#DE8F05", "#D55E00"]) < 30 and _min_distance(["#CC78BC", "#FBAFE4"]) < 30
-    assert _min_distance(F.PALETTE.values()) >= 30
-    assert all(_min_distance(F.PALETTE.values(), sim) >= 15 for sim in CVD)
-    assert F.color("tree (given)") == F.PALETTE["tree"] and F.color("topk-brown-L15-d1152-k32-s0") == F.PALETTE["topk"]
+    assert _min_distance(F.COLORS) >= 30
+    assert all(_min_distance(F.COLORS, sim) >= 15 for sim in CVD)
+    assert F.color("tree (given)") == F.color("tree") != F.color("topk") == F.color("topk-brown-L15-d1152-k32-s0")
+    assert F.color("position") == "0.5"
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +177,7 @@ def test_architecture_colours_are_the_palette_everywhere(drawn):
     from matplotlib.patches import Patch
     shown = {"frontier_nmse_l0": ARCHS, "l0_distribution": ["topk", "batchtopk", "relu"], "synthetic_benchmark": ARCHS,
              "treesae_levels": ["stacked", "residual", "tree"], "hierarchy_correlation": ["tree", "topk"]}
-    palette = {tuple(_rgb(c)) for c in F.PALETTE.values()}
+    palette = {tuple(_rgb(F.color(a))) for a in F.ARCH_ORDER}
     for slug, archs in shown.items():
         used = set()
         for ax in drawn[slug].axes:
@@ -181,5 +185,5 @@ def test_architecture_colours_are_the_palette_everywhere(drawn):
                 cs = ([a.get_color()] if isinstance(a, Line2D) else [a.get_facecolor()] if isinstance(a, Patch)
                       else list(a.get_facecolors()))
                 used |= {tuple(_rgb(c)) for c in cs if not isinstance(c, str) or c != "none"}
-        assert {tuple(_rgb(F.PALETTE[a])) for a in archs} <= used, slug
+        assert {tuple(_rgb(F.color(a))) for a in archs} <= used, slug
         assert not [c for c in used - palette if np.ptp(c) > 0.02], f"{slug}: a colour outside the palette"

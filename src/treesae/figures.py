@@ -7,7 +7,7 @@ one look used everywhere; ``FIGURES`` maps slug -> function. Each docstring name
 and the table columns it needs (definitions: ``treesae.metrics``; position 0 excluded unless stated).
 
 Legibility rules every figure follows: an architecture has one colour and one marker everywhere
-(``PALETTE``, ``MARKERS``); other series are told apart by shade, line style and marker, never by an
+(the ``COLORS`` and ``MARKERS`` entry at its rank in display order, ``treesae.saes.names()``); other series are told apart by shade, line style and marker, never by an
 architecture's colour; a figure is at most ``WIDTH`` inches wide, the column the HTML and PDF show it
 at, so its text (at least ``MIN_PT`` points) is never shrunk below that; legends sit outside the data.
 """
@@ -26,13 +26,15 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
+from .saes import names  # noqa: E402
+
 DPI = 150
 WIDTH, MIN_PT = 7.0, 8  # inches: the column width (the PDF prints 7.4, the HTML 8.1); points: the smallest text
-# Paul Tol's "bright" scheme (yellow -> Okabe-Ito orange, grey -> Tol indigo): colour-blind safe, no two alike
-PALETTE = {"relu": "#332288", "topk": "#4477AA", "batchtopk": "#E69F00", "matryoshka": "#228833",
-           "stacked": "#AA3377", "residual": "#66CCEE", "tree": "#EE6677"}
-MARKERS = {"relu": "v", "topk": "o", "batchtopk": "s", "matryoshka": "D", "stacked": "^", "residual": "P", "tree": "X"}
-ARCH_ORDER = list(PALETTE)
+# Paul Tol's "bright" scheme (yellow -> Okabe-Ito orange, grey -> Tol indigo) and Tol's sand, free for the next
+# architecture: colour-blind safe, no two alike. The i-th architecture in display order takes the i-th colour and marker.
+COLORS = ("#332288", "#4477AA", "#E69F00", "#228833", "#AA3377", "#66CCEE", "#EE6677", "#DDCC77")
+MARKERS = ("v", "o", "s", "D", "^", "P", "X", "*")
+ARCH_ORDER = names()
 DARK, LIGHT, BACK = "#222222", "#8C8C8C", "#D9D9D9"  # series that are not architectures; background points
 STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D")]  # (line style, marker) of the i-th such series
 METADATA = {".png": {"Software": None}, ".svg": {"Date": None, "Creator": None},
@@ -49,13 +51,21 @@ def style():
                          "lines.linewidth": 1.6, "lines.markersize": 5, "axes.prop_cycle": plt.cycler(color=[DARK])})
 
 
+def _rank(arch) -> int | None:
+    """Position of an architecture ("tree (given)" and "tree-..." are the tree) in display order."""
+    a = str(arch).split(" ")[0].split("-")[0]
+    return ARCH_ORDER.index(a) if a in ARCH_ORDER else None
+
+
 def color(arch) -> str:
-    """An architecture's colour ("tree (given)" is the tree's); grey for anything else."""
-    return PALETTE.get(str(arch).split(" ")[0].split("-")[0], "0.5")
+    """An architecture's colour; grey for anything else."""
+    r = _rank(arch)
+    return "0.5" if r is None else COLORS[r % len(COLORS)]
 
 
 def marker(arch) -> str:
-    return MARKERS.get(str(arch).split(" ")[0].split("-")[0], "o")
+    r = _rank(arch)
+    return "o" if r is None else MARKERS[r % len(MARKERS)]
 
 
 def _layers(values) -> list:

@@ -4,9 +4,10 @@ A run is one SAE: architecture, corpus, layer, dictionary size ``d_sae``, ``k`` 
 replicate index; the init is drawn from a hash of the whole run, ``Run.init_seed``, so runs never share
 an init unless ``options: {shared_init: true}`` asks for it; every SAE of a (corpus, layer) group sees the
 same shuffled batches), plus config ``options``. ``base`` is one run; each grid varies some of its fields; runs that come out
-identical are trained once. ``k`` is the target L0: TopK-style SAEs keep k latents per token; the
-hierarchical variants split k over their levels (``ks``, summing to k); ReLU-L1 has no k and takes the
-L1 coefficient listed for that k in ``architectures.relu.l1_coef_by_k``.
+identical are trained once. ``k`` is the target L0, which each architecture's config maps to its own
+fields (``SAEConfig.target_fields``): TopK-style SAEs keep k latents per token; the hierarchical variants
+split k over their levels (``ks``, summing to k); ReLU-L1 has no k and takes the L1 coefficient listed for
+that k in ``architectures.relu.l1_coef_by_k``.
 """
 import hashlib
 import itertools
@@ -26,7 +27,6 @@ from .io import write_bytes_atomic, write_json
 from .model import origin
 from .seeds import INIT_TAG, hashed_seed
 
-HIERARCHICAL = ("stacked", "residual", "tree")
 RUN_FIELDS = ("architecture", "corpus", "layer", "d_sae", "k", "seed", "options")
 RUN_OPTIONS = ("shared_init",)  # run options that are not SAE config fields
 
@@ -63,11 +63,6 @@ class Run:
                     aux_k=opts.get("aux_k", True),
                     b_dec_init="geometric_median" if opts.get("geometric_median_init", True) else "zero",
                     options=json.dumps(opts, sort_keys=True))
-
-
-def split_k(k: int, n_levels: int) -> list[int]:
-    """k latents spread over levels as evenly as possible, deeper levels taking the remainder."""
-    return [k // n_levels + (l >= n_levels - k % n_levels) for l in range(n_levels)]
 
 
 RUN_TYPES = dict(architecture=str, corpus=str, layer=int, d_sae=int, k=int, seed=int, options=dict)
@@ -129,20 +124,13 @@ def grids_of(train: dict) -> dict[str, list[str]]:
 
 def sae_config(run: Run, d_in: int, architectures: dict) -> dict:
     """The SAE config fields of a run (``treesae.saes.build(run.architecture, **fields)``)."""
-    extra = dict(architectures.get(run.architecture) or {})
-    cfg = dict(d_in=d_in, seed=run.init_seed())
-    if run.architecture == "relu":
-        by_k = extra.pop("l1_coef_by_k", {})
-        if run.k not in by_k and int(run.k) not in {int(x) for x in by_k}:
-            raise ValueError(f"run {run.name}: architectures.relu.l1_coef_by_k has no entry for k={run.k} "
-                             f"(it has {sorted(by_k)}); the L1 coefficient sets a ReLU SAE's L0.")
-        cfg.update(d_sae=run.d_sae, l1_coef={int(x): v for x, v in by_k.items()}[int(run.k)])
-    elif run.architecture in HIERARCHICAL:
-        n_levels = extra.pop("n_levels", 3)
-        cfg.update(size=run.d_sae, n_levels=n_levels, ks=split_k(run.k, n_levels))
-    else:
-        cfg.update(d_sae=run.d_sae, k=run.k)
-    return {**cfg, **extra, **{k: v for k, v in run.options if k not in RUN_OPTIONS}}
+    from .saes import architecture
+    try:
+        fields = architecture(run.architecture).config_class.target_fields(
+            run.d_sae, run.k, **(architectures.get(run.architecture) or {}))
+    except ValueError as e:
+        raise ValueError(f"run {run.name}: {e} (params.yaml: train.architectures.{run.architecture})") from None
+    return {"d_in": d_in, "seed": run.init_seed(), **fields, **{k: v for k, v in run.options if k not in RUN_OPTIONS}}
 
 
 def build(run: Run, d_in: int, architectures: dict):
@@ -337,9 +325,6 @@ def evaluate(setup: dict, saes: dict, lm=None, progress: bool = True) -> pd.Data
     return table
 
 
-FIXED_L0 = ("topk", "batchtopk", "matryoshka", "stacked", "residual", "tree")  # k sets L0 (ReLU-L1: the L1 coefficient)
-
-
 def convergence_table(setup: dict) -> pd.DataFrame:
     """Per run: the training diagnostics saved beside each SAE (``convergence``; none for an SAE trained
     before they existed)."""
@@ -353,7 +338,8 @@ def convergence_table(setup: dict) -> pd.DataFrame:
 def add_verdicts(table: pd.DataFrame) -> pd.DataFrame:
     """``l0_rel_error`` where k fixes L0 (from the held-out L0) and the ``converged`` verdict per run."""
     from .convergence import converged
-    fixed = table.architecture.isin(FIXED_L0)
+    from .saes import names
+    fixed = table.architecture.isin(names(fixed_l0=True))
     table["l0_rel_error"] = ((table.l0 - table.k).abs() / table.k).where(fixed)
     table["converged"] = [converged(r.to_dict()) for _, r in table.iterrows()]
     return table

@@ -42,7 +42,6 @@ SAMPLE_TAG = "treesae/synthetic-sample/1:"
 REFERENCE_INIT_TAG = "treesae/synthetic-saelens-init/1:"
 CHUNK = 8192
 REFERENCES = ("batchtopk", "matryoshka")
-ARCHITECTURES = ("topk", "batchtopk", "matryoshka", "relu", "stacked", "residual", "tree")
 EXTRA = dict(relu={"l1_coef_by_k": {12: 0.26}, "l1_warm_up_steps": 50}, stacked={"n_levels": 3},
              residual={"n_levels": 3}, tree={"n_levels": 3, "branching": 2})
 

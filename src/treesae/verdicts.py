@@ -27,7 +27,7 @@ CLAIMS = {
     "position_early_layers": "position features concentrate in early layers",
     "aux_k_tied_init_reduce_dead": "AuxK and tied init reduce dead latents",
 }
-TREE_VARIANTS = ("stacked", "residual", "tree")
+FLAT_PEERS = ("topk", "batchtopk")  # what claim (a) names: the TreeSAE variants trail these
 DISAGREE_MARGIN = 0.1  # enc/dec matching "disagree" when over 10% of the latents shared by either are shared by one only
 
 
@@ -80,14 +80,15 @@ def default_recipe(m: pd.DataFrame) -> pd.Series:
     return ok
 
 
-def treesae_ranking(m: pd.DataFrame, k: int, metric: str = "fvu") -> dict:
+def treesae_ranking(m: pd.DataFrame, k: int, variants, metric: str = "fvu") -> dict:
     """Claim (a) at matched k (L0 = k for every architecture here): the best TreeSAE variant's ``metric``
     beats the next variant's, and TopK's or BatchTopK's (the better) beats the best variant's. ``m``: one row
-    per SAE (metrics.csv) of one corpus, layer and size; full-recipe runs, every seed."""
+    per SAE (metrics.csv) of one corpus, layer and size; full-recipe runs, every seed. ``variants``: the
+    TreeSAE variants' names (``treesae.saes.names(hierarchical=True)``)."""
     runs = m[(m.k == k) & default_recipe(m)]
     by = {a: runs[runs.architecture == a][metric].to_numpy() for a in set(runs.architecture)}
-    trees = sorted((a for a in TREE_VARIANTS if len(by.get(a, [])) >= 2), key=lambda a: by[a].mean())
-    flats = sorted((a for a in ("topk", "batchtopk") if len(by.get(a, [])) >= 2), key=lambda a: by[a].mean())
+    trees = sorted((a for a in variants if len(by.get(a, [])) >= 2), key=lambda a: by[a].mean())
+    flats = sorted((a for a in FLAT_PEERS if len(by.get(a, [])) >= 2), key=lambda a: by[a].mean())
     out = {"basis": f"held-out {metric} at k = {k}, mean over seeds, difference +- 2 SE"}
     if len(trees) < 2 or not flats:
         return dict(out, verdict=NOT_TESTABLE)

@@ -1,16 +1,62 @@
 import pytest
 import torch
 
-from treesae.saes import ARCHITECTURES, build, fired, geometric_median, make_config
+from treesae.saes import ARCHITECTURES, architecture, build, fired, geometric_median, load_sae, make_config, names, save_sae
+from treesae.saes.base import BaseSAE
+from treesae.saes.hierarchical import HierarchicalSAE
+from treesae.train import validate
 
-SMALL = {"topk": dict(d_sae=32, k=4), "batchtopk": dict(d_sae=32, k=4), "matryoshka": dict(d_sae=32, k=4),
-         "relu": dict(d_sae=32), "stacked": dict(size=42, k=2), "residual": dict(size=42, k=2),
-         "tree": dict(size=42, k=2)}
+SMALL = {a: dict(d_sae=42, k=6) for a in names()}  # every registered architecture, by the sweep's target
+PAPER = ["relu", "topk", "batchtopk", "matryoshka", "stacked", "residual", "tree"]
 
 
-def test_registry_lists_every_architecture():
-    assert set(ARCHITECTURES) == {"topk", "batchtopk", "matryoshka", "relu", "stacked", "residual", "tree"}
-    assert set(SMALL) == set(ARCHITECTURES)
+def test_registry_holds_every_architecture_with_its_contract():
+    """Registered under its config's name, with a sae-lens export and a display rank of its own."""
+    assert set(PAPER) <= set(ARCHITECTURES) == set(names())
+    for name, cls in ARCHITECTURES.items():
+        assert cls.config_class.architecture == name
+        assert cls.sae_lens_spec is not BaseSAE.sae_lens_spec, name
+    assert len({c.display_order for c in ARCHITECTURES.values()}) == len(ARCHITECTURES)
+
+
+def test_traits_replace_name_lists():
+    """Figures, analyses and the sweep ask the classes, in display order, instead of listing names."""
+    assert [a for a in names() if a in PAPER] == PAPER
+    assert [a for a in names(hierarchical=True) if a in PAPER] == ["stacked", "residual", "tree"]
+    assert [a for a in names(multi_level=True) if a in PAPER] == ["matryoshka", "stacked", "residual", "tree"]
+    assert [a for a in names(fixed_l0=False) if a in PAPER] == ["relu"]
+    assert all(issubclass(architecture(a), HierarchicalSAE) for a in names(hierarchical=True))
+    assert architecture("tree").hierarchical and not architecture("matryoshka").hierarchical
+
+
+@pytest.mark.parametrize("arch", sorted(SMALL))
+def test_build_from_the_sweep_target(arch):
+    """``build(arch, d_in=, d_sae=, k=)`` works for every architecture: the config maps the target to its own
+    fields (k per token, k summed over levels, or ReLU's L1 coefficient by k)."""
+    extra = {"l1_coef_by_k": {6: 0.3}} if arch == "relu" else {}
+    sae = build(arch, d_in=8, d_sae=48, k=6, **extra)
+    if sae.hierarchical:
+        assert sum(sae.cfg.ks) == 6 and sae.cfg.ks == [2, 2, 2] and sae.d_sae <= 48
+    elif sae.cfg.architecture == "relu":
+        assert sae.cfg.l1_coef == 0.3 and sae.d_sae == 48
+        assert build(arch, d_in=8, d_sae=48, k=6).cfg.l1_coef == make_config("relu", d_in=8, d_sae=48).l1_coef
+        with pytest.raises(ValueError, match=r"l1_coef_by_k has no entry for k=6 \(it has \[4\]\)"):
+            build(arch, d_in=8, d_sae=48, k=6, l1_coef_by_k={4: 0.1})
+    else:
+        assert sae.cfg.k == 6 and sae.d_sae == 48
+
+
+@pytest.mark.parametrize("arch", ["stacked", "residual", "tree"])
+def test_hierarchical_config_records_its_real_k(arch, tmp_path):
+    """The saved config holds the per-level k the SAE uses (k is level 0's), not an unused default of 32, so
+    a dictionary narrower than 32 latents trains and reloads."""
+    sae = build(arch, d_in=8, d_sae=21, k=5)
+    assert sae.cfg.ks == [1, 2, 2] and sae.cfg.k == 1 and sae.d_sae <= 21
+    validate({"s": sae}, torch.randn(16, 8))
+    back = load_sae(save_sae(sae, tmp_path / arch))
+    assert back.cfg == sae.cfg and back.cfg.ks == [1, 2, 2]
+    with pytest.raises(ValueError, match="give ks or k, not both"):
+        build(arch, d_in=8, size=21, k=3, ks=[1, 2, 2])
 
 
 def test_unknown_architecture_names_the_known_ones():

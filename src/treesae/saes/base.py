@@ -67,6 +67,12 @@ class SAEConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def target_fields(cls, d_sae: int, k: int, **extra) -> dict[str, Any]:
+        """Config fields (less ``d_in``, ``seed``) for a sweep's target: ``d_sae`` latents at L0 ``k``,
+        with ``extra`` (``train.architectures.<name>`` in params.yaml) added last. Default: k per token."""
+        return {"d_sae": d_sae, "k": k, **extra}
+
 
 @dataclass(kw_only=True)
 class AuxKConfig:
@@ -181,6 +187,13 @@ class BaseSAE(nn.Module):
     W_dec: nn.Parameter
     b_dec: nn.Parameter
 
+    # Traits that the sweep, analyses and figures read instead of testing architecture names.
+    display_order: ClassVar[int] = 100        # rank in tables and legends; also picks the colour and marker
+    multi_level: ClassVar[bool] = False       # several dictionary levels (nested prefixes or a hierarchy)
+    hierarchical: ClassVar[bool] = False      # a TreeSAE variant: levels with their own encoders
+    fixed_l0: ClassVar[bool] = True           # k sets L0 (ReLU-L1: the L1 coefficient does)
+    training_only: ClassVar[tuple[str, ...]] = ()  # buffers that matter during training only (not exported)
+
     def __init__(self, cfg: SAEConfig):
         super().__init__()
         if not isinstance(cfg, self.config_class):
@@ -249,6 +262,11 @@ class BaseSAE(nn.Module):
         """Data-dependent initialisation: ``b_dec`` at the geometric median of ``x`` [n, d_in]."""
         if self.cfg.geometric_median_init:
             self.b_dec.copy_(geometric_median(x).to(self.b_dec))
+
+    def sae_lens_spec(self, state: dict[str, Tensor]) -> tuple[type, type, dict[str, Any], dict[str, Tensor]]:
+        """(sae-lens SAE class, its config class, extra config fields, state dict) of the equivalent
+        sae-lens inference SAE; ``state`` is our state dict less ``training_only`` (``saes.export``)."""
+        raise NotImplementedError(f"{type(self).__name__} declares no sae-lens export (sae_lens_spec)")
 
     # ---------------------------------------------------------------- helpers for subclasses
     def _prep(self, x: Tensor) -> Tensor:

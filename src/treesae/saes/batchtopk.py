@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+from sae_lens.saes import JumpReLUSAE, JumpReLUSAEConfig
 from torch import Tensor
 
 from .sparse import Codes, batch_topk_select, row_offsets
@@ -65,11 +66,18 @@ class BatchTopKSAE(TopKSAE):
     config_class: ClassVar[type] = BatchTopKConfig
     cfg: BatchTopKConfig
     threshold: Tensor
+    display_order = 2
+    training_only = ("threshold_updates",)
 
     def __init__(self, cfg: BatchTopKConfig):
         super().__init__(cfg)
         self.register_buffer("threshold", torch.zeros(()))
         self.register_buffer("threshold_updates", torch.zeros((), dtype=torch.long))
+
+    def sae_lens_spec(self, state):
+        """sae-lens' ``jumprelu`` with our scalar inference threshold on every latent."""
+        state["threshold"] = state["threshold"].expand(self.d_sae).clone()
+        return JumpReLUSAE, JumpReLUSAEConfig, {}, state
 
     def _select(self, pre):
         if self.training:

@@ -13,20 +13,25 @@ level ``l``'s latents at ``o_l = w_0 + ... + w_{l-1}`` in the concatenated laten
   reconstruct the detached error of the reconstruction that level is trained on), averaged over
   levels, times ``aux_coef``.
 * Widths: ``widths`` explicitly, or ``size`` (total latents) split over ``n_levels`` levels by the
-  variant's growth rule. ``k`` is level 0's sparsity; level l gets
-  ``round(k * k_scale_per_2x ** log2(w_l / w_0))`` unless ``ks`` lists them.
+  variant's growth rule. ``ks`` lists each level's sparsity; or ``k`` is level 0's (32 if neither is
+  given) and level l gets ``round(k * k_scale_per_2x ** log2(w_l / w_0))``. After validation ``ks``
+  holds the resolved per-level k and ``k`` level 0's, so a saved config records what the SAE uses.
+* The sweep's target (``d_sae`` latents at L0 ``k``) is ``size=d_sae`` over ``n_levels`` (3) levels with
+  ``ks = split_k(k, n_levels)``: k spread evenly, deeper levels taking the remainder.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Callable, ClassVar, NamedTuple
 
 import torch
+from sae_lens import SAE, SAEConfig as SLConfig, register_sae_class
+from sae_lens.registry import SAE_CLASS_REGISTRY
 from torch import Tensor, nn
 
 from .base import AuxKConfig, BaseSAE, SAEConfig, aux_nmse, auxk_reconstruction, nmse, scalar_logs, unit_rows
-from .sparse import Codes
+from .sparse import Codes, Kernels
 
 
 @dataclass(kw_only=True)
@@ -36,7 +41,7 @@ class HierarchicalConfig(SAEConfig, AuxKConfig):
     widths: list[int] | None = None
     size: int | None = None
     n_levels: int | None = None
-    k: int = 32
+    k: int | None = None
     k_scale_per_2x: float = 1.0
     ks: list[int] | None = None
     level_loss: str = "cumulative"
@@ -46,7 +51,8 @@ class HierarchicalConfig(SAEConfig, AuxKConfig):
         self._check_aux()
         self._check(self.level_loss in ("cumulative", "final"),
                     f"level_loss must be 'cumulative' or 'final', got {self.level_loss!r}")
-        self._check_int("k", self.k)
+        if self.k is not None:
+            self._check_int("k", self.k)
         self._check(self.k_scale_per_2x > 0, f"k_scale_per_2x must be > 0, got {self.k_scale_per_2x}")
         if self.n_levels is not None:
             self._check_int("n_levels", self.n_levels)
@@ -70,12 +76,20 @@ class HierarchicalConfig(SAEConfig, AuxKConfig):
             self._check(len(self.ks) == len(widths), f"ks has {len(self.ks)} entries for {len(widths)} levels")
             for kk in self.ks:
                 self._check_int("every entry of ks", kk)
+            self._check(self.k in (None, self.ks[0]), f"k={self.k} is level 0's sparsity but ks={self.ks} gives it "
+                        f"{self.ks[0]}; give ks or k, not both")
             ks = self.ks
         else:
-            ks = [max(1, round(self.k * self.k_scale_per_2x ** math.log2(w / widths[0]))) for w in widths]
+            k0 = 32 if self.k is None else self.k
+            ks = [max(1, round(k0 * self.k_scale_per_2x ** math.log2(w / widths[0]))) for w in widths]
         for l, (w, kk) in enumerate(zip(widths, ks)):
             self._check(kk <= w, f"level {l}: k={kk} exceeds its width {w}; lower k / k_scale_per_2x or widen it")
-        self._ks = ks
+        self._ks, self.ks, self.k = ks, list(ks), ks[0]
+
+    @classmethod
+    def target_fields(cls, d_sae, k, **extra):
+        n_levels = extra.pop("n_levels", 3)
+        return {"size": d_sae, "n_levels": n_levels, "ks": split_k(k, n_levels), **extra}
 
     def _split(self, size: int, n_levels: int) -> list[int]:
         raise NotImplementedError
@@ -96,6 +110,11 @@ class HierarchicalConfig(SAEConfig, AuxKConfig):
     def k_total(self) -> int:
         """Upper bound on L0 (sum of the per-level k)."""
         return sum(self._ks)
+
+
+def split_k(k: int, n_levels: int) -> list[int]:
+    """k latents spread over levels as evenly as possible, deeper levels taking the remainder."""
+    return [k // n_levels + (l >= n_levels - k % n_levels) for l in range(n_levels)]
 
 
 def geometric_widths(size: int, n_levels: int, growth: float) -> list[int]:
@@ -175,11 +194,72 @@ class LevelsMixin:
                      (c[0].shape[0], self.n_latents))
 
 
+# ------------------------------------------------------------ sae-lens classes for the TreeSAE variants
+@dataclass
+class HierarchicalSLConfig(SLConfig):
+    """sae-lens config of a TreeSAE variant: resolved per-level widths and k. A variant's subclass adds the
+    fields of our config that its encoder reads (exported under the same names)."""
+
+    widths: list[int] = field(default_factory=list)
+    ks: list[int] = field(default_factory=list)
+
+
+class HierarchicalSL(SAE):
+    """Inference SAE for a TreeSAE variant; the variant's core (mixed in first) does the encoding."""
+
+    def _encoder_specs(self) -> list[tuple[int, bool]]:
+        return [(self.cfg.d_in, False)] * len(self.cfg.widths)
+
+    def initialize_weights(self) -> None:
+        kw = dict(device=self.device, dtype=self.dtype)
+        for f in _variant_fields(type(self.cfg)):  # what the variant cores read
+            setattr(self, f, getattr(self.cfg, f))
+        self._setup_levels(self.cfg.widths, self.cfg.ks)
+        self.kernels = Kernels(sparse=True)
+        self.b_dec = nn.Parameter(torch.zeros(self.cfg.d_in, **kw))
+        self.W_dec = nn.Parameter(torch.empty(self.cfg.d_sae, self.cfg.d_in, **kw))
+        self.encoders = nn.ModuleList(LevelEncoder(d, w, ln, **kw)
+                                      for (d, ln), w in zip(self._encoder_specs(), self.cfg.widths))
+
+    def encode(self, x: Tensor) -> Tensor:
+        sae_in = self.process_sae_in(x)  # x - b_dec; any leading dims ([batch, pos, d] in HookedSAETransformer)
+        z = self._concat(self._levels(sae_in.reshape(-1, sae_in.shape[-1]), None)).dense()
+        return self.hook_sae_acts_post(z.reshape(*sae_in.shape[:-1], z.shape[-1]))
+
+    def decode(self, feature_acts: Tensor) -> Tensor:
+        out = self.hook_sae_recons(feature_acts @ self.W_dec + self.b_dec)
+        return self.reshape_fn_out(self.run_time_activation_norm_fn_out(out), self.d_head)
+
+    def fold_W_dec_norm(self):
+        raise NotImplementedError("TreeSAE variants do not support folding decoder norms")
+
+
+def _variant_fields(cfg_cls: type) -> list[str]:
+    """Fields a variant's sae-lens config adds to ``HierarchicalSLConfig``."""
+    base = {f.name for f in fields(HierarchicalSLConfig)}
+    return [f.name for f in fields(cfg_cls) if f.name not in base]
+
+
+def register_sae_lens(cls: type, cfg_cls: type) -> None:
+    """Register a variant's sae-lens class under ``cfg_cls.architecture()`` (once)."""
+    if cfg_cls.architecture() not in SAE_CLASS_REGISTRY:
+        register_sae_class(cfg_cls.architecture(), cls, cfg_cls)
+
+
 class HierarchicalSAE(LevelsMixin, BaseSAE):
-    """Parameters: ``encoders`` (ModuleList of ``LevelEncoder``), ``W_dec``, ``b_dec``."""
+    """Parameters: ``encoders`` (ModuleList of ``LevelEncoder``), ``W_dec``, ``b_dec``. A variant names its
+    sae-lens inference class and that class' config in ``sae_lens_classes``."""
 
     config_class: ClassVar[type] = HierarchicalConfig
     cfg: HierarchicalConfig
+    multi_level = True
+    hierarchical = True
+    sae_lens_classes: ClassVar[tuple[type, type]]
+
+    def sae_lens_spec(self, state):
+        cls, cfg_cls = self.sae_lens_classes
+        extra = dict(widths=self.level_widths, ks=self.level_ks) | {f: getattr(self.cfg, f) for f in _variant_fields(cfg_cls)}
+        return cls, cfg_cls, extra, state
 
     def __init__(self, cfg: HierarchicalConfig):
         super().__init__(cfg)

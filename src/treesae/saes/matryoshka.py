@@ -21,6 +21,7 @@ from torch import Tensor
 
 from .batchtopk import BatchTopKConfig, BatchTopKSAE
 from .sparse import Codes, topk_select
+from .topk import TopKSAE
 
 
 @dataclass(kw_only=True)
@@ -59,6 +60,12 @@ class MatryoshkaConfig(BatchTopKConfig):
 class MatryoshkaSAE(BatchTopKSAE):
     config_class: ClassVar[type] = MatryoshkaConfig
     cfg: MatryoshkaConfig
+    display_order = 3
+    multi_level = True
+
+    def sae_lens_spec(self, state):
+        """``jumprelu`` as BatchTopK, or ``topk`` under ``selection="topk"`` (the threshold is then unused)."""
+        return TopKSAE.sae_lens_spec(self, state) if self.cfg.selection == "topk" else super().sae_lens_spec(state)
 
     @property
     def levels(self) -> list[slice]:

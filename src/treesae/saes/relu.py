@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+from sae_lens.saes import StandardSAE, StandardSAEConfig
 
 from .base import BaseSAE, FlatConfig, nmse, scalar_logs
 from .sparse import Codes
@@ -45,10 +46,30 @@ class ReLUConfig(FlatConfig):
         self._check(self.l1_warm_up_steps >= 0, f"l1_warm_up_steps must be >= 0, got {self.l1_warm_up_steps}")
         self._check(not self.sparse, "the ReLU SAE has no sparse kernels; set sparse=False")
 
+    @classmethod
+    def target_fields(cls, d_sae, k, **extra):
+        """No k: the L1 coefficient sets L0. ``l1_coef_by_k`` (target L0 -> coefficient) picks it for k;
+        without that map, ``l1_coef`` (or its default) is used as given."""
+        by_k = extra.pop("l1_coef_by_k", None)
+        if by_k is not None:
+            coefs = {int(x): v for x, v in by_k.items()}
+            if int(k) not in coefs:
+                raise ValueError(f"{cls.__name__}: l1_coef_by_k has no entry for k={k} (it has {sorted(coefs)}); "
+                                 "the L1 coefficient sets a ReLU SAE's L0, so list one for every k of the sweep.")
+            extra = {"l1_coef": coefs[int(k)], **extra}
+        return {"d_sae": d_sae, **extra}
+
 
 class ReLUSAE(BaseSAE):
     config_class: ClassVar[type] = ReLUConfig
     cfg: ReLUConfig
+    display_order = 0
+    fixed_l0 = False
+    training_only = ("steps",)
+
+    def sae_lens_spec(self, state):
+        """sae-lens' ``standard`` (ReLU) SAE, the same weights."""
+        return StandardSAE, StandardSAEConfig, dict(apply_b_dec_to_input=self.cfg.apply_b_dec_to_input), state
 
     def __init__(self, cfg: ReLUConfig):
         super().__init__(cfg)

@@ -20,7 +20,8 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from .hierarchical import GrowthConfig, HierarchicalSAE, LevelOut, LevelsMixin, linear_columns
+from .hierarchical import (GrowthConfig, HierarchicalSAE, HierarchicalSL, HierarchicalSLConfig, LevelOut, LevelsMixin,
+                           linear_columns, register_sae_lens)
 from .sparse import Codes, topk_select
 
 
@@ -46,6 +47,22 @@ class ResidualCore(LevelsMixin):
         return outs
 
 
+@dataclass
+class ResidualSLConfig(HierarchicalSLConfig):
+    @classmethod
+    def architecture(cls) -> str:
+        return "treesae_residual"
+
+
+class ResidualSL(ResidualCore, HierarchicalSL):
+    pass
+
+
+register_sae_lens(ResidualSL, ResidualSLConfig)
+
+
 class ResidualSAE(ResidualCore, HierarchicalSAE):
     config_class: ClassVar[type] = ResidualConfig
+    sae_lens_classes = (ResidualSL, ResidualSLConfig)
+    display_order = 5
     cfg: ResidualConfig

@@ -26,8 +26,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from .hierarchical import (GrowthConfig, HierarchicalSAE, LevelEncoder, LevelOut, LevelsMixin,
-                           linear_columns)
+from .hierarchical import (GrowthConfig, HierarchicalSAE, HierarchicalSL, HierarchicalSLConfig, LevelEncoder,
+                           LevelOut, LevelsMixin, linear_columns, register_sae_lens)
 from .base import unit_rows
 from .sparse import Codes, topk_select
 
@@ -80,8 +80,28 @@ class StackedCore(LevelsMixin):
         return outs
 
 
+@dataclass
+class StackedSLConfig(HierarchicalSLConfig):
+    layer_norm: bool = True
+    level_residual: bool = False
+
+    @classmethod
+    def architecture(cls) -> str:
+        return "treesae_stacked"
+
+
+class StackedSL(StackedCore, HierarchicalSL):
+    def _encoder_specs(self):
+        return [(self.cfg.d_in, False)] + [(w, self.cfg.layer_norm) for w in self.cfg.widths[:-1]]
+
+
+register_sae_lens(StackedSL, StackedSLConfig)
+
+
 class StackedSAE(StackedCore, HierarchicalSAE):
     config_class: ClassVar[type] = StackedConfig
+    sae_lens_classes = (StackedSL, StackedSLConfig)
+    display_order = 4
     cfg: StackedConfig
 
     def __init__(self, cfg: StackedConfig):

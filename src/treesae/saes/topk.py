@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+from sae_lens.saes import TopKSAE as SLTopKSAE, TopKSAEConfig as SLTopKConfig
 from torch import Tensor
 
 from .base import AuxKConfig, BaseSAE, FlatConfig, aux_nmse, auxk_reconstruction, nmse, scalar_logs
@@ -52,10 +53,16 @@ class TopKSAE(BaseSAE):
 
     config_class: ClassVar[type] = TopKConfig
     cfg: TopKConfig
+    display_order = 1
 
     def __init__(self, cfg: TopKConfig):
         super().__init__(cfg)
         self._init_flat_weights()
+
+    def sae_lens_spec(self, state):
+        """sae-lens' ``topk``: the same weights, without rescaling by decoder norms."""
+        state.pop("threshold", None)
+        return SLTopKSAE, SLTopKConfig, dict(k=self.cfg.k, rescale_acts_by_decoder_norm=False), state
 
     def _select(self, pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return topk_select(pre, self.cfg.k)

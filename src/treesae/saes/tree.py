@@ -43,7 +43,8 @@ import torch
 from torch import Tensor
 
 from .batchtopk import kth_largest_positive, threshold_select, update_running_threshold
-from .hierarchical import HierarchicalConfig, HierarchicalSAE, LevelOut, LevelsMixin, linear_columns
+from .hierarchical import (HierarchicalConfig, HierarchicalSAE, HierarchicalSL, HierarchicalSLConfig, LevelOut,
+                           LevelsMixin, linear_columns, register_sae_lens)
 from .sparse import Codes, batch_topk_select, fixed_rows, row_offsets, topk_select
 
 
@@ -201,6 +202,36 @@ class TreeCore(LevelsMixin):
         return self._parents().detach().cpu().clone()
 
 
+@dataclass
+class TreeSLConfig(HierarchicalSLConfig):
+    branching: int = 2
+    parent_rule: str = "fixed"
+    budget: str = "level"
+
+    @classmethod
+    def architecture(cls) -> str:
+        return "treesae_tree"
+
+
+class TreeSL(TreeCore, HierarchicalSL):
+    """Carries ``threshold`` (budget "batch") and ``parent_index`` (learned parents) as buffers."""
+
+    def initialize_weights(self) -> None:
+        super().initialize_weights()
+        self.batch_training = False
+        if self.budget == "batch":
+            self.register_buffer("threshold", torch.zeros((), dtype=self.dtype, device=self.device))
+        if self.parent_rule == "learned":
+            self.register_buffer("parent_index", torch.full((self.cfg.d_sae,), -1, dtype=torch.long, device=self.device))
+
+    @property
+    def parent_of(self) -> Tensor:
+        return self._parent_of()
+
+
+register_sae_lens(TreeSL, TreeSLConfig)
+
+
 class TreeSAE(TreeCore, HierarchicalSAE):
     """Learned rule: buffers ``parent_index`` [d_sae] and, for adoption (training only), ``cofire``
     [children, parents] (tokens of the batches since the last round where child c and coarser latent p both
@@ -208,6 +239,9 @@ class TreeSAE(TreeCore, HierarchicalSAE):
 
     config_class: ClassVar[type] = TreeConfig
     cfg: TreeConfig
+    sae_lens_classes = (TreeSL, TreeSLConfig)
+    display_order = 6
+    training_only = ("threshold_updates", "cofire", "fire_count", "adopt_steps")
 
     def __init__(self, cfg: TreeConfig):
         self.branching, self.parent_rule, self.budget = cfg.branching, cfg.parent_rule, cfg.budget

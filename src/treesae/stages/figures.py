@@ -17,11 +17,10 @@ import pandas as pd
 
 from .. import paths
 from .. import verdicts as V
+from ..saes import names
 from . import common
 
 ANALYSES = ("position", "matching", "hierarchy")
-HIERARCHICAL = ("stacked", "residual", "tree")
-MULTI_LEVEL = ("matryoshka", "stacked", "residual", "tree")
 EXTRA = ("decoder_tsne", "lm_vs_sae_loss_no_position")
 METRIC_COLS = ("nmse", "fvu", "explained_variance", "l0", "l0_p10", "l0_p50", "l0_p90", "dead_fraction",
                "ce_increase", "ce_increase_se", "ce_score", "kl_score")
@@ -133,7 +132,7 @@ def figure_args(tables: dict, slug: str) -> tuple:
         return (t["curves"][["variant", "tokens", "dead_fraction", "architecture"]],), {}
     if slug == "treesae_levels":
         lv = t["hierarchy.levels"]
-        return (lv[lv.variant.isin(MULTI_LEVEL)],), {}
+        return (lv[lv.variant.isin(names(multi_level=True))],), {}
     if slug == "hierarchy_correlation":
         return (t["hierarchy.coactivation"], t["hierarchy.decoder_cosine"]), {}
     if slug == "position_activation_layers":
@@ -360,7 +359,7 @@ def numbers(tables: dict, params: dict | None = None) -> dict:
             _put(out, f"run.{name}.{c}", float(r[c]))
 
     f = frontier(m)
-    archs = [a for a in ("relu", "topk", "batchtopk", "matryoshka", "stacked", "residual", "tree") if a in set(f.architecture)]
+    archs = [a for a in names() if a in set(f.architecture)]
     archs += sorted(set(f.architecture) - set(archs))
     ks = sorted(int(k) for k in f.k.unique())
     out["frontier.architectures"], out["frontier.ks"] = archs, ks
@@ -394,7 +393,7 @@ def numbers(tables: dict, params: dict | None = None) -> dict:
             _put(out, f"frontier.{a}.l0_{k}.nmse_vs_topk", vs_topk.get(k, {}).get(a))
         if at[k]:
             out[f"frontier.best_nmse.l0_{k}"] = min(at[k], key=at[k].get)
-    tree = f[f.architecture.isin(HIERARCHICAL)]
+    tree = f[f.architecture.isin(names(hierarchical=True))]
     if len(tree):
         mean_nmse = tree.groupby("architecture").nmse.mean()
         out["treesae.best_variant"] = mean_nmse.idxmin()
@@ -462,7 +461,7 @@ def claims(tables: dict) -> dict[str, dict]:
     c = m[ok]
     why = f"{int(ok.sum())} of {len(m)} SAEs converged"
     same = c[(c.dataset == b.dataset) & (c.layer == b.layer) & (c.d_sae == b.d_sae)]
-    out = {"treesae_ranking": V.treesae_ranking(same, int(b.k)),
+    out = {"treesae_ranking": V.treesae_ranking(same, int(b.k), names(hierarchical=True)),
            "aux_k_tied_init_reduce_dead": V.aux_k_tied_init_reduce_dead(c, b)}
     mm = t.get("matching.metrics") or {}
     thr = mm.get("threshold", 0.7)
@@ -492,7 +491,7 @@ def claims(tables: dict) -> dict[str, dict]:
     if s is not None and len(s):  # every synthetic SAE trains to the plateau measured in docs/DESIGN.md
         k = int(t["synthetic.metrics"]["k"])
         s = s[s.source == "ours"].assign(fvu=lambda d: 1 - d.explained_variance, k=k)
-        out["treesae_ranking_ground_truth"] = V.treesae_ranking(s, k)
+        out["treesae_ranking_ground_truth"] = V.treesae_ranking(s, k, names(hierarchical=True))
     else:
         out["treesae_ranking_ground_truth"] = {"verdict": V.NOT_TESTABLE, "basis": "stage 08 not run"}
     return out

@@ -31,6 +31,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from .. import paths
+from ..saes import names
 from . import common
 
 NAME = "hierarchy"
@@ -38,7 +39,7 @@ NAME = "hierarchy"
 
 @dataclass
 class HierarchyParams:
-    architectures: list[str] = field(default_factory=lambda: ["topk", "matryoshka", "stacked", "residual", "tree"])
+    architectures: list[str] = field(default_factory=lambda: ["topk"] + names(multi_level=True))  # topk: flat reference
     max_tokens: int = 32768        # held-out tokens (position 0 excluded)
     min_count: int = 5             # latents firing fewer times are left out of the parent statistics
     batch_size: int = 4096

@@ -33,8 +33,7 @@ from tqdm import tqdm
 
 from .. import synthetic as S
 from ..io import write_json
-from ..saes import ARCHITECTURES
-from ..sweep import HIERARCHICAL
+from ..saes import ARCHITECTURES, TreeConfig, architecture, names
 from ..verdicts import mean_difference
 from . import common
 
@@ -48,9 +47,9 @@ SCORES = ("f1", "mcc", "uniqueness", "explained_variance", "l0", "dead_fraction"
 @dataclass(frozen=True)
 class SyntheticParams:
     world: dict = field(default_factory=dict)   # treesae.synthetic.WorldConfig fields
-    architectures: list = field(default_factory=lambda: list(S.ARCHITECTURES))
+    architectures: list = field(default_factory=names)
     references: list = field(default_factory=lambda: list(S.REFERENCES))  # sae-lens' trainers, same data and budget
-    controls: list = field(default_factory=lambda: ["topk", "stacked", "residual", "tree"])  # also on the flat world
+    controls: list = field(default_factory=lambda: ["topk"] + names(hierarchical=True))  # also on the flat world
     seeds: list = field(default_factory=lambda: [0, 1])  # SAE init and batch order (the world has its own seed)
     d_sae: int = 256
     k: int = 12
@@ -187,13 +186,12 @@ def summarize(setup: dict, scores: pd.DataFrame) -> dict:
                 out.update({f"{key}.{c}": d, f"{key}.{c}.lo": lo, f"{key}.{c}.hi": hi})
     mine = scores[scores.source == "ours"]
     for arch in sp.architectures:  # every architecture against TopK; the TreeSAE variants also against the goals
-        for ref in ("topk",) + (("batchtopk", "matryoshka") if arch in HIERARCHICAL else ()):
+        for ref in ("topk",) + (("batchtopk", "matryoshka") if architecture(arch).hierarchical else ()):
             if arch != ref and ref in sp.architectures:
                 diff(f"{arch}.vs_{ref}", mine[mine.architecture == arch], mine[mine.architecture == ref])
     ours, ref = (scores[(scores.source == src) & (scores.architecture == "matryoshka")] for src in ("ours", "saelens"))
     diff("matryoshka_vs_saelens", ours, ref)
     if "tree" in sp.architectures:  # the tree's design as trained here (the paper describes it from these)
-        from ..saes import TreeConfig
         tc = {f.name: f.default for f in fields(TreeConfig)} | (sp.extra.get("tree") or {})
         out.update({f"tree_config.{k}": tc[k] for k in ("parent_rule", "budget", "adopt_every", "adopt_coverage")})
     out["controls"] = list(sp.controls)
