@@ -61,9 +61,9 @@ def runs(stage: dict) -> set[Path]:
         cells = [c["source"] for c in json.loads((ROOT / nb).read_text())["cells"] if c["cell_type"] == "code"]
         code = "\n".join(l for c in cells for l in "".join(c).splitlines() if not l.lstrip().startswith(("%", "!")))
         roots |= imported(ast.parse(code))
-    # The runner's params check (treesae.validate) only passes or raises; build/params.ok, the output of the
+    # The runner's params check (treesae.stages.validate) only passes or raises; build/params.ok, the output of the
     # validate stage that depends on its code, stands for it. Else every stage would import every stage's params.
-    return closure(roots, {"treesae.validate"} if "build/params.ok" in stage["deps"] else set())
+    return closure(roots, {"treesae.stages.validate"} if "build/params.ok" in stage["deps"] else set())
 
 
 def fingerprinted(name: str) -> set[Path]:
@@ -82,3 +82,17 @@ def test_stage_lists_exactly_the_code_it_runs(name):
     need = runs(stage) | fingerprinted(name)
     assert listed == need, (f"stage {name}: dvc.yaml misses {sorted(map(str, need - listed))}; "
                             f"lists {sorted(map(str, listed - need))}, which it does not run")
+
+
+def test_library_never_imports_a_stage():
+    """Stage code lives in ``treesae.stages``; the library (architectures, trainer, analyses, cache, model,
+    corpora, metrics, plotting) never imports it. ``treesae.notebook``, every stage's runner, is the exception."""
+    offenders = {}
+    for f in (SRC / "treesae").rglob("*.py"):
+        module = ".".join(f.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__")
+        if module.startswith("treesae.stages") or module == "treesae.notebook":
+            continue
+        bad = sorted(n for n in imported(ast.parse(f.read_text()), module) if n.startswith("treesae.stages"))
+        if bad:
+            offenders[module] = bad
+    assert not offenders, f"library modules import stage code: {offenders}"

@@ -7,7 +7,8 @@ import jinja2
 import numpy as np
 import pytest
 
-from treesae import paper, paths
+from treesae import paths
+from treesae.stages import paper
 
 
 def test_fmt_and_pct():

@@ -84,7 +84,7 @@ def test_world_and_sample_are_deterministic(world):
 
 def test_streams_do_not_coincide(world):
     from treesae.saes.base import unit_rows
-    from treesae.sweep import Run, build
+    from treesae.runs import Run, build
     gt = world.feature_dict.feature_vectors
     raw = unit_rows(tuple(gt.shape), torch.Generator().manual_seed(0))  # what seeding sae-lens with 0 gives
     assert not torch.allclose(gt, raw)

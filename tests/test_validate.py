@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from treesae import config
-from treesae.validate import validate
+from treesae.stages.validate import validate
 
 GOOD = config.profile_params("smoke")
 
@@ -93,7 +93,7 @@ def test_a_sweep_of_one_sae_is_refused():
 
 def test_cli_fails_before_writing_its_marker(tmp_path):
     (tmp_path / "params.yaml").write_text(config.dump_yaml(with_("train.eval.downstream_context", 4)))
-    run = lambda: subprocess.run([sys.executable, "-m", "treesae.validate"], capture_output=True, text=True,
+    run = lambda: subprocess.run([sys.executable, "-m", "treesae.stages.validate"], capture_output=True, text=True,
                                  env={"TREESAE_ROOT": str(tmp_path), "PATH": "/usr/bin:/bin"})
     res = run()
     assert res.returncode != 0 and "downstream_context" in res.stderr and "no output was touched" in res.stderr

@@ -1,7 +1,7 @@
 """Execute one stage notebook: ``python -m treesae.notebook notebooks/02_train.ipynb`` (every DVC stage's cmd).
 
 It reads params.yaml as DVC does (YAML 1.2, ``treesae.config``), validates every section
-(``treesae.validate``), then runs the notebook with papermill into ``build/notebooks/``, injecting the
+(``treesae.stages.validate``), then runs the notebook with papermill into ``build/notebooks/``, injecting the
 sections its parameters cell names (papermill's own ``-f`` would read the file as YAML 1.1, where
 ``1e-3`` is a string). The executed notebook replaces the last one only on success; a failed run is
 kept beside it as ``<name>.failed.ipynb``. The kernel is this interpreter's, whatever kernel the notebook names.
@@ -17,7 +17,7 @@ from pathlib import Path
 import papermill
 
 from . import config, paths
-from .validate import validate
+from .stages.validate import validate
 
 KERNEL = "treesae"
 

@@ -4,7 +4,7 @@ world with seed 0 are three unrelated streams)."""
 import hashlib
 import json
 
-INIT_TAG = "treesae/sae-init/1:"    # an SAE's initial weights (sweep.Run.init_seed)
+INIT_TAG = "treesae/sae-init/1:"    # an SAE's initial weights (runs.Run.init_seed)
 DATA_TAG = "treesae/data-order/1:"  # the training batches' order (train.ShuffledOrder)
 
 

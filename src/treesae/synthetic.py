@@ -11,7 +11,7 @@ The world (``sae_lens.synthetic``): ``n_roots`` trees of ``depth`` levels, every
 mutually exclusive children whose magnitudes scale with the parent's, the remaining features free;
 Zipfian firing probabilities in feature order (roots first), the top one solved for so that the
 expected true L0 is ``target_l0``. Every random stream (world, data, reference SAE init) is seeded from a
-sha256 of its own tag and identity, so none coincides with another or with ``sweep.Run.init_seed``.
+sha256 of its own tag and identity, so none coincides with another or with ``runs.Run.init_seed``.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from .convergence import finalize
 from .saes import MatryoshkaConfig
 from .saes.export import save_sae
 from .seeds import hashed_seed
-from .sweep import Run, build
+from .runs import Run, build
 from .train import ShuffledOrder, TrainConfig, get_rows, train_sweep
 
 WORLD_TAG = "treesae/synthetic-world/1:"

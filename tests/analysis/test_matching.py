@@ -116,7 +116,7 @@ def test_within_sae_top2():
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka", "relu", "stacked", "residual", "tree"])
 def test_cosine_to_init_is_one_before_training(arch):
-    from treesae.sweep import Run, build
+    from treesae.runs import Run, build
     extra = {"relu": {"l1_coef_by_k": {4: 1.0}}, "tree": {"n_levels": 2}}
     sae = build(Run(architecture=arch, corpus="x", layer=0, d_sae=64, k=4, seed=3), 16, extra)
     np.testing.assert_allclose(M.cosine_to_init(sae), 1, atol=1e-6)

@@ -16,7 +16,7 @@ def test_load_inputs_and_build(tmp_path, saes, corpus, model):
     for name in ("topk_s0", "tree"):
         save_sae(saes[name], tmp_path / "saes" / name, metadata={"hook_name": f"blocks.{LAYER}.hook_resid_pre"})
     (tmp_path / "saes" / "not_an_sae").mkdir()
-    # as treesae.sweep.evaluate writes it: index "name", the corpus in "dataset", no layer needed here
+    # as treesae.stages.train.evaluate writes it: index "name", the corpus in "dataset", no layer needed here
     pd.DataFrame({"architecture": ["tree", "topk", "topk"], "dataset": ["toy"] * 3, "nmse": [0.2, 0.1, 0.3]},
                  index=pd.Index(["tree", "topk_s0", "other"], name="name")).to_csv(tmp_path / "metrics.csv")
     loaded, meta, caches = browser.load_inputs(tmp_path / "saes", tmp_path / "metrics.csv", tmp_path / "activations")

@@ -5,7 +5,7 @@
 import numpy as np
 import pandas as pd
 
-from treesae import sweep
+from treesae import runs
 
 TRAIN = {
     "base": {"architecture": "topk", "corpus": "brown", "layer": 15, "d_sae": 4608, "k": 32, "seed": 0},
@@ -22,11 +22,11 @@ TRAIN = {
 
 
 def metrics_table(seed=0) -> pd.DataFrame:
-    """What sweep.evaluate writes, with made-up metric values, indexed by run name."""
+    """What stage 02 (treesae.stages.train.evaluate) writes, with made-up metric values, indexed by run name."""
     rng = np.random.default_rng(seed)
-    grids = sweep.grids_of(TRAIN)
+    grids = runs.grids_of(TRAIN)
     rows = []
-    for r in sweep.expand(TRAIN):
+    for r in runs.expand(TRAIN):
         f = r.factors()
         nmse = 0.3 / np.sqrt(r.k) * (1 + rng.random() / 5)
         row = dict(f, grids=",".join(grids[r.name]), n_tokens=32768, nmse=nmse, fvu=nmse * 1.8,

@@ -1,6 +1,7 @@
-"""Stage glue of the analysis and figure stages (03-06): one function per notebook cell.
+"""Every stage's code, one module per stage, each the functions its notebook calls (one per cell).
 
-``common`` (the runs table, tables and metrics files), ``position`` (03), ``matching`` (04),
-``hierarchy`` (05), ``figures`` (06). Nothing is imported here, so that stage 06 reads only the
-modules it needs (it never imports the analysis library or the SAEs).
+``validate`` (DVC's first stage), ``harvest`` (01), ``train`` (02), ``position`` (03), ``matching`` (04),
+``hierarchy`` (05), ``figures`` (06), ``browser`` (07), ``synthetic`` (08), ``paper``; ``common`` is their
+shared glue (the runs table, tables and metrics files). The library never imports a stage. Nothing is
+imported here, so each stage imports only the modules it needs (its DVC dependencies, tests/test_dvc_deps.py).
 """

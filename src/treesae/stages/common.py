@@ -19,6 +19,7 @@ import pandas as pd
 
 from .. import paths
 from ..io import write_bytes_atomic, write_json
+from ..saes import load_sae
 
 FLOAT_FORMAT = "%.6g"
 SIG_DIGITS = 6
@@ -80,7 +81,6 @@ def layer_runs(metrics: pd.DataFrame, architecture: str = "topk", corpus: str | 
 
 def load_saes(names) -> dict:
     """{run name: SAE} from data/saes/<run>/ (eval mode, CPU)."""
-    from ..saes import load_sae
     out = {}
     for n in names:
         p = paths.data("saes", n)

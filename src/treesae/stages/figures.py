@@ -15,10 +15,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .. import paths
+from .. import config, paths
+from .. import figures as F
 from .. import verdicts as V
+from ..analysis.matching import factor_effects
 from ..saes import names
+from ..train import TrainConfig
 from . import common
+from .matching import FACTORS
 
 ANALYSES = ("position", "matching", "hierarchy")
 EXTRA = ("decoder_tsne", "lm_vs_sae_loss_no_position")
@@ -89,7 +93,6 @@ def recipe_runs(metrics: pd.DataFrame) -> pd.DataFrame:
 # --- stage 06, one call per notebook cell ---
 
 def setup(figures: dict, train: dict, profile: str = "default") -> dict:
-    from .. import config
     fp = config.parse(FiguresParams, figures, "figures")
     out = paths.root() / "figures"
     out.mkdir(parents=True, exist_ok=True)
@@ -169,7 +172,6 @@ def figure_args(tables: dict, slug: str) -> tuple:
 
 def slugs() -> list[str]:
     """Every file stage 06 draws: the FIGURES registry, the extra stills, the animations."""
-    from .. import figures as F
     return list(F.FIGURES) + list(EXTRA) + list(F.ANIMATIONS)
 
 
@@ -183,7 +185,6 @@ def draw(setup: dict, tables: dict, slug: str):
     """Draw one figure to figures/<slug>.png (.gif for animations); returns it for display, or None (and
     draws nothing) when the profile has no data for it."""
     from IPython.display import Image
-    from .. import figures as F
     if not has_data(tables, slug):
         return None
     args, kw = figure_args(tables, slug)
@@ -325,7 +326,6 @@ def numbers(tables: dict, params: dict | None = None) -> dict:
         out["n_tokens_harvested"] = int(c.n_tokens.sum())
     optim = (params.get("train") or {}).get("optim") or {}
     if optim:
-        from ..train import TrainConfig
         cfg = TrainConfig(**{k: v for k, v in optim.items() if k in TrainConfig.__dataclass_fields__})
         out.update({"train.batch_size": cfg.batch_size, "train.lr": cfg.lr, "train.lr_end": cfg.lr_end,
                     "train.dead_window_tokens": cfg.dead_after_tokens})
@@ -453,8 +453,6 @@ def claims(tables: dict) -> dict[str, dict]:
     """The original notes' claims (``verdicts.CLAIMS``), each with its verdict, estimates and intervals, from
     converged SAEs only (``metrics.converged``): a comparison that involves an SAE that is not converged
     does not count, so with none converged every claim is "not testable here"."""
-    from ..analysis.matching import factor_effects
-    from .matching import FACTORS
     m, t = tables["metrics"], tables
     b = common.base_run(m)
     ok = V.flag(m.converged) if "converged" in m else pd.Series(False, index=m.index)

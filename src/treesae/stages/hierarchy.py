@@ -28,9 +28,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import torch
 from tqdm import tqdm
 
-from .. import paths
+from .. import config, paths
+from ..analysis import hierarchy as H
+from ..cache import ActivationCache
+from ..corpora import safe_name
+from ..metrics import reconstruction_metrics
 from ..saes import names
 from . import common
 
@@ -90,7 +95,6 @@ def _bar(desc: str, progress: bool, unit: str = "sae", **kw):
 def setup(model: dict, hierarchy: dict, train: dict | None = None) -> dict:
     """Validate the sections, pin threads, pick the SAEs. ``train``: its held-out draw (``eval.seed``) and
     ``sink_ratio``, so the codes are computed on tokens the SAEs' metrics also use."""
-    from .. import config
     mp, hp = config.parse(config.ModelParams, model, "model"), config.parse(HierarchyParams, hierarchy, "hierarchy")
     config.pin_threads(mp.threads)
     metrics = common.read_metrics()
@@ -108,8 +112,6 @@ def runs(setup: dict) -> pd.DataFrame:
 def activations(setup: dict):
     """Held-out activations [N, d_model] of the base corpus and layer: randomly drawn contexts (train.eval.seed),
     position 0 and attention sinks (train.sink_ratio) excluded, as in stage 02's metrics."""
-    from ..cache import ActivationCache
-    from ..corpora import safe_name
     b = setup["base"]
     cache = ActivationCache.open(paths.data("activations", safe_name(b.dataset)), expect={"model": setup["model"].name})
     return cache.activations(int(b.layer), "heldout", drop_first=True, max_tokens=setup["hierarchy"].max_tokens,
@@ -124,7 +126,6 @@ def load_saes(setup: dict) -> dict:
 
 def encode(setup: dict, saes: dict, X, progress: bool = True) -> dict:
     """{architecture: sparse codes [N, d_sae]}."""
-    from ..analysis import hierarchy as H
     with _bar("encode", progress, "tok", total=len(saes) * len(X)) as bar:
         return {a: H.codes(sae, X, setup["hierarchy"].batch_size, progress=bar) for a, sae in saes.items()}
 
@@ -137,7 +138,6 @@ def _has_tree(sae) -> bool:
 def parents(setup: dict, saes: dict, Z: dict, progress: bool = True) -> dict:
     """{(architecture, mode): DataFrame(child, parent, level)}: "given" for SAEs with parent_of, and
     "inferred" (``infer_parents``) for every SAE."""
-    from ..analysis import hierarchy as H
     out = {}
     for a, sae in _bar("parents", progress, iterable=saes.items()):
         if _has_tree(sae):
@@ -159,7 +159,6 @@ def _parent_array(pairs: pd.DataFrame, d_sae: int) -> np.ndarray:
 
 def coactivation(setup: dict, saes: dict, Z: dict, parents: dict) -> pd.DataFrame:
     """Per SAE and parent mode, ``coactivation`` of every parent-child pair (children firing >= min_count)."""
-    from ..analysis import hierarchy as H
     hp, parts = setup["hierarchy"], []
     for (a, mode), pairs in parents.items():
         sae = saes[a]
@@ -180,7 +179,6 @@ def coactivation_summary(coactivation: pd.DataFrame) -> pd.DataFrame:
 
 def decoder_cosine(setup: dict, saes: dict, parents: dict) -> pd.DataFrame:
     """Per SAE and parent mode, ``cross_level_decoder_cosine`` of the parent-child pairs."""
-    from ..analysis import hierarchy as H
     parts = []
     for (a, mode), pairs in parents.items():
         t = H.cross_level_decoder_cosine(saes[a].W_dec, saes[a].levels, pairs, setup["hierarchy"].seed)
@@ -193,7 +191,6 @@ def decoder_cosine(setup: dict, saes: dict, parents: dict) -> pd.DataFrame:
 
 def level_correlation(setup: dict, saes: dict, Z: dict, progress: bool = True) -> pd.DataFrame:
     """Per multi-level SAE, ``level_correlation`` of consecutive levels."""
-    from ..analysis import hierarchy as H
     hp = setup["hierarchy"]
     multi = {a: sae for a, sae in saes.items() if len(sae.levels) > 1}
     parts = [H.level_correlation(Z[a], sae.levels, hp.seed, hp.min_count).assign(architecture=a)
@@ -206,7 +203,6 @@ def level_correlation(setup: dict, saes: dict, Z: dict, progress: bool = True) -
 
 def scores(setup: dict, saes: dict, Z: dict, progress: bool = True) -> pd.DataFrame:
     """``hierarchy_score`` per SAE: inferred parents for all, and given parents where the SAE has them."""
-    from ..analysis import hierarchy as H
     hp, rows = setup["hierarchy"], []
     for a, sae in _bar("scores", progress, iterable=saes.items()):
         modes = [None] + ([sae.parent_of] if _has_tree(sae) else [])
@@ -223,8 +219,6 @@ def levels(setup: dict, saes: dict, Z: dict, X, progress: bool = True) -> pd.Dat
     nmse_cumulative (``treesae.metrics.reconstruction_metrics`` on the same tokens; NaN where prefixes
     of levels are not trained to reconstruct, e.g. stacked, except at the last level, where it is the
     SAE's own nMSE)."""
-    from ..analysis import hierarchy as H
-    from ..metrics import reconstruction_metrics
     parts = []
     for a, sae in _bar("levels", progress, iterable=saes.items()):
         t = H.dead_per_level(Z[a], sae.levels)
@@ -241,7 +235,6 @@ def levels(setup: dict, saes: dict, Z: dict, X, progress: bool = True) -> pd.Dat
 def l0_per_token(setup: dict, X, progress: bool = True) -> pd.DataFrame:
     """Histogram of active latents per token for every frontier SAE (architecture, k): rows
     (architecture, k, l0, count)."""
-    import torch
     rows, B = [], setup["hierarchy"].batch_size
     with _bar("l0 per token", progress, "tok", total=len(setup["frontier"]) * len(X)) as bar, torch.no_grad():
         for name, r in setup["frontier"].iterrows():

@@ -45,7 +45,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .. import paths
+from .. import config, paths
+from ..analysis import matching as M
+from ..analysis.matching import PAIR_COLUMNS
 from ..io import JsonStore
 from . import common
 
@@ -90,7 +92,6 @@ def meta_table(metrics: pd.DataFrame, factors) -> pd.DataFrame:
 def adjacent_layer_pairs(meta: pd.DataFrame, factors) -> list[tuple]:
     """SAEs at consecutive harvested layers that agree on every other factor, (lower, upper); none when the
     profile's matching.factors leave out layer."""
-    from ..analysis import matching as M
     return M.layer_pairs(meta, tuple(factors)) if "layer" in factors else []
 
 
@@ -98,7 +99,6 @@ def plan_pairs(meta: pd.DataFrame, factors, which: str = "planned") -> list[tupl
     """single_factor_pairs + layer_pairs + pairs differing in seed and one other factor (what ``effects``
     needs), without duplicates (unordered), in that order; ``which="all"`` appends every other unordered pair
     of meta's index (in index order)."""
-    from ..analysis import matching as M
     seen, out = set(), []
     rest = list(itertools.combinations(meta.index, 2)) if which == "all" else []
     no_seed = tuple(f for f in factors if f != "seed")
@@ -114,7 +114,6 @@ def plan_pairs(meta: pd.DataFrame, factors, which: str = "planned") -> list[tupl
 
 def representative_pair(metrics: pd.DataFrame, meta: pd.DataFrame, factor: str, factors) -> tuple:
     """(base run, the first run that differs from it only in ``factor``)."""
-    from ..analysis import matching as M
     base = common.base_run(metrics).name
     for other in meta.index:
         if other != base and M.differing_factor(meta, base, other, tuple(factors)) == factor:
@@ -127,7 +126,6 @@ class PairCache(JsonStore):
     """``compare_saes`` rows on disk (``io.JsonStore``): an entry with other fields or a non-number reads as missing."""
 
     def __init__(self, root):
-        from ..analysis.matching import PAIR_COLUMNS
         fields = set(PAIR_COLUMNS[2:])
         super().__init__(root, check=lambda row: set(row) == fields and all(type(v) in (int, float) for v in row.values()))
 
@@ -155,7 +153,6 @@ class CountedCache:
 
 def setup(model: dict, matching: dict) -> dict:
     """Validate the section, pin threads, choose the pairs to match."""
-    from .. import config
     mp, mt = config.parse(config.ModelParams, model, "model"), config.parse(MatchingParams, matching, "matching")
     config.pin_threads(mp.threads)
     metrics = common.read_metrics()
@@ -170,7 +167,6 @@ def setup(model: dict, matching: dict) -> dict:
 
 def plan(setup: dict) -> pd.DataFrame:
     """The pairs to match and the factor each differs in."""
-    from ..analysis import matching as M
     f = tuple(setup["matching"].factors)
     return pd.DataFrame([dict(a=a, b=b, factor=M.differing_factor(setup["meta"], a, b, f)) for a, b in setup["pairs"]])
 
@@ -188,7 +184,6 @@ def _bar(desc: str, progress: bool, **kw):
 def compare(setup: dict, saes: dict, progress: bool = True) -> pd.DataFrame:
     """``compare_saes`` over the pairs of ``plan_pairs``, annotated (``annotate_pairs``); resumes from
     ``PairCache`` (module docstring)."""
-    from ..analysis import matching as M
     mt = setup["matching"]
     with _bar("pairs", progress, total=0, unit="pair") as bar:
         t = M.compare_saes(saes, setup["pairs"], threshold=mt.threshold, method=mt.method, n_jobs=mt.n_jobs,
@@ -201,7 +196,6 @@ def compare(setup: dict, saes: dict, progress: bool = True) -> pd.DataFrame:
 def annotate_pairs(t: pd.DataFrame, meta: pd.DataFrame, metrics: pd.DataFrame, factors) -> pd.DataFrame:
     """Insert after a, b: the one factor the pair differs in (None for several or none), its two values,
     and both architectures."""
-    from ..analysis import matching as M
     t = t.copy()
     f = [M.differing_factor(meta, a, b, tuple(factors)) for a, b in zip(t.a, t.b)]
     t.insert(2, "factor", f)
@@ -214,7 +208,6 @@ def annotate_pairs(t: pd.DataFrame, meta: pd.DataFrame, metrics: pd.DataFrame, f
 
 def factors(setup: dict, pairs: pd.DataFrame) -> pd.DataFrame:
     """Shared ratio by the one factor that differs (ascending: the factor that changes features most first)."""
-    from ..analysis import matching as M
     t = M.factor_table(pairs, setup["meta"], tuple(setup["matching"].factors))
     common.write_table(t, setup["out"] / "factors.csv")
     return t
@@ -225,7 +218,6 @@ def effects(setup: dict, pairs: pd.DataFrame) -> pd.DataFrame:
     same level minus sharing across levels, with a 95% SAE-bootstrap interval, at every threshold of
     ``THRESHOLDS``. Writes effects.csv and the headline threshold's bootstrap replicates (effects_boot.csv,
     for contrasts between factors)."""
-    from ..analysis import matching as M
     mt, rows = setup["matching"], []
     for t in M.THRESHOLDS:
         e, boot = M.factor_effects(pairs, setup["meta"], tuple(mt.factors), column=f"dec_shared_{round(t * 100)}",
@@ -241,7 +233,6 @@ def effects(setup: dict, pairs: pd.DataFrame) -> pd.DataFrame:
 def pair_features(setup: dict, saes: dict) -> pd.DataFrame:
     """Per latent of the representative pair: decoder vs encoder matching (``match_pair``) and the
     within-SAE top-2 cosine of the latent (in its own SAE) and of its decoder partner."""
-    from ..analysis import matching as M
     a, b = setup["pair"]
     t = M.match_pair(saes[a], saes[b], setup["matching"].method)
     src, dst = (b, a) if bool(t.swapped.iloc[0]) else (a, b)
@@ -256,8 +247,7 @@ def pair_features(setup: dict, saes: dict) -> pd.DataFrame:
 def top2(setup: dict, saes: dict, progress: bool = True) -> pd.DataFrame:
     """Controls per SAE. Within-SAE: mean, median, p90 of each decoder row's cosine to its nearest other
     row, and the fraction above the threshold. Init: median cosine of decoder rows to their random init
-    and the fraction above the threshold (each run's own init, ``sweep.Run.init_seed``)."""
-    from ..analysis import matching as M
+    and the fraction above the threshold (each run's own init, ``runs.Run.init_seed``)."""
     thr, rows = setup["matching"].threshold, []
     for n in _bar("top2", progress, iterable=list(dict.fromkeys(x for p in setup["pairs"] for x in p)), unit="sae"):
         c, i = M.within_sae_top2(M.directions(saes[n], "decoder")), M.cosine_to_init(saes[n])
@@ -290,7 +280,6 @@ def embedding_runs(setup: dict) -> pd.DataFrame:
 
 def embedding(setup: dict, saes: dict, method: str, progress: bool = True) -> pd.DataFrame:
     """``decoder_embedding`` (UMAP or t-SNE, cosine) of the embedding SAEs, with their factors."""
-    from ..analysis import matching as M
     mt, runs = setup["matching"], embedding_runs(setup)
     if progress:
         print(f"matching {method}: decoder rows of {len(runs)} SAEs, at most {mt.max_per_sae} each"
@@ -332,7 +321,6 @@ def summarize(setup: dict) -> dict:
       layers.L{a}_L{b}.{dec_shared,enc_shared,dec_mean_cos}
       embedding.n_saes, embedding.points_per_sae
     """
-    from ..analysis import matching as M
     out, mt, base = setup["out"], setup["matching"], common.base_run(setup["metrics"]).name
     pairs, fac, feats = (common.read_table(out / n) for n in ("pairs.csv", "factors.csv", "pair_features.csv"))
     t2, lay, emb = (common.read_table(out / n) for n in ("top2.csv", "layer_pairs.csv", "embedding_umap.csv"))

@@ -33,7 +33,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .. import paths
+from .. import config, paths
+from ..analysis import position as P
+from ..cache import ActivationCache
+from ..corpora import safe_name
+from ..model import DEFAULT_MODEL, load_model as load_lm, set_offline
 from . import common
 
 NAME = "position"
@@ -64,10 +68,6 @@ class PositionParams:
 
 def setup(model: dict, harvest: dict, position: dict) -> dict:
     """Validate the sections, pin threads, stay offline for the default model; pick one SAE per layer."""
-    from .. import config
-    from ..cache import ActivationCache
-    from ..corpora import safe_name
-    from ..model import DEFAULT_MODEL, set_offline
     mp, hp = config.parse(config.ModelParams, model, "model"), config.parse(config.HarvestParams, harvest, "harvest")
     pp = config.parse(PositionParams, position, "position")
     config.pin_threads(mp.threads)
@@ -110,7 +110,6 @@ def _bar(desc: str, contexts: int, progress: bool):
 
 def profile(setup: dict, saes: dict, progress: bool = True) -> pd.DataFrame:
     """Per layer and position: n, mean_act, l0, nmse, resid_norm (position 0 its own row)."""
-    from ..analysis import position as P
     pp = setup["position"]
     with _bar("profile", len(saes) * len(setup["rows"]), progress) as bar:
         t = P.stack_layers({L: P.position_profile(sae, _acts(setup, L), pp.batch_contexts, progress=bar)
@@ -129,7 +128,6 @@ def profile_summary(profile: pd.DataFrame) -> pd.DataFrame:
 
 def deciles(setup: dict, saes: dict, progress: bool = True) -> pd.DataFrame:
     """Per layer and latent: n_active and q10..q90 of its non-zero values, with and without position 0."""
-    from ..analysis import position as P
     pp = setup["position"]
     parts = {}
     with _bar("deciles", 2 * len(saes) * len(setup["rows"]), progress) as bar:
@@ -157,7 +155,6 @@ def deciles_summary(deciles: pd.DataFrame) -> pd.DataFrame:
 
 def position_features(setup: dict, saes: dict, progress: bool = True) -> pd.DataFrame:
     """Per layer, latents ranked by eta^2 (positions >= 1; those active >= min_active times)."""
-    from ..analysis import position as P
     pp = setup["position"]
     with _bar("features", len(saes) * len(setup["rows"]), progress) as bar:
         t = P.stack_layers({L: P.position_features(sae, _acts(setup, L), include_first=False, min_active=pp.min_active,
@@ -190,13 +187,11 @@ def position_features_by_layer(setup: dict, features: pd.DataFrame) -> pd.DataFr
 
 
 def load_model(setup: dict):
-    from ..model import load_model as load
-    return load(setup["model"].name, setup["model"].device)
+    return load_lm(setup["model"].name, setup["model"].device)
 
 
 def modes(lm) -> tuple:
     """The position interventions that fit the model (rotary: permute, freeze; learned: zero, shuffle)."""
-    from ..analysis import position as P
     return P.position_modes(lm)
 
 
@@ -207,7 +202,6 @@ def _tokens(setup, rows):
 def intervention(setup: dict, lm, saes: dict, progress: bool = True) -> pd.DataFrame:
     """Per layer (every block's resid_pre; SAE columns where an SAE exists) and condition: clean and
     every intervention of ``modes(lm)``."""
-    from ..analysis import position as P
     pp = setup["position"]
     toks = _tokens(setup, setup["lm_rows"])
     layers, modes = list(range(lm.cfg.n_layers)), P.position_modes(lm)
@@ -237,7 +231,6 @@ def remove_mode(lm) -> str:
 def lm_vs_sae(setup: dict, lm, saes: dict, progress: bool = True) -> pd.DataFrame:
     """Per token and layer (positions 1..T-2): ce_clean, ce_spliced, ce_increase, sae_nmse, resid_norm,
     clean (condition "clean") and with position information removed (condition = that mode)."""
-    from ..analysis import position as P
     pp = setup["position"]
     toks = _tokens(setup, setup["lm_rows"])
     with _bar("lm_vs_sae", 2 * len(toks), progress) as bar:

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from .. import config
 from .. import synthetic as S
 from ..io import write_json
 from ..saes import ARCHITECTURES, TreeConfig, architecture, names
@@ -38,7 +39,7 @@ from ..verdicts import mean_difference
 from . import common
 
 NAME = "synthetic"
-CODE = ("synthetic.py", "sweep.py", "seeds.py", "train.py", "convergence.py", "metrics.py", "saes")  # under src/treesae
+CODE = ("synthetic.py", "runs.py", "config.py", "seeds.py", "train.py", "convergence.py", "metrics.py", "saes")  # under src/treesae
 SCORES = ("f1", "mcc", "uniqueness", "explained_variance", "l0", "dead_fraction", "shrinkage", "absorption",
           "recall_with_child", "recall_no_child", "hierarchy_recovery", "implication", "implication_baseline",
           "max_cos_level0", "max_cos_level1", "max_cos_level2", "tree_edges", "tree_precision", "tree_precision_chance")
@@ -98,7 +99,6 @@ class SyntheticParams:
 def setup(model: dict, synthetic: dict) -> dict:
     """Validate the section, pin threads, build the world and its flat control (the same features firing
     independently, as often), each with its training set and held-out set."""
-    from .. import config
     mp, sp = config.parse(config.ModelParams, model, "model"), config.parse(SyntheticParams, synthetic, "synthetic")
     config.pin_threads(mp.threads)
     out = common.out_dir(NAME)

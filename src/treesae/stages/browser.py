@@ -3,6 +3,9 @@ import shutil
 from dataclasses import dataclass
 
 from .. import config, paths
+from ..browser import extract, load_inputs, write_site
+from ..io import ArrayStore
+from ..model import load_model
 
 
 @dataclass
@@ -28,20 +31,16 @@ def setup(model: dict, browser: dict):
 
 def inputs(params):
     """(saes, meta, caches) from stage 02's SAEs and metrics table and stage 01's caches."""
-    from .cli import load_inputs
     return load_inputs(paths.data("saes"), paths.data("train", "metrics.csv"), paths.data("activations"))
 
 
 def load(params):
-    from ..model import load_model
     return load_model(params[0].name, params[0].device)
 
 
 def build(params, inputs, lm):
     """Every SAE's page data; each SAE's statistics are kept in data/.partial/browser as soon as they are
     computed, so an interrupted stage resumes (``extract``'s ``store``)."""
-    from ..io import ArrayStore
-    from .extract import extract
     bp = params[1]
     saes, meta, caches = inputs
     salt = repr(sorted((str(c), k.meta.get("fingerprint")) for c, k in caches.items()))
@@ -51,7 +50,6 @@ def build(params, inputs, lm):
 
 
 def write(params, data):
-    from .site import write_site
     out = write_site(data, paths.root() / params[1].out, shard_size=params[1].shard_size)
     shutil.rmtree(paths.data(".partial", "browser"), ignore_errors=True)  # the site is written: its resume data goes
     print(f"open {out / 'index.html'}")

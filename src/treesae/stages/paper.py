@@ -1,4 +1,4 @@
-"""The paper: ``paper/template.md`` (prose with Jinja2 placeholders) + ``paper/numbers.json`` ->
+"""Stage paper: ``paper/template.md`` (prose with Jinja2 placeholders) + ``paper/numbers.json`` ->
 ``paper/post.md`` (standard Markdown: ``![alt](../figures/<slug>.png)`` images with alt text, no HTML),
 ``paper/lesswrong.zip`` (the post, its images under ``images/`` and how to paste it into LessWrong),
 ``paper/index.html`` (self-contained: images embedded as data URIs) and, where Chromium exists,
@@ -17,9 +17,9 @@ from pathlib import Path
 import jinja2
 import markdown
 
-from . import paths
-from .io import write_bytes_atomic
-from .verdicts import CLAIMS
+from .. import paths
+from ..io import write_bytes_atomic
+from ..verdicts import CLAIMS
 
 CSS = """body{max-width:46rem;margin:2rem auto;padding:0 1rem;font:17px/1.55 Georgia,serif;color:#222}
 h1,h2,h3{font-family:Helvetica,Arial,sans-serif;line-height:1.2}
@@ -44,7 +44,7 @@ def _pct(x, digits=1):
 FIGURES = "../figures/"  # where post.md (in paper/) finds the figures
 README = ("To post on LessWrong: turn on the Markdown editor (Account Settings, 'Activate Markdown Editor'), paste "
           "post.md into a new post, then upload each file of images/ in place of its ![...](images/...) line; or host "
-          "images/ and run `python -m treesae.paper --image-url <URL>` so that post.md links them.\n")
+          "images/ and run `python -m treesae.stages.paper --image-url <URL>` so that post.md links them.\n")
 
 
 def figures():

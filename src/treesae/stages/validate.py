@@ -1,6 +1,6 @@
 """One validation pass over every section of params.yaml, before any stage does work.
 
-``python -m treesae.validate`` is DVC's first stage: every other stage depends on its output
+``python -m treesae.stages.validate`` is DVC's first stage: every other stage depends on its output
 (``build/params.ok``, the same bytes whenever it passes), so a typo anywhere in params.yaml fails in
 seconds, before DVC has cleared any stage's outputs. ``treesae.notebook`` (the command of every
 notebook stage) runs the same pass first. Messages name the section, key, bad value and what is
@@ -8,7 +8,15 @@ allowed. Nothing is loaded: no model, no cache, no SAE weights.
 """
 import sys
 
-from . import config, paths
+from .. import config, paths
+from ..saes import ARCHITECTURES
+from .browser import BrowserParams
+from .figures import FiguresParams
+from .hierarchy import HierarchyParams
+from .matching import FACTORS, MatchingParams
+from .position import PositionParams
+from .synthetic import SyntheticParams
+from .train import check
 
 SECTIONS = ("profile", "model", "harvest", "train", "position", "matching", "hierarchy", "synthetic", "figures", "browser")
 
@@ -21,14 +29,6 @@ def _subset(where: str, values, allowed, what: str):
 
 def validate(params: dict | None = None) -> dict:
     """Parse and cross-check every section; returns the parsed sections (and the sweep's runs)."""
-    from .browser.stage import BrowserParams
-    from .saes import ARCHITECTURES
-    from .stages.figures import FiguresParams
-    from .stages.hierarchy import HierarchyParams
-    from .stages.matching import FACTORS, MatchingParams
-    from .stages.position import PositionParams
-    from .stages.synthetic import SyntheticParams
-    from .sweep import check
     params = config.read_params() if params is None else params
     _subset("the top level", params, SECTIONS, "section(s)")
     missing = [s for s in SECTIONS if s not in params]

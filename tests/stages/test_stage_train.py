@@ -1,10 +1,12 @@
-"""Stage 02's evaluation resumes: rows kept per SAE (sweep.eval_key), an interrupted run recomputes only
+"""Stage 02's evaluation resumes: rows kept per SAE (``eval_key``), an interrupted run recomputes only
 the missing ones and writes the same metrics table."""
 from types import SimpleNamespace
 
 import pytest
 
-from treesae import config, harvest as H, metrics, sweep
+from treesae import config, harvest as H, metrics
+from treesae.runs import build
+from treesae.stages import train as sweep
 
 TRAIN = {"base": dict(architecture="topk", corpus="tiny", layer=3, d_sae=64, k=4, seed=0),
          "grids": {"seed": {"seed": [1, 2]}, "frontier": {"architecture": ["topk", "relu"]}},
@@ -19,7 +21,7 @@ def stage(tiny_model, tiny_corpus, tmp_path, monkeypatch):
               batch_size=5, summary_contexts=4, progress=False)
     model = config.ModelParams(name="tiny-rotary", threads=1)
     s = dict(model=model, **sweep.check(model, SimpleNamespace(corpora=["tiny"], layers=[3]), TRAIN))
-    saes = {r.name: sweep.build(r, 32, s["train"].architectures) for r in s["runs"]}
+    saes = {r.name: build(r, 32, s["train"].architectures) for r in s["runs"]}
     (tmp_path / "data" / "train").mkdir(parents=True)
     return s, saes, tmp_path / "data" / "train" / "metrics.csv"
 
@@ -56,31 +58,3 @@ def test_changed_weights_or_settings_are_evaluated_again(stage, monkeypatch):
     s["train"].eval = sweep.EvalParams(heldout_tokens=32)
     sweep.evaluate(s, saes, progress=False)
     assert len(counted) == 1 + 4
-
-
-def _dec(run):
-    return sweep.build(run, 16, {"relu": {"l1_coef_by_k": {4: 1.0}}}).W_dec.detach()
-
-
-def test_runs_differing_in_any_one_factor_start_from_different_inits():
-    import torch
-    base = sweep.Run("topk", "brown", 9, 64, 4, 0)
-    for f, v in dict(architecture="batchtopk", corpus="pydocs", layer=3, k=8, seed=1, options=(("aux_k", False),)).items():
-        other = sweep.Run(**{**base.__dict__, f: v})
-        assert other.init_seed() != base.init_seed(), f
-        assert not torch.equal(_dec(other), _dec(base)), f
-    bigger = _dec(sweep.Run("topk", "brown", 9, 128, 4, 0))
-    assert not torch.equal(bigger[:64], _dec(base))  # a larger dictionary is not the smaller one extended
-    # no other stream seeded with the run's seed reproduces its init
-    assert not torch.equal(_dec(base), sweep.build(base, 16, {}).__class__(
-        sweep.build(base, 16, {}).cfg.__class__(d_in=16, d_sae=64, k=4, seed=0)).W_dec.detach())
-    assert _dec(base).equal(_dec(sweep.Run("topk", "brown", 9, 64, 4, 0)))  # deterministic
-
-
-def test_shared_init_is_an_explicit_control_arm():
-    import torch
-    shared = (("shared_init", True),)
-    a, b = sweep.Run("topk", "brown", 9, 64, 4, 0, shared), sweep.Run("topk", "pydocs", 3, 64, 8, 0, shared)
-    assert a.init_seed() == b.init_seed() and torch.equal(_dec(a), _dec(b))
-    assert not torch.equal(_dec(a), _dec(sweep.Run("topk", "brown", 9, 64, 4, 1, shared)))
-    assert "shared_init" not in sweep.sae_config(a, 16, {})  # a run option, not an SAE config field
