@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from treesae.sweep import Run, build
+from treesae.runs import Run, build
 from treesae.train import TrainConfig, train_sweep
 
 D_IN, K, BATCH = 768, 32, 4096

@@ -31,7 +31,7 @@ def encoder_flops(sae) -> int:
 
 def measure(a):
     from treesae import config
-    from treesae.sweep import Run, build
+    from treesae.runs import Run, build
     from treesae.train import TrainConfig, train_sweep
     torch.set_num_threads(a.threads)
     data = make_data(a)

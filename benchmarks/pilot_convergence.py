@@ -29,7 +29,7 @@ from treesae.analysis.matching import cosine_to_init, match_features, shared_rat
 from treesae.cache import ActivationCache
 from treesae.convergence import THRESHOLDS, Monitor, _fvu, converged
 from treesae.metrics import reconstruction_metrics
-from treesae.sweep import Run, build
+from treesae.runs import Run, build
 from treesae.train import TrainConfig, train_sweep
 
 

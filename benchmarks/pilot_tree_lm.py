@@ -25,7 +25,7 @@ from treesae.analysis import hierarchy as H
 from treesae.cache import ActivationCache
 from treesae.convergence import finalize
 from treesae.metrics import reconstruction_metrics
-from treesae.sweep import Run, build
+from treesae.runs import Run, build
 from treesae.train import TrainConfig, train_sweep
 
 
