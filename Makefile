@@ -1,5 +1,5 @@
 # `make paper`: set up (when needed) and regenerate everything at the paper profile.
-# `make test`:  set up (when needed), run the smoke pipeline, the unit tests and nbval.
+# `make test`:  set up (when needed), lint (ruff), run the smoke pipeline, the unit tests and nbval.
 SHELL := /bin/bash
 VENV := .venv
 export PATH := $(abspath $(VENV))/bin:$(PATH)
@@ -54,6 +54,8 @@ smoke: setup
 	cd $(WORKSPACE) && TREESAE_ROOT=$(abspath $(WORKSPACE)) dvc repro
 
 test:
+	$(MAKE) setup
+	ruff check src tests benchmarks notebooks
 	$(MAKE) smoke PROFILE=smoke
 	TREESAE_REQUIRE_BROWSER=1 TREESAE_ROOT=$(abspath $(SMOKE)) python -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
 

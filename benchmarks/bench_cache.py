@@ -47,9 +47,13 @@ def main():
         times = {"check": [], "read": []}
         for _ in range(args.repeats + 1):  # the first round warms the page cache and is dropped
             c = ActivationCache.open(tmp)
-            t = time.perf_counter(); c.check_layer(15); times["check"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            c.check_layer(15)
+            times["check"].append(time.perf_counter() - t)
             c._checked.add(15)  # read without checking again
-            t = time.perf_counter(); c.activations(15); times["read"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            c.activations(15)
+            times["read"].append(time.perf_counter() - t)
         check, read = (float(np.median(v[1:])) for v in times.values())
         gb = args.contexts * 128 * 576 * 2 / 1e9
         print(f"{'layer':>10} {'GB':>6} {'check s':>8} {'read s':>8} {'check/read':>10}")

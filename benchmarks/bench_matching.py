@@ -44,10 +44,12 @@ def main():
             if A is None or B is None:
                 continue
             C = M.cosine_matrix(*((A, B) if len(A) <= len(B) else (B, A)))
-            t = {}
-            t0 = time.perf_counter(); r, c = M.assign(C, "scipy"); t["scipy"] = time.perf_counter() - t0
-            t0 = time.perf_counter(); r1, c1 = M.assign(C, "sparse"); t["sparse"] = time.perf_counter() - t0
-            t0 = time.perf_counter(); r2, c2 = M.assign(C); t["auto"] = time.perf_counter() - t0
+            t, out = {}, {}
+            for method in ("scipy", "sparse", "auto"):
+                t0 = time.perf_counter()
+                out[method] = M.assign(C, method)
+                t[method] = time.perf_counter() - t0
+            (r, c), (r1, c1), (r2, c2) = out["scipy"], out["sparse"], out["auto"]
             opt = C[r, c].astype(np.float64).sum()
             for rr, cc in ((r1, c1), (r2, c2)):
                 assert abs(C[rr, cc].astype(np.float64).sum() - opt) < 1e-6, (x, y, kind)

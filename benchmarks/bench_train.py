@@ -140,7 +140,7 @@ def measure_duel(args):
     cfg = TrainConfig(n_tokens=BATCH * n_steps, batch_size=BATCH, lr=LR, lr_end=LR, lr_schedule="constant",
                       log_every=10 ** 9, checkpoint_every=0, threads=args.threads, init_sample_tokens=BATCH,
                       dead_after_tokens=1000 * BATCH)  # sae-lens' default window: 1000 steps
-    probe, t_theirs, last = GemmProbe(args.warmup), [], [None]
+    probe, t_theirs = GemmProbe(args.warmup), []
 
     def cb(step, tokens, saes):  # our step `step` just finished: time one sae-lens step, then the probe
         t = time.perf_counter()

@@ -1,7 +1,6 @@
 """The smoke workspace that `make test` builds first (`make smoke`): DVC state and real activations."""
 import os
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
