@@ -15,7 +15,7 @@ import torch
 def naive(model, sae, tokens, hook_name, batch_size=8):
     """Three full forwards per batch; position 0 kept clean and unscored (as treesae.metrics does)."""
     import torch.nn.functional as F
-    from treesae.metrics import eval_mode
+    from treesae.tensors import eval_mode
 
     def splice(act, hook):
         act = act.clone()

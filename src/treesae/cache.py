@@ -43,8 +43,9 @@ class CacheError(RuntimeError):
     pass
 
 
-def hook_name(layer: int) -> str:
-    return f"blocks.{layer}.hook_resid_pre"
+def hook_name(layer: int, hook: str = "hook_resid_pre") -> str:
+    """transformer_lens' name of a residual-stream hook (the cache holds ``hook_resid_pre``)."""
+    return f"blocks.{layer}.{hook}"
 
 
 class ShardedArray:

@@ -15,7 +15,6 @@ downstream_metrics: splice the SAE reconstruction into a HookedTransformer at ho
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
@@ -23,23 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from .cache import sink_mask
+from .tensors import dense, eval_mode
 from .train import get_rows
 
 QUANTILES = (0.1, 0.5, 0.9)
-
-
-@contextlib.contextmanager
-def eval_mode(module):
-    was = module.training
-    module.eval()
-    try:
-        yield module
-    finally:
-        module.train(was)
-
-
-def _dense(z):
-    return z.to_dense() if z.layout != torch.strided else z
 
 
 def cumulative_reconstructions(sae, z: torch.Tensor):
@@ -76,7 +62,7 @@ def reconstruction_metrics(sae, acts, batch_size: int = 4096) -> dict:
     with eval_mode(sae):
         for i in range(0, n, batch_size):
             x = get_rows(acts, torch.arange(i, min(i + batch_size, n))).to(dev)
-            z = _dense(sae.encode(x))
+            z = dense(sae.encode(x))
             sse += float((x - sae.decode(z)).double().pow(2).sum())
             sxx += float(x.double().pow(2).sum())
             sx += x.double().sum(0)

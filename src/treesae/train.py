@@ -33,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 from .seeds import DATA_TAG, hashed_seed
+from .tensors import dense, fired
 
 SCHEDULES = ("constant", "linear", "cosine")
 
@@ -232,15 +233,6 @@ def save_checkpoint(path: Path, state: dict) -> None:
 # ----------------------------------------------------------------------------- training
 
 @torch.no_grad()
-def fired_latents(z: torch.Tensor) -> torch.Tensor:
-    """Bool [d_sae]: latents with a non-zero code somewhere in the batch (z dense or sparse COO)."""
-    if z.layout == torch.sparse_coo:
-        idx, vals = z._indices(), z._values()
-        return torch.zeros(z.shape[-1], dtype=torch.bool, device=z.device).index_fill_(0, idx[-1][vals != 0], True)
-    return z.amax(dim=0) > 0  # codes are >= 0 (ReLU / TopK); amax is ~4x faster than (z != 0).any(0)
-
-
-@torch.no_grad()
 def _log_row(sae, x, z, loss, logs, step, tokens, lr) -> dict:
     """Curve row of one step, from the batch the loss was computed on (before the update).
 
@@ -256,7 +248,7 @@ def _log_row(sae, x, z, loss, logs, step, tokens, lr) -> dict:
     row = {"step": step, "tokens": tokens, "lr": lr, "loss": float(loss)}
     need = ["mse", "nmse", "l0"] + [f"l0_level{i}" for i in range(len(sae.levels)) if len(sae.levels) > 1]
     if any(k not in logs for k in need):
-        z = z.to_dense() if z.layout != torch.strided else z
+        z = dense(z)
         err, active = (x - sae.decode(z)).pow(2).sum(), z != 0
         row.update(mse=float(err / x.shape[0]), nmse=float(err / x.pow(2).sum()), l0=float(active.sum(1).float().mean()))
         if len(sae.levels) > 1:
@@ -363,7 +355,7 @@ def train_sweep(saes: dict, data, cfg: TrainConfig, out_dir=None, progress: bool
                             row = _log_row(sae, x, z, loss.detach(), logs, step + 1, tokens, lr)
                         optimizer_step(sae, opts[name], loss, lr, cfg.clip_grad_norm)
                         since[name] += B
-                        since[name][fired_latents(z)] = 0
+                        since[name][fired(z)] = 0
                         if log_now:
                             rows[name].append({**row, **_dead_fields(sae, since[name] >= cfg.dead_after_tokens)})
                     pbar.update(B)

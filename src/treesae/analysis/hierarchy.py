@@ -22,6 +22,8 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from ..tensors import dense
+
 
 def as_sparse(Z) -> sp.csc_matrix:
     """Codes as a float32 scipy CSC matrix [N, d_sae] (explicit zeros dropped)."""
@@ -49,7 +51,7 @@ def codes(sae, X, batch_size: int = 4096, progress=None) -> sp.csc_matrix:
         x = torch.as_tensor(np.asarray(X[i:i + batch_size], dtype=np.float32)) if not torch.is_tensor(X) \
             else X[i:i + batch_size].float()
         z = sae.encode(x)
-        parts.append(as_sparse(z.to_dense() if z.layout != torch.strided else z).tocsr())
+        parts.append(as_sparse(dense(z)).tocsr())
         if progress is not None:
             progress.update(len(x))
     return sp.vstack(parts).tocsc()

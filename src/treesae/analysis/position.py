@@ -25,24 +25,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from ..cache import hook_name
+from ..tensors import dense, eval_mode
+
 QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-
-
-def hook_name(layer: int, hook: str = "hook_resid_pre") -> str:
-    return f"blocks.{layer}.{hook}"
-
-
-@contextlib.contextmanager
-def _eval(*modules):
-    was = [m.training for m in modules if hasattr(m, "training")]
-    for m in modules:
-        if hasattr(m, "eval"):
-            m.eval()
-    try:
-        yield
-    finally:
-        for m, w in zip([m for m in modules if hasattr(m, "training")], was):
-            m.train(w)
 
 
 def _batches(acts, batch_contexts: int, max_contexts: int | None = None, progress=None):
@@ -57,7 +43,7 @@ def _batches(acts, batch_contexts: int, max_contexts: int | None = None, progres
 def _encode(sae, x):
     """x [B, T, d] -> (z [B*T, d_sae] dense, x_hat [B, T, d])."""
     z = sae.encode(x.reshape(-1, x.shape[-1]))
-    z = z.to_dense() if z.layout != torch.strided else z
+    z = dense(z)
     return z, sae.decode(z).reshape(x.shape)
 
 
@@ -66,7 +52,7 @@ def position_profile(sae, acts, batch_contexts: int = 16, max_contexts: int | No
                      progress=None) -> pd.DataFrame:
     """Per position: n (contexts), mean_act, l0, nmse, resid_norm (definitions in the module docstring)."""
     s = None
-    with _eval(sae):
+    with eval_mode(sae):
         for x in _batches(acts, batch_contexts, max_contexts, progress):
             B, T, _ = x.shape
             z, xh = _encode(sae, x)
@@ -97,7 +83,7 @@ def residual_norm_by_position(acts, batch_contexts: int = 64, max_contexts: int 
 def _codes_by_position(sae, acts, include_first, batch_contexts, max_contexts, progress=None):
     """(feature, value, position) of every non-zero code."""
     f, v, p = [], [], []
-    with _eval(sae):
+    with eval_mode(sae):
         for x in _batches(acts, batch_contexts, max_contexts, progress):
             B, T, _ = x.shape
             z, _ = _encode(sae, x)
@@ -139,7 +125,7 @@ def position_features(sae, acts, include_first: bool = False, min_active: int = 
     min_active times are dropped. Sorted by eta2, descending."""
     s1 = s2 = na = None
     nb = 0
-    with _eval(sae):
+    with eval_mode(sae):
         for x in _batches(acts, batch_contexts, max_contexts, progress):
             B, T, _ = x.shape
             z, _ = _encode(sae, x)
@@ -231,15 +217,11 @@ def _ce_per_token(logits, tokens):
 def _splice(sae, first: int):
     def hook(act, hook):
         a = act[:, first:]
-        rec = sae.decode(_dense(sae.encode(a.reshape(-1, a.shape[-1]).float()))).reshape(a.shape).to(act.dtype)
+        rec = sae.decode(dense(sae.encode(a.reshape(-1, a.shape[-1]).float()))).reshape(a.shape).to(act.dtype)
         act = act.clone()
         act[:, first:] = rec
         return act
     return hook
-
-
-def _dense(z):
-    return z.to_dense() if z.layout != torch.strided else z
 
 
 def _tokens(tokens):
@@ -260,7 +242,7 @@ def position_intervention(model, tokens, layers, saes_by_layer: dict, mode: str,
     first = 0 if include_first else 1
     names = {L: hook_name(L, hook) for L in layers}
     rows = []
-    with _eval(model, *saes_by_layer.values()):
+    with eval_mode(model, *saes_by_layer.values()):
         for cond in ("clean", mode):
             acc = {L: np.zeros(5) for L in layers}  # norm sum, sse, sxx, l0 sum, spliced CE sum
             ce, n_tok, n_pred = 0.0, 0, 0
@@ -278,7 +260,7 @@ def position_intervention(model, tokens, layers, saes_by_layer: dict, mode: str,
                         sae = saes_by_layer.get(L)
                         if sae is None:
                             continue
-                        z = _dense(sae.encode(x.reshape(-1, x.shape[-1])))
+                        z = dense(sae.encode(x.reshape(-1, x.shape[-1])))
                         acc[L][1] += float((x.reshape(-1, x.shape[-1]) - sae.decode(z)).double().pow(2).sum())
                         acc[L][2] += float(x.double().pow(2).sum())
                         acc[L][3] += float((z != 0).sum())
@@ -310,7 +292,7 @@ def lm_vs_sae_loss(model, sae_by_layer: dict, tokens, hook_names: dict | None = 
     first = 0 if include_first else 1
     names = hook_names or {L: hook_name(L) for L in sae_by_layer}
     out = []
-    with _eval(model, *sae_by_layer.values()), position_intervened(model, position_mode, T, seed) as hooks:
+    with eval_mode(model, *sae_by_layer.values()), position_intervened(model, position_mode, T, seed) as hooks:
         for i in range(0, len(tokens), batch_size):
             tok = tokens[i:i + batch_size]
             B = tok.shape[0]
@@ -321,7 +303,7 @@ def lm_vs_sae_loss(model, sae_by_layer: dict, tokens, hook_names: dict | None = 
             for L, sae in sae_by_layer.items():
                 x = cache[names[L]][:, first:T - 1].float()
                 xf = x.reshape(-1, x.shape[-1])
-                err = (xf - sae.decode(_dense(sae.encode(xf)))).pow(2).sum(-1) / xf.pow(2).sum(-1).clamp_min(1e-12)
+                err = (xf - sae.decode(dense(sae.encode(xf)))).pow(2).sum(-1) / xf.pow(2).sum(-1).clamp_min(1e-12)
                 lg = model.run_with_hooks(tok, fwd_hooks=hooks + [(names[L], _splice(sae, first))])
                 ce1 = _ce_per_token(lg, tok)[:, first:]
                 out.append(pd.DataFrame({"ctx": ctx.ravel(), "position": pos.ravel(), "layer": L,

@@ -33,6 +33,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..tensors import dense, eval_mode
+
 FORMAT_VERSION = 1
 HIST_LO, HIST_HI, HIST_PER_DECADE = -4, 4, 8
 #: log-spaced histogram edges shared by every feature: 10**-4 .. 10**4, 8 bins per decade; values outside
@@ -133,10 +135,6 @@ def _limit(src: Source, max_contexts):
 
 
 # ------------------------------------------------------------------------------- statistics
-def _dense(z: torch.Tensor) -> torch.Tensor:
-    return z.to_dense() if z.is_sparse else z
-
-
 @torch.no_grad()
 def feature_stats(sae, src: Source, n_top: int = 12, batch_size: int = 4096, window: tuple[int, int] = (24, 8),
                   drop_first: bool = True, max_elements: int = 1 << 25) -> dict[str, np.ndarray]:
@@ -163,13 +161,11 @@ def feature_stats(sae, src: Source, n_top: int = 12, batch_size: int = 4096, win
     feats = torch.arange(F, device=dev)
     offs = torch.arange(Wn, device=dev)
     log_lo, per_dec = float(HIST_LO), float(HIST_PER_DECADE)
-    was_training = sae.training
-    sae.eval()
-    try:
+    with eval_mode(sae):
         for c0 in range(0, src.n_ctx, C):
             x = src.chunk(c0, min(c0 + C, src.n_ctx)).to(dev, W.dtype)
             c = x.shape[0]
-            z = _dense(sae.encode(x.reshape(c * T, -1))).float()               # [c*T, F]
+            z = dense(sae.encode(x.reshape(c * T, -1))).float()               # [c*T, F]
             # one pass over the dense codes; everything else works on the (token, feature, value) triplets
             tok, f = (z > 0).nonzero(as_tuple=True)
             v = z[tok, f]
@@ -199,8 +195,6 @@ def feature_stats(sae, src: Source, n_top: int = 12, batch_size: int = 4096, win
             run_ctx = torch.where(new, ci + c0, run_ctx.gather(1, oi))
             run_pos = torch.where(new, pos_new, run_pos.gather(1, oi))
             run_val = top_v
-    finally:
-        sae.train(was_training)
     n_tok = src.n_ctx * (T - start)
     count_np = count.cpu().numpy()
     mean_act = np.divide(total.cpu().numpy(), count_np, out=np.zeros(F), where=count_np > 0)

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..tensors import fired  # noqa: F401  (re-exported by treesae.saes)
 from .sparse import Codes, Kernels, aux_select
 
 # AuxK runs as dense GEMMs on the dead latents' columns while n_dead <= AUX_DENSE_RATIO * k_aux, and
@@ -148,15 +149,6 @@ def auxk_reconstruction(pre: Tensor, dead_mask: Tensor, k_aux: int, columns, val
     rows, cols, offsets = aux_select(pre.detach(), dead_mask, k)
     codes = Codes(value_at(rows, cols).relu(), rows, cols + offset, offsets, (pre.shape[0], W_dec.shape[0]))
     return kernels.decode(codes, W_dec)
-
-
-def fired(z: Tensor) -> Tensor:
-    """bool [d_sae]: latents that are non-zero for some token of ``z`` (dense or sparse COO)."""
-    if z.is_sparse:
-        out = torch.zeros(z.shape[1], dtype=torch.bool, device=z.device)
-        idx, vals = z._indices(), z._values()
-        return out.index_fill_(0, idx[1][vals != 0], True)
-    return (z != 0).any(0)
 
 
 def weights_digest(sae: nn.Module) -> bytes:

@@ -37,6 +37,7 @@ from ..cache import ActivationCache
 from ..corpora import safe_name
 from ..metrics import reconstruction_metrics
 from ..saes import names
+from ..tensors import dense
 from . import common
 
 NAME = "hierarchy"
@@ -242,7 +243,7 @@ def l0_per_token(setup: dict, X, progress: bool = True) -> pd.DataFrame:
             counts = []
             for i in range(0, len(X), B):
                 z = sae.encode(X[i:i + B])
-                z = z.to_dense() if z.layout != torch.strided else z
+                z = dense(z)
                 counts.append((z != 0).sum(1))
                 bar.update(len(z))
             v, c = np.unique(torch.cat(counts).numpy(), return_counts=True)
