@@ -18,6 +18,7 @@ same config, SAE configs and data resumes from it and ends bit-identical to an u
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -278,6 +279,40 @@ def optimizer_step(sae, opt, loss, lr: float, clip_grad_norm: float | None) -> N
     sae.after_optimizer_step()
 
 
+@contextlib.contextmanager
+def pinned_torch(threads: int, deterministic: bool):
+    """torch's thread count and deterministic algorithms for the duration of a run; the caller's are restored."""
+    det = torch.utils.deterministic
+    prev = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled(), det.fill_uninitialized_memory)
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    det.fill_uninitialized_memory = False  # else every torch.empty is NaN-filled: ~30% slower, nothing gained
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev[0])
+        torch.use_deterministic_algorithms(prev[1], warn_only=prev[2])
+        det.fill_uninitialized_memory = prev[3]
+
+
+def _resume(ckpt_path: Path | None, chash: str, saes: dict, opts: dict):
+    """(since_fired, rows, step) from a checkpoint of this config and data, with the SAEs, optimizers and torch's
+    RNG restored; None without one (a checkpoint of another config is ignored, with a warning)."""
+    if ckpt_path is None or not ckpt_path.exists():
+        return None
+    ck = torch.load(ckpt_path, weights_only=False)
+    if ck.get("config_hash") != chash:
+        warnings.warn(f"{ckpt_path} is from another config/data ({ck.get('config_hash')} != "
+                      f"{chash}); starting from scratch and overwriting it")
+        return None
+    for name, sae in saes.items():
+        sae.load_state_dict(ck["saes"][name])
+        opts[name].load_state_dict(ck["optimizers"][name])
+    torch.set_rng_state(ck["rng"])
+    return ck["since_fired"], ck["rows"], ck["step"]
+
+
 def train_sweep(saes: dict, data, cfg: TrainConfig, out_dir=None, progress: bool = True,
                 callback=None) -> dict[str, pd.DataFrame]:
     """Train every SAE in ``saes`` (in place) on the same shuffled batches of ``data`` [N, d_in].
@@ -303,73 +338,53 @@ def train_sweep(saes: dict, data, cfg: TrainConfig, out_dir=None, progress: bool
     # codes come back as a sparse COO tensor when the SAE offers it (no [B, d_sae] allocation per step)
     sparse_z = {name: {"dense_z": False} if "dense_z" in inspect.signature(sae.training_loss).parameters else {}
                 for name, sae in saes.items()}
-    rows = {name: [] for name in saes}
-    det = torch.utils.deterministic
-    prev = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-            torch.is_deterministic_algorithms_warn_only_enabled(), det.fill_uninitialized_memory)
-    torch.set_num_threads(cfg.threads)
-    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
-    det.fill_uninitialized_memory = False  # else every torch.empty is NaN-filled: ~30% slower, nothing gained
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(hashed_seed(DATA_TAG, seed=cfg.seed, stream="torch"))
-            start = 0
-            if ckpt_path is not None and ckpt_path.exists():
-                ck = torch.load(ckpt_path, weights_only=False)
-                if ck.get("config_hash") != chash:
-                    warnings.warn(f"{ckpt_path} is from another config/data ({ck.get('config_hash')} != "
-                                  f"{chash}); starting from scratch and overwriting it")
-                else:
-                    for name, sae in saes.items():
-                        sae.load_state_dict(ck["saes"][name])
-                        opts[name].load_state_dict(ck["optimizers"][name])
-                    since, rows, start = ck["since_fired"], ck["rows"], ck["step"]
-                    torch.set_rng_state(ck["rng"])
-            if start == 0 and cfg.init_sample_tokens:
-                sample = get_rows(data, order.indices(0, min(cfg.init_sample_tokens, n))).to(dev)
-                for sae in saes.values():
-                    if hasattr(sae, "init_from_sample"):
-                        sae.init_from_sample(sample)
+    rows, start = {name: [] for name in saes}, 0
+    with pinned_torch(cfg.threads, cfg.deterministic), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(hashed_seed(DATA_TAG, seed=cfg.seed, stream="torch"))
+        resumed = _resume(ckpt_path, chash, saes, opts)
+        if resumed is not None:
+            since, rows, start = resumed
+        if start == 0 and cfg.init_sample_tokens:
+            sample = get_rows(data, order.indices(0, min(cfg.init_sample_tokens, n))).to(dev)
             for sae in saes.values():
-                sae.train()
+                if hasattr(sae, "init_from_sample"):
+                    sae.init_from_sample(sample)
+        for sae in saes.values():
+            sae.train()
 
-            def checkpoint(step):
-                save_checkpoint(ckpt_path, {
-                    "config_hash": chash, "config": asdict(cfg), "step": step, "rng": torch.get_rng_state(),
-                    "saes": {k: s.state_dict() for k, s in saes.items()},
-                    "optimizers": {k: o.state_dict() for k, o in opts.items()},
-                    "since_fired": since, "rows": rows})
+        def checkpoint(step):
+            save_checkpoint(ckpt_path, {
+                "config_hash": chash, "config": asdict(cfg), "step": step, "rng": torch.get_rng_state(),
+                "saes": {k: s.state_dict() for k, s in saes.items()},
+                "optimizers": {k: o.state_dict() for k, o in opts.items()},
+                "since_fired": since, "rows": rows})
 
-            if out_dir is not None:
-                out_dir.mkdir(parents=True, exist_ok=True)
-            with tqdm(total=n_steps * B, initial=start * B, unit="tok", unit_scale=True, disable=not progress,
-                      desc="train_sweep", smoothing=0.1, mininterval=10) as pbar:
-                for step in range(start, n_steps):
-                    x = get_rows(data, order.indices(step * B, B)).to(dev, non_blocking=True)
-                    lr, tokens = get_lr(step, cfg), (step + 1) * B
-                    log_now = (step + 1) % cfg.log_every == 0 or step + 1 == n_steps
-                    for name, sae in saes.items():
-                        loss, logs, z = sae.training_loss(x, since[name] >= cfg.dead_after_tokens, **sparse_z[name])
-                        z = z.detach()
-                        if log_now:  # from the codes and weights the loss saw
-                            row = _log_row(sae, x, z, loss.detach(), logs, step + 1, tokens, lr)
-                        optimizer_step(sae, opts[name], loss, lr, cfg.clip_grad_norm)
-                        since[name] += B
-                        since[name][fired(z)] = 0
-                        if log_now:
-                            rows[name].append({**row, **_dead_fields(sae, since[name] >= cfg.dead_after_tokens)})
-                    pbar.update(B)
-                    if ckpt_path is not None and cfg.checkpoint_every and \
-                            tokens // cfg.checkpoint_every > (tokens - B) // cfg.checkpoint_every:
-                        checkpoint(step + 1)
-                    if callback is not None:
-                        callback(step + 1, tokens, saes)
-            if ckpt_path is not None and start < n_steps:
-                checkpoint(n_steps)
-    finally:
-        torch.set_num_threads(prev[0])
-        torch.use_deterministic_algorithms(prev[1], warn_only=prev[2])
-        det.fill_uninitialized_memory = prev[3]
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        with tqdm(total=n_steps * B, initial=start * B, unit="tok", unit_scale=True, disable=not progress,
+                  desc="train_sweep", smoothing=0.1, mininterval=10) as pbar:
+            for step in range(start, n_steps):
+                x = get_rows(data, order.indices(step * B, B)).to(dev, non_blocking=True)
+                lr, tokens = get_lr(step, cfg), (step + 1) * B
+                log_now = (step + 1) % cfg.log_every == 0 or step + 1 == n_steps
+                for name, sae in saes.items():
+                    loss, logs, z = sae.training_loss(x, since[name] >= cfg.dead_after_tokens, **sparse_z[name])
+                    z = z.detach()
+                    if log_now:  # from the codes and weights the loss saw
+                        row = _log_row(sae, x, z, loss.detach(), logs, step + 1, tokens, lr)
+                    optimizer_step(sae, opts[name], loss, lr, cfg.clip_grad_norm)
+                    since[name] += B
+                    since[name][fired(z)] = 0
+                    if log_now:
+                        rows[name].append({**row, **_dead_fields(sae, since[name] >= cfg.dead_after_tokens)})
+                pbar.update(B)
+                if ckpt_path is not None and cfg.checkpoint_every and \
+                        tokens // cfg.checkpoint_every > (tokens - B) // cfg.checkpoint_every:
+                    checkpoint(step + 1)
+                if callback is not None:
+                    callback(step + 1, tokens, saes)
+        if ckpt_path is not None and start < n_steps:
+            checkpoint(n_steps)
     for sae in saes.values():
         sae.eval()
     curves = {name: pd.DataFrame(r) for name, r in rows.items()}

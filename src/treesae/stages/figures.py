@@ -312,6 +312,24 @@ def numbers(tables: dict, params: dict | None = None) -> dict:
     out: dict = {}
     m = tables["metrics"]
     b = common.base_run(m)
+    _setup_numbers(out, tables, params)
+    cols = [c for c in METRIC_COLS if c in m]
+    _run_numbers(out, m, b, cols)
+    _frontier_numbers(out, m, cols)
+    _recipe_numbers(out, m, tables.get("curves"), cols)
+    _grid_numbers(out, m, b, cols)
+
+    for a in ANALYSES:
+        for k, v in (tables.get(f"{a}.metrics") or {}).items():
+            out[f"{a}.{k}"] = v
+    for k, v in (tables.get("synthetic.metrics") or {}).items():
+        out[f"synth.{k}"] = v
+    out.update(V.flatten(claims(tables)))
+    return out
+
+
+def _setup_numbers(out: dict, tables: dict, params: dict) -> None:
+    """profile, model.*, harvest.*, train.* (``numbers``' docstring)."""
     _put(out, "profile", params.get("profile"))
     if "position.corpora" in tables:
         c = tables["position.corpora"]
@@ -334,6 +352,9 @@ def numbers(tables: dict, params: dict | None = None) -> dict:
     elif optim:
         out["train.tokens_per_sae"] = int(optim.get("n_tokens"))
 
+
+def _run_numbers(out: dict, m: pd.DataFrame, b: pd.Series, cols: list) -> None:
+    """n_saes, train.n_converged and the convergence medians, eval.*, base.*, run.*."""
     out["n_saes"], out["n_architectures"] = len(m), int(m.architecture.nunique())
     if "converged" in m:  # convergence.THRESHOLDS; an SAE without diagnostics counts as not converged
         ok = V.flag(m.converged)
@@ -351,13 +372,15 @@ def numbers(tables: dict, params: dict | None = None) -> dict:
     out["base.run"] = b.name
     for k in ("architecture", "dataset", "layer", "d_sae", "k", "seed"):
         out[f"base.{k}"] = b[k].item() if hasattr(b[k], "item") else b[k]
-    cols = [c for c in METRIC_COLS if c in m]
     for c in cols:
         _put(out, f"base.{c}", float(b[c]))
     for name, r in m.iterrows():
         for c in cols:
             _put(out, f"run.{name}.{c}", float(r[c]))
 
+
+def _frontier_numbers(out: dict, m: pd.DataFrame, cols: list) -> None:
+    """frontier.*, levels.*, treesae.* (at matched k and at matched L0)."""
     f = frontier(m)
     archs = [a for a in names() if a in set(f.architecture)]
     archs += sorted(set(f.architecture) - set(archs))
@@ -411,17 +434,23 @@ def numbers(tables: dict, params: dict | None = None) -> dict:
             out["treesae.best_variant_at_l0"] = best_l0
             _put(out, "treesae.best_variant_at_l0_nmse_vs_topk", at_l0[best_l0])
 
+
+def _recipe_numbers(out: dict, m: pd.DataFrame, curves: pd.DataFrame | None, cols: list) -> None:
+    """dead.*, recipe.*, dead_training.*: the recipe ablations."""
     rec = recipe_runs(m)
     for name, r in rec.iterrows():
         _put(out, f"dead.{r.architecture}.{r.variant}", float(r.dead_fraction))
         for c in cols:
             _put(out, f"recipe.{r.variant}.{c}", float(r[c]))
-    if "curves" in tables:
-        for (a, v), g in tables["curves"].groupby(["architecture", "variant"], sort=False):
+    if curves is not None:
+        for (a, v), g in curves.groupby(["architecture", "variant"], sort=False):
             g = g.sort_values("tokens")
             _put(out, f"dead_training.{a}.{v}.final", float(g.dead_fraction.iloc[-1]))
             _put(out, f"dead_training.{a}.{v}.max", float(g.dead_fraction.max()))
 
+
+def _grid_numbers(out: dict, m: pd.DataFrame, b: pd.Series, cols: list) -> None:
+    """seed.*, dataset.*, size.*, layer.*: each grid's runs with the base."""
     def grid(name, field, fmt):
         rows = pd.concat([m.loc[[b.name]], common.pick(m, [name])])
         rows = rows[~rows.index.duplicated()]
@@ -439,14 +468,6 @@ def numbers(tables: dict, params: dict | None = None) -> dict:
         grid("size", "d_sae", lambda v: f"d{int(v)}")
     if common.pick(m, ["layer"]).shape[0]:
         grid("layer", "layer", lambda v: f"L{int(v)}")
-
-    for a in ANALYSES:
-        for k, v in (tables.get(f"{a}.metrics") or {}).items():
-            out[f"{a}.{k}"] = v
-    for k, v in (tables.get("synthetic.metrics") or {}).items():
-        out[f"synth.{k}"] = v
-    out.update(V.flatten(claims(tables)))
-    return out
 
 
 def claims(tables: dict) -> dict[str, dict]:
