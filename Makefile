@@ -72,6 +72,7 @@ bench: setup
 	python benchmarks/bench_saelens_multi.py
 	python benchmarks/bench_eval.py
 	python benchmarks/bench_cache.py
+	python benchmarks/bench_browser.py build/browser   # needs stage 07's site (make paper)
 	python benchmarks/bench_matching.py   # needs stage 02's SAEs (make paper; or TREESAE_ROOT=build/smoke after make smoke)
 
 clean:
