@@ -30,7 +30,8 @@ def run(notebook) -> Path:
     params = config.read_params(root)
     validate(params)
     names = papermill.inspect_notebook(str(nb))
-    out = root / "build" / "notebooks" / nb.name
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun every rank runs the notebook; rank 0's is the stage's
+    out = root / "build" / "notebooks" / (nb.name if rank == 0 else f"ranks/{nb.stem}.rank{rank}.ipynb")
     running, failed = out.with_name(f".{out.stem}.running.ipynb"), out.with_name(f"{out.stem}.failed.ipynb")
     out.parent.mkdir(parents=True, exist_ok=True)
     failed.unlink(missing_ok=True)

@@ -18,13 +18,14 @@ import pandas as pd
 import torch
 
 from .. import config, metrics, paths
+from .. import distributed as dist
 from ..cache import ActivationCache, hook_name
 from ..convergence import Monitor, converged, finalize
 from ..corpora import safe_name
 from ..io import JsonStore, write_bytes_atomic, write_json
 from ..model import load_model, origin
 from ..runs import Run, build, expand, grids_of
-from ..saes import ARCHITECTURES, names, save_sae
+from ..saes import ARCHITECTURES, load_sae, names, save_sae
 from ..saes.base import weights_digest
 from ..train import TrainConfig, train_sweep
 
@@ -98,10 +99,13 @@ def plan(setup: dict) -> pd.DataFrame:
 
 
 def train_all(setup: dict, progress: bool = True) -> dict:
-    """Train each (corpus, layer) group in one pass over its cached activations; save every SAE."""
+    """Train each (corpus, layer) group in one pass over its cached activations; save every SAE. Under torchrun,
+    each rank trains its share of the runs (``treesae.distributed``) and every rank returns them all."""
     s, tp = setup, setup["train"]
+    rank, world = dist.rank_world()
+    dev = dist.device(s["model"].device)  # model.device: the SAEs train where the model runs
     groups = {}
-    for run in s["runs"]:
+    for run in dist.share(s["runs"]):
         groups.setdefault((run.corpus, run.layer), []).append(run)
     cfg = s["optim"]
     curves_dir, sae_dir = paths.data("train", "curves"), paths.data("saes")
@@ -111,13 +115,15 @@ def train_all(setup: dict, progress: bool = True) -> dict:
         cache = ActivationCache.open(paths.data("activations", safe_name(corpus)),
                                      expect={"model": s["model"].name, "layers": [layer]})
         data = cache.activations(layer, "train", drop_first=tp.drop_first, sink_ratio=tp.sink_ratio)
-        saes = {r.name: build(r, cache.meta["d_model"], tp.architectures) for r in runs}
+        saes = {r.name: build(r, cache.meta["d_model"], tp.architectures).to(dev) for r in runs}
         if progress:
             print(f"{corpus} layer {layer}: {len(saes)} SAEs on {len(data):,} tokens ({cfg.n_tokens:,} tokens each)")
-        part = paths.root() / "data" / ".partial" / f"train-{safe_name(corpus)}-L{layer}"
+        part = paths.root() / "data" / ".partial" / (f"train-{safe_name(corpus)}-L{layer}"
+                                                     + (f"-rank{rank}of{world}" if world > 1 else ""))
         heldout = cache.activations(layer, "heldout", drop_first=tp.drop_first, max_tokens=tp.eval.heldout_tokens,
                                     seed=tp.eval.seed, sink_ratio=tp.sink_ratio)
-        sample = data[torch.linspace(0, len(data) - 1, len(heldout)).long()]  # as many train tokens, spread out
+        sample = data[torch.linspace(0, len(data) - 1, len(heldout)).long()].to(dev)  # as many train tokens, spread out
+        heldout = heldout.to(dev)
         monitor = Monitor(cfg.n_steps, heldout, part / "monitor.pt", train_sample=sample,
                           epoch_steps=math.ceil(len(data) / cfg.batch_size))
         curves = train_sweep(saes, data, cfg, out_dir=part, progress=progress, callback=monitor)
@@ -130,10 +136,12 @@ def train_all(setup: dict, progress: bool = True) -> dict:
             write_bytes_atomic(curves_dir / f"{r.name}.csv", curves[r.name].to_csv(index=False, float_format="%.6g").encode())
             trained[r.name] = saes[r.name]
         del data
+    dist.barrier()  # every rank's SAEs are saved
     keep = {r.name for r in s["runs"]}  # outputs persist (dvc.yaml): drop SAEs of runs no longer in the sweep
-    for stale in [d for d in sae_dir.iterdir() if d.name not in keep] + [f for f in curves_dir.iterdir() if f.stem not in keep]:
-        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
-    return trained
+    stale = [d for d in sae_dir.iterdir() if d.name not in keep] + [f for f in curves_dir.iterdir() if f.stem not in keep]
+    for f in stale if dist.is_main() else []:
+        shutil.rmtree(f) if f.is_dir() else f.unlink()
+    return {r.name: trained[r.name] if r.name in trained else load_sae(sae_dir / r.name).to(dev) for r in s["runs"]}
 
 
 def sae_metadata(model_name: str, layer: int, cache_meta: dict, tp, corpus: str) -> dict:
@@ -162,7 +170,11 @@ def evaluate(setup: dict, saes: dict, lm=None, progress: bool = True) -> pd.Data
     """Held-out metrics of every SAE: reconstruction (nMSE, FVU, L0, dead, per level) and, with the
     model, downstream CE / KL with the reconstruction spliced in. Writes data/train/metrics.csv.
     Each row is kept in data/.partial/eval as soon as it is computed (``eval_key``): a rerun after an
-    interruption evaluates only the missing SAEs and writes the same table."""
+    interruption evaluates only the missing SAEs and writes the same table. Under torchrun, rank 0 evaluates;
+    the other ranks wait for it and read its table."""
+    if not dist.is_main():
+        dist.barrier()
+        return pd.read_csv(paths.data("train", "metrics.csv"), index_col="name")
     s, ev = setup, setup["train"].eval
     rows, acts, ref = [], {}, None
     store = JsonStore(paths.data(".partial", "eval"))
@@ -197,6 +209,7 @@ def evaluate(setup: dict, saes: dict, lm=None, progress: bool = True) -> pd.Data
     keep = ("nmse", "fvu", "l0", "dead_fraction", "ce_increase", "ce_score", "kl_score", "dec_stability", "converged")
     write_json(out / "metrics.json", {n: {k: (bool(v) if k == "converged" else round(float(v), 6)) for k, v in r.items()
                                           if k in keep and v == v} for n, r in table.iterrows()})
+    dist.barrier()
     return table
 
 
@@ -220,12 +233,14 @@ def add_verdicts(table: pd.DataFrame) -> pd.DataFrame:
 
 def clear_partial(setup: dict):
     """Remove finished training checkpoints (kept until metrics are written, so a crash resumes)."""
-    for d in (paths.root() / "data" / ".partial").glob("train-*"):
-        shutil.rmtree(d, ignore_errors=True)
+    if dist.is_main():
+        for d in (paths.root() / "data" / ".partial").glob("train-*"):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def load(setup: dict):
-    return load_model(setup["model"].name, setup["model"].device)
+    """The language model for the downstream metrics (rank 0 only under torchrun: it alone evaluates)."""
+    return load_model(setup["model"].name, setup["model"].device) if dist.is_main() else None
 
 
 def summary(table: pd.DataFrame) -> pd.DataFrame:

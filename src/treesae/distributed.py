@@ -1,0 +1,49 @@
+"""Several processes over one sweep: under ``torchrun``, each rank trains its share of stage 02's SAEs.
+
+    torchrun --nproc_per_node 2 -m treesae.notebook notebooks/02_train.ipynb && dvc commit train
+
+The split is by SAE (round robin over the sweep's runs): every rank reads the batches of the (corpus, layer)
+groups it has SAEs in, in the same order as one process, and an SAE never depends on the others of its
+sweep, so each comes out bit for bit as one process trains it (same device type and thread count). Rank 0
+evaluates and writes the stage's outputs; the others wait for it. The process group (gloo: it only
+synchronises, no tensors move between ranks) comes from torchrun's environment (RANK, WORLD_SIZE,
+MASTER_ADDR, MASTER_PORT); without it everything runs in this process.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch.distributed as dist
+
+TIMEOUT = datetime.timedelta(hours=12)  # ranks wait for each other's share of training and for the evaluation
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size), joining torchrun's process group on first use; (0, 1) outside torchrun."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=TIMEOUT)
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def share(items: list) -> list:
+    """This rank's items: every ``world``-th one, from its rank on."""
+    rank, world = rank_world()
+    return items[rank::world]
+
+
+def barrier() -> None:
+    """Wait for every rank (a no-op in one process)."""
+    if rank_world()[1] > 1:
+        dist.barrier()
+
+
+def is_main() -> bool:
+    return rank_world()[0] == 0
+
+
+def device(configured: str) -> str:
+    """The device this rank trains on: ``cuda`` becomes ``cuda:<LOCAL_RANK>`` under torchrun (one GPU a rank)."""
+    if configured == "cuda" and rank_world()[1] > 1:
+        return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    return configured

@@ -1,0 +1,65 @@
+"""Stage 02 over two processes (torchrun, gloo on the CPU) trains the same SAEs, bit for bit, as one process."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from types import SimpleNamespace
+
+from treesae import config, harvest as H
+from treesae import distributed as dist
+from treesae.stages import train as T
+
+TRAIN = {"base": dict(architecture="topk", corpus="tiny", layer=3, d_sae=48, k=4, seed=0),
+         "grids": {"seed": {"seed": [1, 2]}, "frontier": {"architecture": ["relu", "batchtopk"]}, "layer": {"layer": [1]}},
+         "architectures": {"relu": {"l1_coef_by_k": {4: 1.0}}},
+         "optim": {"n_tokens": 4096, "batch_size": 64, "log_every": 8}, "eval": {"heldout_tokens": 64}}
+
+WORKER = """
+import json, sys
+from types import SimpleNamespace
+from treesae import config, distributed
+from treesae.stages import train as T
+model = config.ModelParams(name="tiny-rotary", threads=1)
+s = dict(model=model, **T.check(model, SimpleNamespace(corpora=["tiny"], layers=[1, 3]), json.loads(sys.argv[1])))
+print("SHARE", distributed.rank_world()[0], json.dumps([r.name for r in distributed.share(s["runs"])]), flush=True)
+saes = T.train_all(s, progress=False)
+T.evaluate(s, saes, None, progress=False)
+T.clear_partial(s)
+"""
+
+
+def _stage_files(root):
+    data = root / "data"
+    files = sorted(p for d in (data / "saes", data / "train") for p in d.rglob("*") if p.is_file())
+    return {str(p.relative_to(data)): p.read_bytes() for p in files}
+
+
+def test_two_ranks_train_the_same_saes_as_one_process(tiny_model, tiny_corpus, tmp_path, monkeypatch):
+    one, two = tmp_path / "one", tmp_path / "two"
+    H.harvest(tiny_model, tiny_corpus, one / "data" / "activations" / "tiny", [1, 3], shard_contexts=12,
+              batch_size=5, summary_contexts=4, progress=False)
+    shutil.copytree(one / "data" / "activations", two / "data" / "activations")
+
+    monkeypatch.setenv("TREESAE_ROOT", str(one))
+    model = config.ModelParams(name="tiny-rotary", threads=1)
+    s = dict(model=model, **T.check(model, SimpleNamespace(corpora=["tiny"], layers=[1, 3]), TRAIN))
+    assert dist.rank_world() == (0, 1) and len(s["runs"]) == 6  # two groups: layer 3 (five SAEs) and layer 1
+    T.evaluate(s, T.train_all(s, progress=False), None, progress=False)
+    T.clear_partial(s)
+
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {**os.environ, "TREESAE_ROOT": str(two), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        str(script), json.dumps(TRAIN)], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    shares = dict(json.loads("[" + ln.split(" ", 2)[1] + "," + ln.split(" ", 2)[2] + "]")
+                  for ln in r.stdout.splitlines() if ln.startswith("SHARE"))
+    assert sorted(shares) == [0, 1] and all(shares.values())  # both ranks trained SAEs, none twice
+    assert sorted(shares[0] + shares[1]) == sorted(r.name for r in s["runs"])
+
+    a, b = _stage_files(one), _stage_files(two)
+    assert sorted(a) == sorted(b) and any(k.endswith("sae_weights.safetensors") for k in a)
+    assert [k for k in a if a[k] != b[k]] == []  # weights, training.json, curves, metrics.csv: byte for byte
+    assert not list((two / "data" / ".partial").glob("train-*"))  # both ranks' checkpoints cleared
