@@ -27,6 +27,7 @@ import os
 import warnings
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -145,6 +146,21 @@ def get_rows(data, idx: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(data[idx.numpy()])).to(torch.float32)
 
 
+class CachedBatches:
+    """``train_sweep``'s batches from a tensor (or memmap) of activations: ``ShuffledOrder`` over its rows.
+    A source of batches with the same two methods (``treesae.stream.ActivationStream``) can stand in for it."""
+
+    def __init__(self, data, seed: int):
+        self.data, self.order = data, ShuffledOrder(data.shape[0], seed)
+
+    def batch(self, step: int, size: int) -> torch.Tensor:
+        return get_rows(self.data, self.order.indices(step * size, size))
+
+    def sample(self, n: int) -> torch.Tensor:
+        """The first ``n`` tokens of the order (the init sample)."""
+        return get_rows(self.data, self.order.indices(0, min(n, self.data.shape[0])))
+
+
 def _chunks(data, chunk: int = 1 << 14):
     for i in range(0, data.shape[0], chunk):
         c = data[i:i + chunk]
@@ -178,6 +194,8 @@ def validate(saes: dict, data) -> None:
     """Fail before any step: SAE shapes vs data, k <= d_sae, and every value of data finite."""
     if not saes:
         raise ValueError("train_sweep: no SAEs given")
+    if hasattr(data, "batch"):  # a stream: its width here, its values checked as they are made
+        data = SimpleNamespace(shape=(0, data.d_in))
     if len(data.shape) != 2:
         raise ValueError(f"data must be 2-D [n_tokens, d_in], got shape {tuple(data.shape)}")
     n, width = data.shape
@@ -217,6 +235,8 @@ def config_hash(saes: dict, data, cfg: TrainConfig) -> str:
     c = {k: v for k, v in asdict(cfg).items() if k not in ("checkpoint_every", "threads")}
     s = {n: [type(m).__name__, _jsonable(getattr(m, "cfg", None)),
              {k: list(v.shape) for k, v in m.state_dict().items()}] for n, m in saes.items()}
+    if hasattr(data, "batch"):
+        return hashlib.sha256(json.dumps([c, s, data.fingerprint()], sort_keys=True).encode()).hexdigest()[:16]
     h = hashlib.sha256(json.dumps([c, s, list(data.shape), str(data.dtype)], sort_keys=True).encode())
     n = data.shape[0]
     for i in sorted({0, n // 2, n - 1}):
@@ -315,7 +335,8 @@ def _resume(ckpt_path: Path | None, chash: str, saes: dict, opts: dict):
 
 def train_sweep(saes: dict, data, cfg: TrainConfig, out_dir=None, progress: bool = True,
                 callback=None) -> dict[str, pd.DataFrame]:
-    """Train every SAE in ``saes`` (in place) on the same shuffled batches of ``data`` [N, d_in].
+    """Train every SAE in ``saes`` (in place) on the same shuffled batches of ``data`` [N, d_in] (or of a stream,
+    ``treesae.stream.ActivationStream``, that serves them).
 
     Returns one curve DataFrame per SAE (columns: step, tokens, lr, loss, mse, nmse, l0, l0_level{i},
     then the SAE's other logs, then dead_fraction and dead_fraction_level{i}), logged every
@@ -326,11 +347,11 @@ def train_sweep(saes: dict, data, cfg: TrainConfig, out_dir=None, progress: bool
     every step (after any checkpoint); an exception from it aborts the run (used to test resume).
     """
     validate(saes, data)
-    B, n_steps, n = cfg.batch_size, cfg.n_steps, data.shape[0]
+    B, n_steps = cfg.batch_size, cfg.n_steps
     out_dir = Path(out_dir) if out_dir is not None else None
     ckpt_path = out_dir / "checkpoint.pt" if out_dir is not None else None
     chash = config_hash(saes, data, cfg)
-    order = ShuffledOrder(n, cfg.seed)
+    batches = data if hasattr(data, "batch") else CachedBatches(data, cfg.seed)
     opts = {name: torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                    eps=cfg.adam_eps, fused=True) for name, sae in saes.items()}
     dev = next(next(iter(saes.values())).parameters()).device
@@ -345,7 +366,7 @@ def train_sweep(saes: dict, data, cfg: TrainConfig, out_dir=None, progress: bool
         if resumed is not None:
             since, rows, start = resumed
         if start == 0 and cfg.init_sample_tokens:
-            sample = get_rows(data, order.indices(0, min(cfg.init_sample_tokens, n))).to(dev)
+            sample = batches.sample(cfg.init_sample_tokens).to(dev)
             for sae in saes.values():
                 if hasattr(sae, "init_from_sample"):
                     sae.init_from_sample(sample)
@@ -364,7 +385,7 @@ def train_sweep(saes: dict, data, cfg: TrainConfig, out_dir=None, progress: bool
         with tqdm(total=n_steps * B, initial=start * B, unit="tok", unit_scale=True, disable=not progress,
                   desc="train_sweep", smoothing=0.1, mininterval=10) as pbar:
             for step in range(start, n_steps):
-                x = get_rows(data, order.indices(step * B, B)).to(dev, non_blocking=True)
+                x = batches.batch(step, B).to(dev, non_blocking=True)
                 lr, tokens = get_lr(step, cfg), (step + 1) * B
                 log_now = (step + 1) % cfg.log_every == 0 or step + 1 == n_steps
                 for name, sae in saes.items():
