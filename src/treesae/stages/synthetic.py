@@ -39,7 +39,7 @@ from ..verdicts import mean_difference
 from . import common
 
 NAME = "synthetic"
-CODE = ("synthetic.py", "runs.py", "config.py", "seeds.py", "train.py", "convergence.py", "metrics.py", "saes")  # under src/treesae
+CODE = ("synthetic.py", "runs.py", "seeds.py", "train.py", "tensors.py", "convergence.py", "metrics.py", "saes")  # under src/treesae
 SCORES = ("f1", "mcc", "uniqueness", "explained_variance", "l0", "dead_fraction", "shrinkage", "absorption",
           "recall_with_child", "recall_no_child", "hierarchy_recovery", "implication", "implication_baseline",
           "max_cos_level0", "max_cos_level1", "max_cos_level2", "tree_edges", "tree_precision", "tree_precision_chance")
