@@ -117,8 +117,8 @@ def test_one_palette_distinct_architectures():
     next architecture); any two colours differ by at least 30 CIELAB units (seaborn's colorblind
     orange/vermilion differ by 26, pink/light pink by 21) and 15 under deuteranopia and protanopia, where
     the markers tell them apart too."""
-    assert F.ARCH_ORDER == names() and len(F.COLORS) == len(F.MARKERS) > len(F.ARCH_ORDER)
-    assert len({F.color(a) for a in F.ARCH_ORDER}) == len({F.marker(a) for a in F.ARCH_ORDER}) == len(F.ARCH_ORDER)
+    assert len(F.COLORS) == len(F.MARKERS) > len(names())
+    assert len({F.color(a) for a in names()}) == len({F.marker(a) for a in names()}) == len(names())
     assert _min_distance(["#DE8F05", "#D55E00"]) < 30 and _min_distance(["#CC78BC", "#FBAFE4"]) < 30
     assert _min_distance(F.COLORS) >= 30
     assert all(_min_distance(F.COLORS, sim) >= 15 for sim in CVD)
@@ -177,7 +177,7 @@ def test_architecture_colours_are_the_palette_everywhere(drawn):
     from matplotlib.patches import Patch
     shown = {"frontier_nmse_l0": ARCHS, "l0_distribution": ["topk", "batchtopk", "relu"], "synthetic_benchmark": ARCHS,
              "treesae_levels": ["stacked", "residual", "tree"], "hierarchy_correlation": ["tree", "topk"]}
-    palette = {tuple(_rgb(F.color(a))) for a in F.ARCH_ORDER}
+    palette = {tuple(_rgb(F.color(a))) for a in names()}
     for slug, archs in shown.items():
         used = set()
         for ax in drawn[slug].axes:

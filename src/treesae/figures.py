@@ -34,7 +34,6 @@ WIDTH, MIN_PT = 7.0, 8  # inches: the column width (the PDF prints 7.4, the HTML
 # architecture: colour-blind safe, no two alike. The i-th architecture in display order takes the i-th colour and marker.
 COLORS = ("#332288", "#4477AA", "#E69F00", "#228833", "#AA3377", "#66CCEE", "#EE6677", "#DDCC77")
 MARKERS = ("v", "o", "s", "D", "^", "P", "X", "*")
-ARCH_ORDER = names()
 DARK, LIGHT, BACK = "#222222", "#8C8C8C", "#D9D9D9"  # series that are not architectures; background points
 STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D")]  # (line style, marker) of the i-th such series
 METADATA = {".png": {"Software": None}, ".svg": {"Date": None, "Creator": None},
@@ -53,8 +52,8 @@ def style():
 
 def _rank(arch) -> int | None:
     """Position of an architecture ("tree (given)" and "tree-..." are the tree) in display order."""
-    a = str(arch).split(" ")[0].split("-")[0]
-    return ARCH_ORDER.index(a) if a in ARCH_ORDER else None
+    a, order = str(arch).split(" ")[0].split("-")[0], names()
+    return order.index(a) if a in order else None
 
 
 def color(arch) -> str:
@@ -78,7 +77,9 @@ def layer_colors(layers) -> dict:
     return {L: cmap(0.8 * i / max(len(layers) - 1, 1)) for i, L in enumerate(layers)}
 
 
-def _order(values, preferred=ARCH_ORDER):
+def _order(values, preferred=None):
+    """``values`` once each: ``preferred`` first (architectures in display order by default), then the rest sorted."""
+    preferred = names() if preferred is None else preferred
     vals = list(dict.fromkeys(values))
     first = [v for v in preferred if v in vals]
     return first + sorted((v for v in vals if v not in first), key=str)

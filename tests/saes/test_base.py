@@ -162,3 +162,43 @@ def test_input_width_is_checked_and_dtype_cast():
     with pytest.raises(ValueError, match="flatten the token dimensions first"):
         sae.training_loss(torch.randn(2, 5, 12))
     assert sae.double().encode(torch.randn(5, 12)).dtype == torch.float64
+
+
+def test_a_new_architecture_is_its_module_and_one_registry_line(monkeypatch, tmp_path, x_small):
+    """What docs/DESIGN.md promises: a module (here a TopK variant defined in the test) and its line in
+    ``ARCHITECTURES`` make it buildable from a sweep's target, validated in params, trained, exported to
+    sae-lens and back, ranked and coloured in figures, with no other file touched."""
+    from dataclasses import dataclass
+    from types import SimpleNamespace
+    from typing import ClassVar
+
+    from sae_lens import SAE
+
+    from treesae import config
+    from treesae import figures as F
+    from treesae.runs import Run
+    from treesae.runs import build as build_run
+    from treesae.saes import TopKConfig, TopKSAE
+    from treesae.stages.train import check
+    from treesae.train import TrainConfig, train_sweep
+
+    @dataclass(kw_only=True)
+    class DemoConfig(TopKConfig):
+        architecture: ClassVar[str] = "demo"
+
+    class DemoSAE(TopKSAE):
+        config_class = DemoConfig
+        display_order = 50
+
+    monkeypatch.setitem(ARCHITECTURES, "demo", DemoSAE)  # the one registry line
+    assert names()[-1] == "demo" and F.color("demo") not in {F.color(a) for a in names()[:-1]}
+    train = {"base": dict(architecture="demo", corpus="brown", layer=3, d_sae=48, k=4, seed=0),
+             "grids": {"frontier": {"architecture": ["topk"]}}}
+    c = check(config.ModelParams(), SimpleNamespace(corpora=["brown"], layers=[3]), train)
+    sae = build_run(c["runs"][0], 12, {})
+    assert type(sae) is DemoSAE and sae.cfg.k == 4
+    train_sweep({"d": sae}, x_small, TrainConfig(n_tokens=480, batch_size=48, threads=1, checkpoint_every=0), progress=False)
+    back = load_sae(save_sae(sae, tmp_path / "demo"))
+    assert type(back) is DemoSAE and torch.equal(back(x_small), sae(x_small))
+    assert torch.allclose(SAE.load_from_disk(str(tmp_path / "demo")).encode(x_small), sae.encode(x_small), atol=1e-5)
+    assert Run("demo", "brown", 3, 48, 4, 0).init_seed() != Run("topk", "brown", 3, 48, 4, 0).init_seed()
