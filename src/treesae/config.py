@@ -153,6 +153,7 @@ class HarvestParams:
     shard_contexts: int = 512
     summary_contexts: int = 64
     seed: int = 0
+    disk_budget_gb: float | None = None  # when every layer of every context would not fit: cache held-out only, stream train
 
     def __post_init__(self):
         from .corpora import SOURCES
@@ -169,6 +170,8 @@ class HarvestParams:
         _check(self.dtype in ("float16", "float32"), f"harvest.dtype must be float16 or float32, got {self.dtype!r}")
         for k in ("batch_size", "shard_contexts", "summary_contexts"):
             _check(getattr(self, k) >= 1, f"harvest.{k} must be >= 1, got {getattr(self, k)}")
+        _check(self.disk_budget_gb is None or self.disk_budget_gb > 0,
+               f"harvest.disk_budget_gb must be > 0 or null (no budget), got {self.disk_budget_gb}")
 
 
 def describe(hint) -> str:

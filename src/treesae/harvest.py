@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from .cache import ActivationCache, CacheError, hook_name
+from .model import forward_layers
 from .io import sha256_file, write_bytes_atomic, write_json
 
 
@@ -27,18 +28,6 @@ def _fingerprint(model, tokens: np.ndarray, layers, dtype, shard_contexts) -> st
                                    dtype, shard_contexts]).encode())
     h.update(np.ascontiguousarray(tokens).tobytes())
     return h.hexdigest()
-
-
-@torch.no_grad()
-def forward_layers(model, tokens: torch.Tensor, layers) -> dict[int, torch.Tensor]:
-    """resid_pre of each layer, from one forward pass stopped at the deepest layer."""
-    deepest = max(layers)
-    others = {hook_name(L) for L in layers if L != deepest}
-    if deepest >= model.cfg.n_layers:
-        raise ValueError(f"Layer {deepest} does not exist: the model has {model.cfg.n_layers} layers (0..{model.cfg.n_layers - 1}).")
-    resid, cache = model.run_with_cache(tokens, stop_at_layer=deepest, names_filter=lambda n: n in others) if others \
-        else (model(tokens, stop_at_layer=deepest), {})
-    return {L: (resid if L == deepest else cache[hook_name(L)]) for L in layers}
 
 
 def _npy_bytes(arr: np.ndarray) -> bytes:
@@ -59,13 +48,18 @@ def partial_dir(out_dir: Path) -> Path:
 
 
 def harvest(model, corpus_dir, out_dir, layers, dtype="float16", batch_size=32, shard_contexts=512,
-            summary_contexts=64, progress=True) -> ActivationCache:
-    """Write the activation cache of ``corpus_dir``'s contexts to ``out_dir``; resume a partial one."""
+            summary_contexts=64, progress=True, train=True) -> ActivationCache:
+    """Write the activation cache of ``corpus_dir``'s contexts to ``out_dir``; resume a partial one.
+    ``train=False``: the held-out contexts only (stage 02 then streams the train split, ``treesae.stream``)."""
     corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
     layers = sorted(set(int(L) for L in layers))
     if dtype not in ("float16", "float32"):
         raise ValueError(f"harvest dtype must be 'float16' or 'float32', not {dtype!r}")
-    tokens = np.load(corpus_dir / "tokens.npy")
+    corpus = {name: np.load(corpus_dir / f"{name}.npy") for name in ("tokens", "doc_ids", "split")}
+    n_train_tokens = int((corpus["split"] == 0).sum() * corpus["tokens"].shape[1])
+    if not train:
+        corpus = {name: a[corpus["split"] == 1] for name, a in corpus.items()}
+    tokens = corpus["tokens"]
     fp = _fingerprint(model, tokens, layers, dtype, shard_contexts)
     part = partial_dir(out_dir)
     prog_file = part / "progress.json"
@@ -119,8 +113,8 @@ def harvest(model, corpus_dir, out_dir, layers, dtype="float16", batch_size=32, 
     bar.close()
     elapsed = time.perf_counter() - t0
 
-    for name in ("tokens", "doc_ids", "split"):
-        np.save(part / f"{name}.npy", np.load(corpus_dir / f"{name}.npy"))
+    for name, a in corpus.items():
+        np.save(part / f"{name}.npy", a)
     if summary_contexts:
         position_summary(model, tokens[:summary_contexts], batch_size).to_csv(part / "summary.csv", index=False, float_format="%.6g")
     meta = dict(model=model.cfg.model_name, n_layers=model.cfg.n_layers, d_model=model.cfg.d_model, layers=layers,
@@ -128,7 +122,8 @@ def harvest(model, corpus_dir, out_dir, layers, dtype="float16", batch_size=32, 
                 positions="each context starts at position 0; no BOS is prepended",
                 shard_contexts=shard_contexts, shards=sorted(prog["shards"], key=lambda s: s["index"]),
                 fingerprint=fp, corpus=json.loads((corpus_dir / "docs.json").read_text())["corpus"],
-                n_train_tokens=int((np.load(corpus_dir / "split.npy") == 0).sum() * T), summary_contexts=min(summary_contexts, n_ctx))
+                n_train_tokens=n_train_tokens, summary_contexts=min(summary_contexts, n_ctx),
+                **({} if train else {"train_cached": False}))  # absent: every context cached
     write_json(part / "meta.json", meta)
     os.remove(prog_file)
     if out_dir.exists():

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from . import paths
+from .cache import hook_name
 from .io import sha256_file
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -134,3 +135,15 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "cpu"):
             "TRANSFORMERS_OFFLINE=0 (e.g. `make paper HF_HUB_OFFLINE=0` after setting model: gpt2 in params.yaml).")
     from transformer_lens import HookedTransformer
     return HookedTransformer.from_pretrained(name, device=device).eval()
+
+
+@torch.no_grad()
+def forward_layers(model, tokens: torch.Tensor, layers) -> dict[int, torch.Tensor]:
+    """resid_pre of each layer, from one forward pass stopped at the deepest layer."""
+    deepest = max(layers)
+    others = {hook_name(L) for L in layers if L != deepest}
+    if deepest >= model.cfg.n_layers:
+        raise ValueError(f"Layer {deepest} does not exist: the model has {model.cfg.n_layers} layers (0..{model.cfg.n_layers - 1}).")
+    resid, cache = model.run_with_cache(tokens, stop_at_layer=deepest, names_filter=lambda n: n in others) if others \
+        else (model(tokens, stop_at_layer=deepest), {})
+    return {L: (resid if L == deepest else cache[hook_name(L)]) for L in layers}

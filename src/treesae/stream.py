@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .cache import sink_mask
-from .harvest import forward_layers
+from .model import forward_layers
 from .seeds import DATA_TAG, hashed_seed
 from .train import CachedBatches
 
@@ -52,6 +52,7 @@ class ActivationStream:
         self.batch_size, self.shard_contexts = batch_size, shard_contexts
         self.device = device or next(model.parameters()).device
         self.d_in = model.cfg.d_model
+        self.epoch_tokens = len(self.train) * (self.tokens.shape[1] - self.start)  # before attention sinks are dropped
         self._whole = None                      # single-buffer mode: CachedBatches over every train token
         self._bufs = []                         # [(first global position, shuffled tokens)], in stream order
         self._next = 0                          # index of the next buffer to make
@@ -130,6 +131,11 @@ class ActivationStream:
         if self.C is None:
             return self._single().sample(n)
         return self._rows(0, n).clone()
+
+    @property
+    def whole(self) -> torch.Tensor | None:
+        """Every train token in cache order when one buffer holds them (``buffer_contexts=None``), else None."""
+        return self._single().data if self.C is None else None
 
     def _single(self) -> CachedBatches:
         if self._whole is None:

@@ -58,3 +58,35 @@ def test_changed_weights_or_settings_are_evaluated_again(stage, monkeypatch):
     s["train"].eval = sweep.EvalParams(heldout_tokens=32)
     sweep.evaluate(s, saes, progress=False)
     assert len(counted) == 1 + 4
+
+
+def test_a_streamed_train_split_trains_the_saes_of_the_full_cache(tiny_model, tiny_corpus, tmp_path, monkeypatch):
+    """Over harvest.disk_budget_gb the cache holds the held-out contexts only and stage 02 streams the train
+    split from the model; with one buffer (train.stream_buffer_contexts: null) it trains the same SAEs, with the
+    same diagnostics and curves, as the full cache does."""
+    import shutil
+
+    from treesae import paths
+    from treesae.stages import harvest as harvesting
+
+    train = {**TRAIN, "optim": {"n_tokens": 1024, "batch_size": 32}, "stream_buffer_contexts": None}
+    hp = SimpleNamespace(corpora=["tiny"], layers=[3], batch_size=5, shard_contexts=12)
+    monkeypatch.setattr(sweep, "load_model", lambda name, device: tiny_model)
+    out = {}
+    for name, full in (("cached", True), ("streamed", False)):
+        root = tmp_path / name
+        monkeypatch.setenv("TREESAE_ROOT", str(root))
+        shutil.copytree(tiny_corpus, paths.data("corpora", "tiny"))
+        cache = H.harvest(tiny_model, tiny_corpus, paths.data("activations", "tiny"), [3], shard_contexts=12,
+                          batch_size=5, summary_contexts=4, progress=False, train=full)
+        assert len(cache.contexts("train")) == (32 if full else 0) and len(cache.contexts("heldout")) == 8
+        model = config.ModelParams(name="tiny-rotary", threads=1)
+        s = dict(model=model, harvest=hp, **sweep.check(model, hp, train))
+        sweep.train_all(s, progress=False)
+        d = root / "data"
+        out[name] = {str(p.relative_to(d)): p.read_bytes() for p in sorted((d / "saes").rglob("*")) if p.is_file()}
+        out[name] |= {str(p.relative_to(d)): p.read_bytes() for p in sorted((d / "train").rglob("*.csv"))}
+    assert sorted(out["cached"]) == sorted(out["streamed"]) and len(out["cached"]) > 4
+    assert [k for k in out["cached"] if out["cached"][k] != out["streamed"][k]] == []
+    # the budget decides: 40 contexts x 16 tokens x 1 layer x 32 dims x 2 bytes
+    assert harvesting.cache_gb([tiny_corpus], 1, 32, "float16") * 2 ** 30 == 40 * 16 * 32 * 2

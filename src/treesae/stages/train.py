@@ -27,6 +27,7 @@ from ..model import load_model, origin
 from ..runs import Run, build, expand, grids_of
 from ..saes import ARCHITECTURES, load_sae, names, save_sae
 from ..saes.base import weights_digest
+from ..stream import ActivationStream
 from ..train import TrainConfig, train_sweep
 
 
@@ -53,6 +54,7 @@ class TrainParams:
     eval: dict = field(default_factory=dict)
     drop_first: bool = True
     sink_ratio: float | None = 10.0   # drop attention-sink tokens (norm > this x the median) as position 0 is; null: keep
+    stream_buffer_contexts: int | None = 8192  # when the train split streams (harvest.disk_budget_gb): contexts a buffer
 
 
 def check(model, harvest, train: dict) -> dict:
@@ -110,22 +112,35 @@ def train_all(setup: dict, progress: bool = True) -> dict:
     cfg = s["optim"]
     curves_dir, sae_dir = paths.data("train", "curves"), paths.data("saes")
     curves_dir.mkdir(parents=True, exist_ok=True)
-    trained = {}
+    trained, lm = {}, None
     for (corpus, layer), runs in groups.items():
         cache = ActivationCache.open(paths.data("activations", safe_name(corpus)),
                                      expect={"model": s["model"].name, "layers": [layer]})
-        data = cache.activations(layer, "train", drop_first=tp.drop_first, sink_ratio=tp.sink_ratio)
+        if cache.meta.get("train_cached", True):
+            data = full = cache.activations(layer, "train", drop_first=tp.drop_first, sink_ratio=tp.sink_ratio)
+        else:  # the harvest kept the held-out contexts only (harvest.disk_budget_gb): the train split streams
+            lm = lm or load_model(s["model"].name, dev)
+            hp = s["harvest"]
+            data = ActivationStream(lm, paths.data("corpora", safe_name(corpus)), layer, seed=cfg.seed,
+                                    buffer_contexts=tp.stream_buffer_contexts, drop_first=tp.drop_first,
+                                    sink_ratio=tp.sink_ratio, dtype=cache.meta["dtype"], batch_size=hp.batch_size,
+                                    shard_contexts=hp.shard_contexts, device=dev)
+            full = data.whole  # one buffer: every train token, as the cache would give them
+        n_train = len(full) if full is not None else data.epoch_tokens
         saes = {r.name: build(r, cache.meta["d_model"], tp.architectures).to(dev) for r in runs}
         if progress:
-            print(f"{corpus} layer {layer}: {len(saes)} SAEs on {len(data):,} tokens ({cfg.n_tokens:,} tokens each)")
+            print(f"{corpus} layer {layer}: {len(saes)} SAEs on {n_train:,} tokens ({cfg.n_tokens:,} tokens each)"
+                  + ("" if cache.meta.get("train_cached", True) else ", streamed from the model"))
         part = paths.root() / "data" / ".partial" / (f"train-{safe_name(corpus)}-L{layer}"
                                                      + (f"-rank{rank}of{world}" if world > 1 else ""))
         heldout = cache.activations(layer, "heldout", drop_first=tp.drop_first, max_tokens=tp.eval.heldout_tokens,
                                     seed=tp.eval.seed, sink_ratio=tp.sink_ratio)
-        sample = data[torch.linspace(0, len(data) - 1, len(heldout)).long()].to(dev)  # as many train tokens, spread out
+        # as many train tokens as held-out ones, spread over the split (a stream in buffers: the first of its order)
+        sample = (full[torch.linspace(0, n_train - 1, len(heldout)).long()] if full is not None
+                  else data.sample(len(heldout))).to(dev)
         heldout = heldout.to(dev)
         monitor = Monitor(cfg.n_steps, heldout, part / "monitor.pt", train_sample=sample,
-                          epoch_steps=math.ceil(len(data) / cfg.batch_size))
+                          epoch_steps=math.ceil(n_train / cfg.batch_size))
         curves = train_sweep(saes, data, cfg, out_dir=part, progress=progress, callback=monitor)
         for sae in saes.values():
             finalize(sae, sample)  # BatchTopK / Matryoshka: inference threshold calibrated to L0 = k
@@ -135,6 +150,8 @@ def train_all(setup: dict, progress: bool = True) -> dict:
             write_json(sae_dir / r.name / "training.json", diagnostics[r.name])
             write_bytes_atomic(curves_dir / f"{r.name}.csv", curves[r.name].to_csv(index=False, float_format="%.6g").encode())
             trained[r.name] = saes[r.name]
+        if not torch.is_tensor(data):
+            data.close()
         del data
     dist.barrier()  # every rank's SAEs are saved
     keep = {r.name for r in s["runs"]}  # outputs persist (dvc.yaml): drop SAEs of runs no longer in the sweep
