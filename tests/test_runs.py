@@ -29,3 +29,11 @@ def test_shared_init_is_an_explicit_control_arm():
     assert a.init_seed() == b.init_seed() and torch.equal(_dec(a), _dec(b))
     assert not torch.equal(_dec(a), _dec(runs.Run("topk", "brown", 9, 64, 4, 1, shared)))
     assert "shared_init" not in runs.sae_config(a, 16, {})  # a run option, not an SAE config field
+
+
+def test_a_run_name_is_a_file_name_whatever_the_corpus():
+    """SAE directories and curve files are named after runs: an online corpus (hf:<dataset>/<name>) must not
+    make sub-directories; the offline corpora keep their names."""
+    assert runs.Run("topk", "hf:Skylion007/openwebtext:train", 5, 24576, 32, 0).name == \
+        "topk-hf_Skylion007_openwebtext_train-L5-d24576-k32-s0"
+    assert runs.Run("topk", "brown", 15, 1152, 32, 0).name == "topk-brown-L15-d1152-k32-s0"

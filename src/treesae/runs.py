@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 
 from .config import describe, type_ok
+from .corpora import safe_name
 from .saes import architecture
 from .saes import build as build_sae
 from .seeds import INIT_TAG, hashed_seed
@@ -35,7 +36,7 @@ class Run:
     @property
     def name(self) -> str:
         tags = "".join(f"-no_{k}" if v is False else f"-{k}{v}" for k, v in self.options)
-        return f"{self.architecture}-{self.corpus}-L{self.layer}-d{self.d_sae}-k{self.k}-s{self.seed}{tags}"
+        return f"{self.architecture}-{safe_name(self.corpus)}-L{self.layer}-d{self.d_sae}-k{self.k}-s{self.seed}{tags}"
 
     def init_seed(self) -> int:
         """The seed of this SAE's initial weights: a hash of its whole identity under a fixed tag, so no two
