@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from treesae import config, validate
+from treesae import config
+from treesae.stages import validate
 
 PROFILES = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "profiles").glob("*.yaml"))
 
