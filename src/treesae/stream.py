@@ -56,7 +56,6 @@ class ActivationStream:
         self._whole = None                      # single-buffer mode: CachedBatches over every train token
         self._bufs = []                         # [(first global position, shuffled tokens)], in stream order
         self._next = 0                          # index of the next buffer to make
-        self._dropped = 0                       # stream position where the buffers still held begin
         self._pool = ThreadPoolExecutor(1) if prefetch and self.C else None
         self._pending = None
 
@@ -104,7 +103,7 @@ class ActivationStream:
         j = self._next
         x = self._pending.result() if self._pending is not None else self._buffer(j)
         self._pending = self._pool.submit(self._buffer, j + 1) if self._pool is not None else None
-        first = self._bufs[-1][0] + len(self._bufs[-1][1]) if self._bufs else self._dropped
+        first = self._bufs[-1][0] + len(self._bufs[-1][1]) if self._bufs else 0  # the oldest buffer is never dropped alone
         self._bufs.append((first, x))
         self._next = j + 1
 
@@ -116,8 +115,7 @@ class ActivationStream:
         while not self._bufs or self._bufs[-1][0] + len(self._bufs[-1][1]) < hi:
             self._make_next()
         while len(self._bufs) > 1 and self._bufs[1][0] <= lo:
-            first, x = self._bufs.pop(0)
-            self._dropped = first + len(x)
+            self._bufs.pop(0)
         parts = [x[max(lo - f, 0):max(min(hi - f, len(x)), 0)] for f, x in self._bufs if f < hi and f + len(x) > lo]
         return torch.cat(parts)
 

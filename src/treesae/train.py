@@ -27,7 +27,6 @@ import os
 import warnings
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -194,11 +193,10 @@ def validate(saes: dict, data) -> None:
     """Fail before any step: SAE shapes vs data, k <= d_sae, and every value of data finite."""
     if not saes:
         raise ValueError("train_sweep: no SAEs given")
-    if hasattr(data, "batch"):  # a stream: its width here, its values checked as they are made
-        data = SimpleNamespace(shape=(0, data.d_in))
-    if len(data.shape) != 2:
+    stream = hasattr(data, "batch")  # a stream: its width here, its values checked as they are made
+    if not stream and len(data.shape) != 2:
         raise ValueError(f"data must be 2-D [n_tokens, d_in], got shape {tuple(data.shape)}")
-    n, width = data.shape
+    n, width = (None, data.d_in) if stream else data.shape
     devices = {str(next(s.parameters()).device) for s in saes.values()}
     if len(devices) > 1:
         raise ValueError(f"train_sweep: the SAEs are on different devices ({sorted(devices)}); move them to one")
@@ -211,7 +209,7 @@ def validate(saes: dict, data) -> None:
             if k > w:
                 raise ValueError(f"SAE {name!r}: {what}; a TopK SAE needs k <= the number of latents")
     n_bad, first = 0, None
-    for i, c in _chunks(data):
+    for i, c in [] if stream else _chunks(data):
         bad = ~torch.isfinite(c).all(dim=1)
         if bad.any():
             first = i + int(bad.nonzero()[0]) if first is None else first
