@@ -1,4 +1,5 @@
-"""Stage 02 over two processes (torchrun, gloo on the CPU) trains the same SAEs, bit for bit, as one process."""
+"""Stage 02 over two processes (torchrun, gloo on the CPU; or started by the stage, ``train.processes``) trains
+the same SAEs, bit for bit, as one process at the same thread count per SAE."""
 import json
 import os
 import shutil
@@ -16,13 +17,14 @@ TRAIN = {"base": dict(architecture="topk", corpus="tiny", layer=3, d_sae=48, k=4
          "optim": {"n_tokens": 4096, "batch_size": 64, "log_every": 8}, "eval": {"heldout_tokens": 64}}
 
 WORKER = """
-import json, sys
+import json, pathlib, sys
 from types import SimpleNamespace
 from treesae import config, distributed
 from treesae.stages import train as T
 model = config.ModelParams(name="tiny-rotary", threads=1)
 s = dict(model=model, **T.check(model, SimpleNamespace(corpora=["tiny"], layers=[1, 3]), json.loads(sys.argv[1])))
-print("SHARE", distributed.rank_world()[0], json.dumps([r.name for r in distributed.share(s["runs"])]), flush=True)
+rank = distributed.rank_world()[0]  # one file per rank: two processes' prints interleave on one stdout
+pathlib.Path(sys.argv[2], f"share-{rank}.json").write_text(json.dumps([r.name for r in distributed.share(s["runs"])]))
 saes = T.train_all(s, progress=False)
 T.evaluate(s, saes, None, progress=False)
 T.clear_partial(s)
@@ -36,10 +38,11 @@ def _stage_files(root):
 
 
 def test_two_ranks_train_the_same_saes_as_one_process(tiny_model, tiny_corpus, tmp_path, monkeypatch):
-    one, two = tmp_path / "one", tmp_path / "two"
+    one, two, spawned = tmp_path / "one", tmp_path / "two", tmp_path / "spawned"
     H.harvest(tiny_model, tiny_corpus, one / "data" / "activations" / "tiny", [1, 3], shard_contexts=12,
               batch_size=5, summary_contexts=4, progress=False)
-    shutil.copytree(one / "data" / "activations", two / "data" / "activations")
+    for d in (two, spawned):
+        shutil.copytree(one / "data" / "activations", d / "data" / "activations")
 
     monkeypatch.setenv("TREESAE_ROOT", str(one))
     model = config.ModelParams(name="tiny-rotary", threads=1)
@@ -52,10 +55,9 @@ def test_two_ranks_train_the_same_saes_as_one_process(tiny_model, tiny_corpus, t
     script.write_text(WORKER)
     env = {**os.environ, "TREESAE_ROOT": str(two), "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        str(script), json.dumps(TRAIN)], env=env, capture_output=True, text=True, timeout=600)
+                        str(script), json.dumps(TRAIN), str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
-    shares = dict(json.loads("[" + ln.split(" ", 2)[1] + "," + ln.split(" ", 2)[2] + "]")
-                  for ln in r.stdout.splitlines() if ln.startswith("SHARE"))
+    shares = {int(p.stem[-1]): json.loads(p.read_text()) for p in tmp_path.glob("share-*.json")}
     assert sorted(shares) == [0, 1] and all(shares.values())  # both ranks trained SAEs, none twice
     assert sorted(shares[0] + shares[1]) == sorted(r.name for r in s["runs"])
 
@@ -63,3 +65,11 @@ def test_two_ranks_train_the_same_saes_as_one_process(tiny_model, tiny_corpus, t
     assert sorted(a) == sorted(b) and any(k.endswith("sae_weights.safetensors") for k in a)
     assert [k for k in a if a[k] != b[k]] == []  # weights, training.json, curves, metrics.csv: byte for byte
     assert not list((two / "data" / ".partial").glob("train-*"))  # both ranks' checkpoints cleared
+
+    monkeypatch.setenv("TREESAE_ROOT", str(spawned))  # the stage starts its own two single-thread ranks
+    model = config.ModelParams(name="tiny-rotary", threads=2)
+    s = dict(model=model, **T.check(model, SimpleNamespace(corpora=["tiny"], layers=[1, 3]), {**TRAIN, "processes": 2}))
+    assert s["optim"].threads == 2
+    T.evaluate(s, T.train_all(s, progress=False), None, progress=False)
+    c = _stage_files(spawned)
+    assert sorted(c) == sorted(a) and [k for k in a if a[k] != c[k]] == []

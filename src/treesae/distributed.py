@@ -13,10 +13,31 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 
 import torch.distributed as dist
+import torch.multiprocessing as mp
 
 TIMEOUT = datetime.timedelta(hours=12)  # ranks wait for each other's share of training and for the evaluation
+
+
+def spawn(fn, n: int, *args) -> None:
+    """Run ``fn(*args)`` in ``n`` fresh processes, ranks 0..n-1 of one local process group (what torchrun
+    does on one machine, started from inside a notebook); returns when all are done, raises if one failed."""
+    with socket.socket() as s:  # a free port for the group's rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_rank_main, args=(n, port, fn, args), nprocs=n, start_method="spawn")
+
+
+def _rank_main(rank: int, n: int, port: int, fn, args) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(n), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    try:
+        fn(*args)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def rank_world() -> tuple[int, int]:

@@ -65,3 +65,13 @@ def test_a_scored_sae_is_reused_only_with_the_same_parameters_and_code(monkeypat
     assert before != stage.SyntheticParams(**{**TINY, "k": 4}).fingerprint()
     monkeypatch.setattr(stage, "CODE", stage.CODE[:-1])  # as if the code of the SAEs (saes/) were different
     assert p.fingerprint() != before
+
+
+def test_workers_change_the_wall_time_not_the_scores(tmp_path, monkeypatch):
+    scores = {}
+    for workers in (1, 2):
+        monkeypatch.setenv("TREESAE_ROOT", str(tmp_path / str(workers)))
+        s = stage.setup(dict(threads=2), {**TINY, "workers": workers})
+        stage.train(s, progress=False)
+        scores[workers] = (s["out"] / "scores.csv").read_bytes()
+    assert scores[1] == scores[2]  # each SAE trains and is scored on one thread, in whichever process

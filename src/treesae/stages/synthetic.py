@@ -23,18 +23,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from tqdm import tqdm
 
 from .. import config
 from .. import synthetic as S
 from ..io import write_json
 from ..saes import ARCHITECTURES, TreeConfig, architecture, names
+from ..train import pinned_torch
 from ..verdicts import mean_difference
 from . import common
 
@@ -61,6 +65,7 @@ class SyntheticParams:
     lr: float = 3e-3
     lr_end: float = 3e-4
     extra: dict = field(default_factory=lambda: dict(S.EXTRA))  # per-architecture SAE config fields
+    workers: int = 2                            # SAEs trained at once, one single-thread process each
 
     def __post_init__(self):
         S.WorldConfig(**self.world)  # its own errors name the field
@@ -75,7 +80,7 @@ class SyntheticParams:
             raise ValueError(f"synthetic.references: unknown {bad}; sae-lens references: {list(S.REFERENCES)}")
         if len(set(self.seeds)) < 2:
             raise ValueError(f"synthetic.seeds: need at least 2 distinct seeds for a standard deviation, got {list(self.seeds)}")
-        for f in ("d_sae", "k", "n_tokens", "train_tokens", "eval_tokens", "batch_size"):
+        for f in ("d_sae", "k", "n_tokens", "train_tokens", "eval_tokens", "batch_size", "workers"):
             if int(getattr(self, f)) < 1:
                 raise ValueError(f"synthetic.{f} must be >= 1, got {getattr(self, f)}")
         if self.n_tokens < self.batch_size or self.train_tokens < self.batch_size:
@@ -86,9 +91,9 @@ class SyntheticParams:
             raise ValueError(f"synthetic.k ({self.k}) must be below d_sae ({self.d_sae})")
 
     def fingerprint(self) -> str:
-        """These parameters and the code that trains and scores the SAEs: what a resumed SAE must share."""
+        """These parameters (but ``workers``: results do not depend on it) and the code that trains and scores the SAEs: what a resumed SAE must share."""
         root = Path(S.__file__).parent
-        h = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode())
+        h = hashlib.sha256(json.dumps({**asdict(self), "workers": None}, sort_keys=True).encode())
         for f in sorted(f for name in CODE for f in ((root / name).rglob("*.py") if (root / name).is_dir() else [root / name])):
             h.update(f.read_bytes())
         return h.hexdigest()
@@ -108,7 +113,8 @@ def setup(model: dict, synthetic: dict) -> dict:
         w = S.make_world(S.WorldConfig(**{**sp.world, "hierarchical": hierarchical}))
         worlds[name] = dict(world=w, data=S.train_data(w, sp.train_tokens), heldout=S.sample(w, sp.eval_tokens, 0, split="eval"))
     worlds["saelens"] = worlds["ours"]
-    return dict(synthetic=sp, worlds=worlds, world=worlds["ours"]["world"], heldout=worlds["ours"]["heldout"], out=out)
+    return dict(synthetic=sp, worlds=worlds, world=worlds["ours"]["world"], heldout=worlds["ours"]["heldout"], out=out,
+                sections=(model, synthetic))
 
 
 def world(setup: dict) -> pd.DataFrame:
@@ -130,30 +136,71 @@ def jobs(setup: dict) -> list[tuple[str, str, int]]:
            [("flat", a, s) for s in sp.seeds for a in sp.controls]
 
 
+def _job_file(setup: dict, job: tuple[str, str, int]) -> Path:
+    source, arch, seed = job
+    return setup["out"] / "runs" / f"{source}-{arch}-s{seed}.json"
+
+
+def _done(setup: dict, job) -> dict:
+    f = _job_file(setup, job)
+    done = json.loads(f.read_text()) if f.exists() else {}
+    return done if done.get("fingerprint") == setup["synthetic"].fingerprint() else {}
+
+
+def run_job(setup: dict, job: tuple[str, str, int]) -> dict:
+    """Train and score one SAE on one thread (so its numbers do not depend on ``workers``); write its runs/ file."""
+    sp, (source, arch, seed) = setup["synthetic"], job
+    w = setup["worlds"][source]
+    kw = dict(data=w["data"], batch_size=sp.batch_size, lr=sp.lr, lr_end=sp.lr_end)
+    with pinned_torch(1, torch.are_deterministic_algorithms_enabled()):
+        t = time.perf_counter()
+        sae = (S.train_reference(arch, w["world"], sp.d_sae, sp.k, sp.n_tokens, seed, **kw) if source == "saelens"
+               else S.train_ours(arch, w["world"], sp.d_sae, sp.k, sp.n_tokens, seed, extra=sp.extra, **kw))
+        seconds = time.perf_counter() - t
+        score = S.evaluate(sae, w["world"], sp.eval_tokens, 0, eval_data=w["heldout"])
+    done = dict(fingerprint=sp.fingerprint(), source=source, architecture=arch, seed=seed,
+                d_sae=int(sae.W_dec.shape[0]), seconds=seconds, **score)
+    write_json(_job_file(setup, job), done)
+    return done
+
+
+_WORKER: dict = {}  # a worker process's own setup, built once from the raw sections
+
+
+def _worker_init(model: dict, synthetic: dict) -> None:
+    _WORKER.update(setup(model, synthetic))
+
+
+def _worker_job(job) -> dict:
+    return run_job(_WORKER, job)
+
+
 def train(setup: dict, progress: bool = True) -> pd.DataFrame:
-    """Train and score every SAE not yet done under these parameters; one row per SAE (``source``: ours,
-    saelens, or flat: ours on the flat control world)."""
-    sp, rows, fingerprint = setup["synthetic"], [], setup["synthetic"].fingerprint()
-    bar = tqdm(jobs(setup), desc="synthetic SAEs", unit="sae", disable=not progress)  # done, rate, ETA on stderr
-    for source, arch, seed in bar:
-        f = setup["out"] / "runs" / f"{source}-{arch}-s{seed}.json"
-        done = json.loads(f.read_text()) if f.exists() else {}
-        if done.get("fingerprint") != fingerprint:
-            w = setup["worlds"][source]
-            kw = dict(data=w["data"], batch_size=sp.batch_size, lr=sp.lr, lr_end=sp.lr_end)
-            t = time.perf_counter()
-            sae = (S.train_reference(arch, w["world"], sp.d_sae, sp.k, sp.n_tokens, seed, **kw) if source == "saelens"
-                   else S.train_ours(arch, w["world"], sp.d_sae, sp.k, sp.n_tokens, seed, extra=sp.extra, **kw))
-            seconds = time.perf_counter() - t
-            score = S.evaluate(sae, w["world"], sp.eval_tokens, 0, eval_data=w["heldout"])
-            done = dict(fingerprint=fingerprint, source=source, architecture=arch, seed=seed,
-                        d_sae=int(sae.W_dec.shape[0]), seconds=seconds, **score)
-            write_json(f, done)
+    """Train and score every SAE not yet done under these parameters, ``workers`` at a time; one row per SAE
+    (``source``: ours, saelens, or flat: ours on the flat control world)."""
+    sp, todo = setup["synthetic"], [j for j in jobs(setup) if not _done(setup, j)]
+    bar = tqdm(total=len(jobs(setup)), desc="synthetic SAEs", unit="sae", disable=not progress)  # done, rate, ETA
+
+    def report(done, resumed=False):
+        bar.update()
         if progress:
-            bar.write(f"{source:7s} {arch:10s} s{seed}: f1 {done['f1']:.3f} mcc {done['mcc']:.3f} "
-                  f"ev {done['explained_variance']:.3f} l0 {done['l0']:.1f} absorption {done['absorption']:.3f} "
-                  f"({done['seconds']:.0f} s)")
-        rows.append({k: v for k, v in done.items() if k not in ("fingerprint", "seconds")})  # outputs stay deterministic
+            bar.write(f"{done['source']:7s} {done['architecture']:10s} s{done['seed']}: f1 {done['f1']:.3f} "
+                      f"mcc {done['mcc']:.3f} ev {done['explained_variance']:.3f} l0 {done['l0']:.1f} "
+                      f"absorption {done['absorption']:.3f} ({done['seconds']:.0f} s{', resumed' if resumed else ''})")
+    for j in jobs(setup):
+        if j not in todo:
+            report(_done(setup, j), resumed=True)
+    if sp.workers > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(min(sp.workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_worker_init, initargs=setup["sections"]) as pool:
+            for f in as_completed([pool.submit(_worker_job, j) for j in todo]):
+                report(f.result())
+    else:
+        for j in todo:
+            report(run_job(setup, j))
+    bar.close()
+    rows = [{k: v for k, v in _done(setup, j).items() if k not in ("fingerprint", "seconds")}  # outputs stay deterministic
+            for j in jobs(setup)]
     t = pd.DataFrame(rows)
     head = ["source", "architecture", "seed", "d_sae"]
     t = t[head + sorted(c for c in t if c not in head)]  # the same bytes whether scored now or resumed from runs/

@@ -55,6 +55,11 @@ class TrainParams:
     drop_first: bool = True
     sink_ratio: float | None = 10.0   # drop attention-sink tokens (norm > this x the median) as position 0 is; null: keep
     stream_buffer_contexts: int | None = 8192  # when the train split streams (harvest.disk_budget_gb): contexts a buffer
+    processes: int = 1                # ranks started by the stage itself, each with model.threads / processes threads
+
+    def __post_init__(self):
+        if int(self.processes) < 1:
+            raise ValueError(f"params.yaml: train.processes must be >= 1, got {self.processes}")
 
 
 def check(model, harvest, train: dict) -> dict:
@@ -102,9 +107,16 @@ def plan(setup: dict) -> pd.DataFrame:
 
 def train_all(setup: dict, progress: bool = True) -> dict:
     """Train each (corpus, layer) group in one pass over its cached activations; save every SAE. Under torchrun,
-    each rank trains its share of the runs (``treesae.distributed``) and every rank returns them all."""
+    each rank trains its share of the runs (``treesae.distributed``) and every rank returns them all; with
+    ``train.processes`` > 1 outside torchrun, this process starts that many ranks and returns the SAEs they saved."""
     s, tp = setup, setup["train"]
     rank, world = dist.rank_world()
+    if tp.processes > 1 and world == 1:
+        threads = max(1, s["optim"].threads // tp.processes)
+        share = {**s, "train": dataclasses.replace(tp, processes=1), "optim": dataclasses.replace(s["optim"], threads=threads)}
+        dist.spawn(_train_rank, tp.processes, share, progress)
+        dev = dist.device(s["model"].device)
+        return {r.name: load_sae(paths.data("saes", r.name)).to(dev) for r in s["runs"]}
     dev = dist.device(s["model"].device)  # model.device: the SAEs train where the model runs
     groups = {}
     for run in dist.share(s["runs"]):
@@ -159,6 +171,11 @@ def train_all(setup: dict, progress: bool = True) -> dict:
     for f in stale if dist.is_main() else []:
         shutil.rmtree(f) if f.is_dir() else f.unlink()
     return {r.name: trained[r.name] if r.name in trained else load_sae(sae_dir / r.name).to(dev) for r in s["runs"]}
+
+
+def _train_rank(setup: dict, progress: bool) -> None:
+    config.pin_threads(setup["optim"].threads)
+    train_all(setup, progress=progress and dist.is_main())
 
 
 def sae_metadata(model_name: str, layer: int, cache_meta: dict, tp, corpus: str) -> dict:
