@@ -15,6 +15,7 @@ import datetime
 import os
 import socket
 
+import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
@@ -68,3 +69,53 @@ def device(configured: str) -> str:
     if configured == "cuda" and rank_world()[1] > 1:
         return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     return configured
+
+
+class DataParallel:
+    """Data parallelism for SAEs too large to split by SAE: every rank trains every SAE on its 1/world share of
+    each batch, and after each backward the ranks average gradients and float buffers (running thresholds), add
+    token counts (``BaseSAE.token_counts``: the tree's co-firing statistics) and OR which latents fired, so every
+    rank takes the same optimiser step and holds the same SAEs. Per-token selection (TopK, ReLU-L1) then trains
+    as one process at the whole batch does, up to float summation order; batch-level selection (BatchTopK,
+    Matryoshka, the tree's batch budget) selects within each rank's share, as under DDP elsewhere."""
+
+    def __init__(self):
+        self.rank, self.world = rank_world()
+
+    def shard(self, x: torch.Tensor) -> torch.Tensor:
+        if len(x) % self.world:
+            raise ValueError(f"data parallel: a batch of {len(x)} tokens does not split over {self.world} ranks; "
+                             f"make the batch size a multiple of {self.world}")
+        n = len(x) // self.world
+        return x[self.rank * n:(self.rank + 1) * n]
+
+    def counts(self, sae) -> dict:
+        """The token-count buffers before a step (their increments are what the ranks add)."""
+        return {n: getattr(sae, n).clone() for n in getattr(sae, "token_counts", ())}
+
+    @torch.no_grad()
+    def reduce(self, sae, before: dict) -> None:
+        for p in sae.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= self.world
+        for name, b in sae.named_buffers():
+            if name in before:
+                delta = (b - before[name]).to(torch.float64)  # integer counts, exact in float64
+                dist.all_reduce(delta)
+                b.copy_(before[name] + delta.to(b.dtype))
+            elif b.is_floating_point():
+                dist.all_reduce(b)
+                b /= self.world
+
+    def fired(self, mask: torch.Tensor) -> torch.Tensor:
+        m = mask.to(torch.uint8)
+        dist.all_reduce(m, op=dist.ReduceOp.MAX)
+        return m.bool()
+
+    def mean(self, row: dict) -> dict:
+        """A curve row averaged over ranks (step, tokens and lr are the same on every rank)."""
+        keys = [k for k, v in row.items() if k not in ("step", "tokens", "lr") and isinstance(v, float)]
+        t = torch.tensor([row[k] for k in keys], dtype=torch.float64)
+        dist.all_reduce(t)
+        return {**row, **dict(zip(keys, (t / self.world).tolist()))}

@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from .distributed import DataParallel, rank_world
 from .seeds import DATA_TAG, hashed_seed
 from .tensors import dense, fired
 
@@ -284,10 +285,13 @@ def _dead_fields(sae, dead) -> dict:
     return row
 
 
-def optimizer_step(sae, opt, loss, lr: float, clip_grad_norm: float | None) -> None:
-    """backward, the SAE's gradient hook, optional grad-norm clipping, Adam at ``lr``, the SAE's weight hook."""
+def optimizer_step(sae, opt, loss, lr: float, clip_grad_norm: float | None, sync=None) -> None:
+    """backward, ``sync()`` (data parallel: reduce over ranks), the SAE's gradient hook, optional grad-norm
+    clipping, Adam at ``lr``, the SAE's weight hook."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    if sync is not None:
+        sync()
     sae.before_optimizer_step()
     if clip_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(sae.parameters(), clip_grad_norm)
@@ -332,7 +336,7 @@ def _resume(ckpt_path: Path | None, chash: str, saes: dict, opts: dict):
 
 
 def train_sweep(saes: dict, data, cfg: TrainConfig, out_dir=None, progress: bool = True,
-                callback=None) -> dict[str, pd.DataFrame]:
+                callback=None, data_parallel: bool = False) -> dict[str, pd.DataFrame]:
     """Train every SAE in ``saes`` (in place) on the same shuffled batches of ``data`` [N, d_in] (or of a stream,
     ``treesae.stream.ActivationStream``, that serves them).
 
@@ -343,12 +347,18 @@ def train_sweep(saes: dict, data, cfg: TrainConfig, out_dir=None, progress: bool
     number of non-zero codes per token; dead_fraction after the step (window cfg.dead_after_tokens).
     With ``out_dir``: checkpoints and resume (see module doc) and ``out_dir/curves/<name>.csv``. ``callback(step, tokens, saes)`` runs after
     every step (after any checkpoint); an exception from it aborts the run (used to test resume).
+    ``data_parallel`` under torchrun: every rank trains every SAE on its share of each batch
+    (``treesae.distributed.DataParallel``); curves are averaged over ranks; only rank 0 writes files.
     """
     validate(saes, data)
+    dp = DataParallel() if data_parallel and rank_world()[1] > 1 else None
+    if dp is not None and cfg.batch_size % dp.world:
+        raise ValueError(f"data parallel: batch_size {cfg.batch_size} does not split over {dp.world} ranks")
+    writer = dp is None or dp.rank == 0
     B, n_steps = cfg.batch_size, cfg.n_steps
     out_dir = Path(out_dir) if out_dir is not None else None
     ckpt_path = out_dir / "checkpoint.pt" if out_dir is not None else None
-    chash = config_hash(saes, data, cfg)
+    chash = config_hash(saes, data, cfg) + (f"-dp{dp.world}" if dp else "")
     batches = data if hasattr(data, "batch") else CachedBatches(data, cfg.seed)
     opts = {name: torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                    eps=cfg.adam_eps, fused=True) for name, sae in saes.items()}
@@ -384,30 +394,34 @@ def train_sweep(saes: dict, data, cfg: TrainConfig, out_dir=None, progress: bool
                   desc="train_sweep", smoothing=0.1, mininterval=10) as pbar:
             for step in range(start, n_steps):
                 x = batches.batch(step, B).to(dev, non_blocking=True)
+                x = dp.shard(x) if dp else x
                 lr, tokens = get_lr(step, cfg), (step + 1) * B
                 log_now = (step + 1) % cfg.log_every == 0 or step + 1 == n_steps
                 for name, sae in saes.items():
+                    before = dp.counts(sae) if dp else None
                     loss, logs, z = sae.training_loss(x, since[name] >= cfg.dead_after_tokens, **sparse_z[name])
                     z = z.detach()
                     if log_now:  # from the codes and weights the loss saw
                         row = _log_row(sae, x, z, loss.detach(), logs, step + 1, tokens, lr)
-                    optimizer_step(sae, opts[name], loss, lr, cfg.clip_grad_norm)
+                        row = dp.mean(row) if dp else row
+                    optimizer_step(sae, opts[name], loss, lr, cfg.clip_grad_norm,
+                                   sync=(lambda: dp.reduce(sae, before)) if dp else None)  # called at once
                     since[name] += B
-                    since[name][fired(z)] = 0
+                    since[name][dp.fired(fired(z)) if dp else fired(z)] = 0
                     if log_now:
                         rows[name].append({**row, **_dead_fields(sae, since[name] >= cfg.dead_after_tokens)})
                 pbar.update(B)
-                if ckpt_path is not None and cfg.checkpoint_every and \
+                if ckpt_path is not None and writer and cfg.checkpoint_every and \
                         tokens // cfg.checkpoint_every > (tokens - B) // cfg.checkpoint_every:
                     checkpoint(step + 1)
                 if callback is not None:
                     callback(step + 1, tokens, saes)
-        if ckpt_path is not None and start < n_steps:
+        if ckpt_path is not None and writer and start < n_steps:
             checkpoint(n_steps)
     for sae in saes.values():
         sae.eval()
     curves = {name: pd.DataFrame(r) for name, r in rows.items()}
-    if out_dir is not None:
+    if out_dir is not None and writer:
         (out_dir / "curves").mkdir(parents=True, exist_ok=True)
         for name, df in curves.items():
             df.to_csv(out_dir / "curves" / f"{name}.csv", index=False)

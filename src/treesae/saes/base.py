@@ -185,6 +185,7 @@ class BaseSAE(nn.Module):
     hierarchical: ClassVar[bool] = False      # a TreeSAE variant: levels with their own encoders
     fixed_l0: ClassVar[bool] = True           # k sets L0 (ReLU-L1: the L1 coefficient does)
     training_only: ClassVar[tuple[str, ...]] = ()  # buffers that matter during training only (not exported)
+    token_counts: ClassVar[tuple[str, ...]] = ()   # buffers counting over a batch's tokens (data-parallel ranks add theirs)
 
     def __init__(self, cfg: SAEConfig):
         super().__init__()

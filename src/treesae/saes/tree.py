@@ -242,6 +242,7 @@ class TreeSAE(TreeCore, HierarchicalSAE):
     sae_lens_classes = (TreeSL, TreeSLConfig)
     display_order = 6
     training_only = ("threshold_updates", "cofire", "fire_count", "adopt_steps")
+    token_counts = ("cofire", "fire_count")
 
     def __init__(self, cfg: TreeConfig):
         self.branching, self.parent_rule, self.budget = cfg.branching, cfg.parent_rule, cfg.budget

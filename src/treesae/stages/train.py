@@ -56,6 +56,7 @@ class TrainParams:
     sink_ratio: float | None = 10.0   # drop attention-sink tokens (norm > this x the median) as position 0 is; null: keep
     stream_buffer_contexts: int | None = 8192  # when the train split streams (harvest.disk_budget_gb): contexts a buffer
     processes: int = 1                # ranks started by the stage itself, each with model.threads / processes threads
+    data_parallel: bool = False       # with several ranks: every rank trains every SAE on its share of each batch
 
     def __post_init__(self):
         if int(self.processes) < 1:
@@ -118,8 +119,9 @@ def train_all(setup: dict, progress: bool = True) -> dict:
         dev = dist.device(s["model"].device)
         return {r.name: load_sae(paths.data("saes", r.name)).to(dev) for r in s["runs"]}
     dev = dist.device(s["model"].device)  # model.device: the SAEs train where the model runs
+    dp = tp.data_parallel and world > 1  # else the runs are split over the ranks
     groups = {}
-    for run in dist.share(s["runs"]):
+    for run in s["runs"] if dp else dist.share(s["runs"]):
         groups.setdefault((run.corpus, run.layer), []).append(run)
     cfg = s["optim"]
     curves_dir, sae_dir = paths.data("train", "curves"), paths.data("saes")
@@ -144,24 +146,25 @@ def train_all(setup: dict, progress: bool = True) -> dict:
             print(f"{corpus} layer {layer}: {len(saes)} SAEs on {n_train:,} tokens ({cfg.n_tokens:,} tokens each)"
                   + ("" if cache.meta.get("train_cached", True) else ", streamed from the model"))
         part = paths.root() / "data" / ".partial" / (f"train-{safe_name(corpus)}-L{layer}"
-                                                     + (f"-rank{rank}of{world}" if world > 1 else ""))
+                                                     + (f"-rank{rank}of{world}" if world > 1 and not dp else ""))
         heldout = cache.activations(layer, "heldout", drop_first=tp.drop_first, max_tokens=tp.eval.heldout_tokens,
                                     seed=tp.eval.seed, sink_ratio=tp.sink_ratio)
         # as many train tokens as held-out ones, spread over the split (a stream in buffers: the first of its order)
         sample = (full[torch.linspace(0, n_train - 1, len(heldout)).long()] if full is not None
                   else data.sample(len(heldout))).to(dev)
         heldout = heldout.to(dev)
-        monitor = Monitor(cfg.n_steps, heldout, part / "monitor.pt", train_sample=sample,
+        writer = not dp or rank == 0  # data parallel: every rank holds the same SAEs, rank 0 writes them
+        monitor = Monitor(cfg.n_steps, heldout, part / "monitor.pt" if writer else None, train_sample=sample,
                           epoch_steps=math.ceil(n_train / cfg.batch_size))
-        curves = train_sweep(saes, data, cfg, out_dir=part, progress=progress, callback=monitor)
+        curves = train_sweep(saes, data, cfg, out_dir=part, progress=progress, callback=monitor, data_parallel=dp)
         for sae in saes.values():
             finalize(sae, sample)  # BatchTopK / Matryoshka: inference threshold calibrated to L0 = k
         diagnostics = monitor.diagnostics(saes, sample)
-        for r in runs:
+        for r in runs if writer else []:
             save_sae(saes[r.name], sae_dir / r.name, metadata=sae_metadata(s["model"].name, layer, cache.meta, tp, corpus))
             write_json(sae_dir / r.name / "training.json", diagnostics[r.name])
             write_bytes_atomic(curves_dir / f"{r.name}.csv", curves[r.name].to_csv(index=False, float_format="%.6g").encode())
-            trained[r.name] = saes[r.name]
+        trained.update(saes)
         if not torch.is_tensor(data):
             data.close()
         del data
