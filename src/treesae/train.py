@@ -353,7 +353,8 @@ def train_sweep(saes: dict, data, cfg: TrainConfig, out_dir=None, progress: bool
     validate(saes, data)
     dp = DataParallel() if data_parallel and rank_world()[1] > 1 else None
     if dp is not None and cfg.batch_size % dp.world:
-        raise ValueError(f"data parallel: batch_size {cfg.batch_size} does not split over {dp.world} ranks")
+        raise ValueError(f"data parallel: batch_size {cfg.batch_size} does not split over {dp.world} ranks; "
+                         f"make it a multiple of {dp.world}")
     writer = dp is None or dp.rank == 0
     B, n_steps = cfg.batch_size, cfg.n_steps
     out_dir = Path(out_dir) if out_dir is not None else None

@@ -141,10 +141,11 @@ def _job_file(setup: dict, job: tuple[str, str, int]) -> Path:
     return setup["out"] / "runs" / f"{source}-{arch}-s{seed}.json"
 
 
-def _done(setup: dict, job) -> dict:
+def _done(setup: dict, job, fingerprint: str) -> dict:
+    """The job's scores when its runs/ file is from these parameters and code, else {}."""
     f = _job_file(setup, job)
     done = json.loads(f.read_text()) if f.exists() else {}
-    return done if done.get("fingerprint") == setup["synthetic"].fingerprint() else {}
+    return done if done.get("fingerprint") == fingerprint else {}
 
 
 def run_job(setup: dict, job: tuple[str, str, int]) -> dict:
@@ -178,29 +179,32 @@ def _worker_job(job) -> dict:
 def train(setup: dict, progress: bool = True) -> pd.DataFrame:
     """Train and score every SAE not yet done under these parameters, ``workers`` at a time; one row per SAE
     (``source``: ours, saelens, or flat: ours on the flat control world)."""
-    sp, todo = setup["synthetic"], [j for j in jobs(setup) if not _done(setup, j)]
-    bar = tqdm(total=len(jobs(setup)), desc="synthetic SAEs", unit="sae", disable=not progress)  # done, rate, ETA
+    sp, fingerprint = setup["synthetic"], setup["synthetic"].fingerprint()
+    done = {j: _done(setup, j, fingerprint) for j in jobs(setup)}
+    todo = [j for j, d in done.items() if not d]
+    bar = tqdm(total=len(done), desc="synthetic SAEs", unit="sae", disable=not progress)  # done, rate, ETA
 
-    def report(done, resumed=False):
+    def report(job, scores, resumed=False):
+        done[job] = scores
         bar.update()
         if progress:
-            bar.write(f"{done['source']:7s} {done['architecture']:10s} s{done['seed']}: f1 {done['f1']:.3f} "
-                      f"mcc {done['mcc']:.3f} ev {done['explained_variance']:.3f} l0 {done['l0']:.1f} "
-                      f"absorption {done['absorption']:.3f} ({done['seconds']:.0f} s{', resumed' if resumed else ''})")
-    for j in jobs(setup):
-        if j not in todo:
-            report(_done(setup, j), resumed=True)
+            bar.write(f"{scores['source']:7s} {scores['architecture']:10s} s{scores['seed']}: f1 {scores['f1']:.3f} "
+                      f"mcc {scores['mcc']:.3f} ev {scores['explained_variance']:.3f} l0 {scores['l0']:.1f} "
+                      f"absorption {scores['absorption']:.3f} ({scores['seconds']:.0f} s{', resumed' if resumed else ''})")
+    for j, d in list(done.items()):
+        if d:
+            report(j, d, resumed=True)
     if sp.workers > 1 and len(todo) > 1:
         with ProcessPoolExecutor(min(sp.workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_worker_init, initargs=setup["sections"]) as pool:
-            for f in as_completed([pool.submit(_worker_job, j) for j in todo]):
-                report(f.result())
+            futures = {pool.submit(_worker_job, j): j for j in todo}
+            for f in as_completed(futures):
+                report(futures[f], f.result())
     else:
         for j in todo:
-            report(run_job(setup, j))
+            report(j, run_job(setup, j))
     bar.close()
-    rows = [{k: v for k, v in _done(setup, j).items() if k not in ("fingerprint", "seconds")}  # outputs stay deterministic
-            for j in jobs(setup)]
+    rows = [{k: v for k, v in d.items() if k not in ("fingerprint", "seconds")} for d in done.values()]  # deterministic
     t = pd.DataFrame(rows)
     head = ["source", "architecture", "seed", "d_sae"]
     t = t[head + sorted(c for c in t if c not in head)]  # the same bytes whether scored now or resumed from runs/

@@ -112,13 +112,12 @@ def train_all(setup: dict, progress: bool = True) -> dict:
     ``train.processes`` > 1 outside torchrun, this process starts that many ranks and returns the SAEs they saved."""
     s, tp = setup, setup["train"]
     rank, world = dist.rank_world()
+    dev = dist.device(s["model"].device)  # model.device: the SAEs train where the model runs
     if tp.processes > 1 and world == 1:
         threads = max(1, s["optim"].threads // tp.processes)
         share = {**s, "train": dataclasses.replace(tp, processes=1), "optim": dataclasses.replace(s["optim"], threads=threads)}
         dist.spawn(_train_rank, tp.processes, share, progress)
-        dev = dist.device(s["model"].device)
         return {r.name: load_sae(paths.data("saes", r.name)).to(dev) for r in s["runs"]}
-    dev = dist.device(s["model"].device)  # model.device: the SAEs train where the model runs
     dp = tp.data_parallel and world > 1  # else the runs are split over the ranks
     groups = {}
     for run in s["runs"] if dp else dist.share(s["runs"]):
