@@ -37,7 +37,7 @@ def tables():
                            for k, c in enumerate(["clean", "permute"]) for L in range(0, 30, 6)])
     feats = pd.DataFrame({"cos_dec": np.clip(rng.normal(0.6, 0.25, 400), -0.2, 1),
                           "cos_enc": np.clip(rng.normal(0.5, 0.25, 400), -0.2, 1)})
-    factors = pd.DataFrame({"factor": ["dataset", "seed", "k"], "n_pairs": [2, 3, 4], "dec_shared": [0.1, 0.5, 0.3],
+    factors = pd.DataFrame({"factor": ["corpus", "seed", "k"], "n_pairs": [2, 3, 4], "dec_shared": [0.1, 0.5, 0.3],
                             "dec_shared_min": [0.05, 0.4, 0.2], "dec_shared_max": [0.15, 0.6, 0.4],
                             "enc_shared": [0.08, 0.4, np.nan], "dec_mean_cos": [0.3, 0.7, 0.5]})
     layers = pd.DataFrame({"layer": range(8), "dec_shared": np.linspace(0.2, 0.5, 8),

@@ -33,7 +33,7 @@ def _runs(fvu: dict, seeds=(0, 1, 2), noise=0.002, dead=None):
     rows = []
     for arch, v in fvu.items():
         for s in seeds:
-            rows.append(dict(architecture=arch, dataset="brown", layer=15, d_sae=2304, k=32, seed=s, aux_k=True,
+            rows.append(dict(architecture=arch, corpus="brown", layer=15, d_sae=2304, k=32, seed=s, aux_k=True,
                              tied_init=True, b_dec_init="geometric_median", fvu=v + seed_noise[s],
                              dead_fraction=0.01 + rng.normal(0, 0.001)))
     for item, d in (dead or {}).items():
@@ -66,19 +66,19 @@ def test_dead_latent_claim():
     assert V.aux_k_tied_init_reduce_dead(_runs(dict(topk=0.2)), base)["verdict"] == V.NOT_TESTABLE
 
 
-def test_dataset_claim_from_planted_factor_effects():
+def test_corpus_claim_from_planted_factor_effects():
     from tests.analysis.test_matching import _planted_pairs
     from treesae.analysis.matching import factor_effects
-    factors = ("dataset", "seed", "architecture", "layer")
-    big = V.dataset_matters_most(*factor_effects(*_planted_pairs({"dataset": 0.2, "architecture": 0.05}), factors=factors))
+    factors = ("corpus", "seed", "architecture", "layer")
+    big = V.corpus_matters_most(*factor_effects(*_planted_pairs({"corpus": 0.2, "architecture": 0.05}), factors=factors))
     assert big["verdict"] == V.NOT_TESTABLE  # no d_sae factor in this design: that part cannot be estimated
-    pairs, meta = _planted_pairs({"dataset": 0.2, "architecture": 0.05, "layer": 0.03})
+    pairs, meta = _planted_pairs({"corpus": 0.2, "architecture": 0.05, "layer": 0.03})
     meta = meta.rename(columns={"layer": "d_sae"})
-    r = V.dataset_matters_most(*factor_effects(pairs, meta, factors=("dataset", "seed", "architecture", "d_sae")))
+    r = V.corpus_matters_most(*factor_effects(pairs, meta, factors=("corpus", "seed", "architecture", "d_sae")))
     assert r["verdict"] == V.SUPPORTED and r["vs_architecture.lo"] > 0
-    pairs, meta = _planted_pairs({"dataset": 0.05, "architecture": 0.2, "layer": 0.03})
-    r = V.dataset_matters_most(*factor_effects(pairs, meta.rename(columns={"layer": "d_sae"}),
-                                               factors=("dataset", "seed", "architecture", "d_sae")))
+    pairs, meta = _planted_pairs({"corpus": 0.05, "architecture": 0.2, "layer": 0.03})
+    r = V.corpus_matters_most(*factor_effects(pairs, meta.rename(columns={"layer": "d_sae"}),
+                                              factors=("corpus", "seed", "architecture", "d_sae")))
     assert r["verdict"] == V.CONTRADICTED
 
 

@@ -383,7 +383,7 @@ def matching_enc_vs_dec(features: pd.DataFrame, path, threshold: float = 0.7) ->
     return _save(fig, path)
 
 
-FACTOR_WORDS = {"d_sae": "dictionary size", "options": "recipe", "dataset": "corpus", "aux_k": "AuxK",
+FACTOR_WORDS = {"d_sae": "dictionary size", "options": "recipe", "aux_k": "AuxK",
                 "tied_init": "tied init", "b_dec_init": "b_dec init"}
 
 

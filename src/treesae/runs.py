@@ -50,7 +50,7 @@ class Run:
     def factors(self) -> dict:
         """The training factors the matching analysis compares (column names of analysis.matching.FACTORS)."""
         opts = dict(self.options)
-        return dict(name=self.name, architecture=self.architecture, dataset=self.corpus, layer=self.layer,
+        return dict(name=self.name, architecture=self.architecture, corpus=self.corpus, layer=self.layer,
                     d_sae=self.d_sae, k=self.k, seed=self.seed, tied_init=opts.get("tied_init", True),
                     aux_k=opts.get("aux_k", True),
                     b_dec_init="geometric_median" if opts.get("geometric_median_init", True) else "zero",

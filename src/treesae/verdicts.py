@@ -22,7 +22,7 @@ CLAIMS = {
     "treesae_ranking": "one TreeSAE variant beats the other two but trails TopK/BatchTopK at matched L0 (held-out FVU)",
     "treesae_ranking_ground_truth": "the same on the synthetic world (stage 08): one TreeSAE variant beats the other "
                                     "two but trails TopK/BatchTopK at matched L0 (unexplained variance)",
-    "dataset_matters_most": "for feature matching the dataset matters more than seed, architecture or size",
+    "corpus_matters_most": "for feature matching the corpus (dataset) matters more than seed, architecture or size",
     "encoder_decoder_disagree": "encoder and decoder matching disagree",
     "position_early_layers": "position features concentrate in early layers",
     "aux_k_tied_init_reduce_dead": "AuxK and tied init reduce dead latents",
@@ -98,19 +98,19 @@ def treesae_ranking(m: pd.DataFrame, k: int, variants, metric: str = "fvu") -> d
     return dict(out, verdict=combine(parts))
 
 
-def dataset_matters_most(effects: pd.DataFrame, boot: pd.DataFrame, threshold: float = 0.7) -> dict:
-    """Claim (b) from ``factor_effects``: the dataset's effect is above zero (it changes features more than a
+def corpus_matters_most(effects: pd.DataFrame, boot: pd.DataFrame, threshold: float = 0.7) -> dict:
+    """Claim (b) from ``factor_effects``: the corpus's effect is above zero (it changes features more than a
     new seed does) and above the architecture's and the dictionary size's (bootstrap contrasts)."""
     from .analysis.matching import interval
     out = {"basis": f"decoder sharing lost by changing the factor beyond a new seed (cosine {threshold}), SAE bootstrap"}
-    if "dataset" not in boot:
+    if "corpus" not in boot:
         return dict(out, verdict=NOT_TESTABLE)
     e = effects.set_index("factor")
-    parts = [_part(out, "vs_seed", e.at["dataset", "effect"], e.at["dataset", "lo"], e.at["dataset", "hi"])]
+    parts = [_part(out, "vs_seed", e.at["corpus", "effect"], e.at["corpus", "lo"], e.at["corpus", "hi"])]
     for f in ("architecture", "d_sae"):
         if f in boot:
-            parts.append(_part(out, f"vs_{f}", e.at["dataset", "effect"] - e.at[f, "effect"],
-                               *interval(boot["dataset"] - boot[f])))
+            parts.append(_part(out, f"vs_{f}", e.at["corpus", "effect"] - e.at[f, "effect"],
+                               *interval(boot["corpus"] - boot[f])))
         else:
             parts.append(NOT_TESTABLE)
     return dict(out, verdict=combine(parts))
@@ -154,7 +154,7 @@ def position_early_layers(frac: dict[int, float], n_latents: dict[int, int]) -> 
 def aux_k_tied_init_reduce_dead(m: pd.DataFrame, base: pd.Series) -> dict:
     """Claim (e): held-out dead fraction without AuxK (and without tied init) minus with the full recipe, over
     the seeds of the base configuration (architecture, corpus, layer, size, k)."""
-    cfg = ["architecture", "dataset", "layer", "d_sae", "k"]
+    cfg = ["architecture", "corpus", "layer", "d_sae", "k"]
     like = m[np.logical_and.reduce([m[c] == base[c] for c in cfg])]
     full = default_recipe(like)
     out = {"basis": "held-out dead fraction without minus with the recipe item, mean over seeds, difference +- 2 SE"}

@@ -16,8 +16,8 @@ def test_load_inputs_and_build(tmp_path, saes, corpus, model):
     for name in ("topk_s0", "tree"):
         save_sae(saes[name], tmp_path / "saes" / name, metadata={"hook_name": f"blocks.{LAYER}.hook_resid_pre"})
     (tmp_path / "saes" / "not_an_sae").mkdir()
-    # as treesae.stages.train.evaluate writes it: index "name", the corpus in "dataset", no layer needed here
-    pd.DataFrame({"architecture": ["tree", "topk", "topk"], "dataset": ["toy"] * 3, "nmse": [0.2, 0.1, 0.3]},
+    # as treesae.stages.train.evaluate writes it: index "name", a "corpus" column, no layer needed here
+    pd.DataFrame({"architecture": ["tree", "topk", "topk"], "corpus": ["toy"] * 3, "nmse": [0.2, 0.1, 0.3]},
                  index=pd.Index(["tree", "topk_s0", "other"], name="name")).to_csv(tmp_path / "metrics.csv")
     loaded, meta, caches = browser.load_inputs(tmp_path / "saes", tmp_path / "metrics.csv", tmp_path / "activations")
     assert list(loaded) == ["topk_s0", "tree"] and list(meta.index) == ["topk_s0", "tree"]
@@ -29,7 +29,7 @@ def test_load_inputs_and_build(tmp_path, saes, corpus, model):
     assert data["sources"][0]["corpus"] == "toy"
     site = browser.write_site(data, tmp_path / "site")
     assert (site / "index.html").exists() and (site / "data" / "saes" / "tree" / "f0.js").exists()
-    pd.DataFrame({"name": ["tree"], "dataset": ["toy"]}).to_csv(tmp_path / "short.csv", index=False)
+    pd.DataFrame({"name": ["tree"], "corpus": ["toy"]}).to_csv(tmp_path / "short.csv", index=False)
     with pytest.raises(KeyError, match="no row for SAEs"):
         browser.load_inputs(tmp_path / "saes", tmp_path / "short.csv", tmp_path / "activations")
     with pytest.raises(FileNotFoundError, match="no SAEs"):

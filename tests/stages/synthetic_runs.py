@@ -13,7 +13,7 @@ TRAIN = {
         "frontier": {"architecture": ["topk", "batchtopk", "matryoshka", "relu", "stacked", "residual", "tree"],
                      "k": [16, 32, 64]},
         "seed": {"seed": [1, 2]},
-        "dataset": {"corpus": ["pydocs"]},
+        "corpus": {"corpus": ["pydocs"]},
         "size": {"d_sae": [2304, 9216]},
         "layer": {"layer": [3, 9, 21]},
         "recipe": {"options": [{"aux_k": False}, {"tied_init": False}, {"geometric_median_init": False}]},

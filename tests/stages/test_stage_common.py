@@ -24,7 +24,7 @@ def test_grids_base_and_pick():
 def test_layer_runs_one_per_layer():
     m = metrics_table()
     r = common.layer_runs(m)
-    assert list(r.layer) == [3, 9, 15, 21] and (r.architecture == "topk").all() and (r.dataset == "brown").all()
+    assert list(r.layer) == [3, 9, 15, 21] and (r.architecture == "topk").all() and (r.corpus == "brown").all()
     assert "topk-brown-L15-d4608-k32-s0" in r.index  # the base run serves layer 15
     with pytest.raises(ValueError, match="no relu SAE"):
         common.layer_runs(m, "relu")

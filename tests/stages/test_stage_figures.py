@@ -20,7 +20,7 @@ def tables():
                                  n_heldout_tokens=53248, n_documents=n) for c, n in (("brown", 500), ("pydocs", 5141))])
     return {"metrics": m, "curves": curves, "position.corpora": corpora,
             "position.metrics": {"sink_norm_ratio_layer9": 6.5, "layers": [3, 9, 15, 21]},
-            "matching.metrics": {"factor.seed.dec_shared": 0.31, "most_changing_factor": "dataset"},
+            "matching.metrics": {"factor.seed.dec_shared": 0.31, "most_changing_factor": "corpus"},
             "hierarchy.metrics": {"tree.score": 0.7, "topk.score": 0.1}}
 
 
@@ -51,7 +51,7 @@ def test_numbers_keys_and_values():
     assert n["frontier.ks"] == [16, 32, 64] and n["frontier.architectures"][:2] == ["relu", "topk"]
     assert n["frontier.best_nmse.k32"] in m.architecture.values and n["treesae.best_variant"] in ("stacked", "residual", "tree")
     assert "levels.tree.k32.level2.nmse_cumulative" in n and "levels.stacked.k32.level2.nmse_cumulative" not in n
-    assert {"seed.s0.nmse", "seed.s2.nmse", "seed.nmse_std", "dataset.pydocs.nmse", "dataset.brown.nmse",
+    assert {"seed.s0.nmse", "seed.s2.nmse", "seed.nmse_std", "corpus.pydocs.nmse", "corpus.brown.nmse",
             "size.d9216.nmse", "layer.L3.ce_increase"} <= set(n)
     assert n["position.sink_norm_ratio_layer9"] == 6.5 and n["matching.factor.seed.dec_shared"] == 0.31
     assert n["hierarchy.tree.score"] == 0.7

@@ -25,7 +25,7 @@ def test_matching_pairs_single_factor_and_adjacent_layers():
     assert matching.plan_pairs(matching.meta_table(m, few), few)
     counts = matching.plan(dict(meta=meta, pairs=pairs, matching=matching.MatchingParams())).factor.value_counts().to_dict()
     # 7 architectures x 3 k: C(7,2)*3 architecture pairs, 7*C(3,2) k pairs; seeds 0,1,2; sizes; layers; recipes
-    assert counts == {"architecture": 63, "k": 21, "seed": 3, "d_sae": 3, "layer": 6, "dataset": 1, "aux_k": 1,
+    assert counts == {"architecture": 63, "k": 21, "seed": 3, "d_sae": 3, "layer": 6, "corpus": 1, "aux_k": 1,
                       "tied_init": 1, "b_dec_init": 1}
     every = matching.plan_pairs(meta, matching.FACTORS, "all")  # the planned pairs first, then every other pair
     assert every[:len(pairs)] == pairs and len(every) == len({frozenset(p) for p in every}) == len(m) * (len(m) - 1) // 2
@@ -61,7 +61,7 @@ def test_hierarchy_runs_at_base_k():
     m = metrics_table()
     r = hierarchy.hierarchy_runs(m, ["tree", "topk", "matryoshka", "stacked", "residual"])
     assert list(r.architecture) == ["tree", "topk", "matryoshka", "stacked", "residual"]
-    assert (r.k == 32).all() and (r.layer == 15).all() and (r.dataset == "brown").all() and (r.seed == 0).all()
+    assert (r.k == 32).all() and (r.layer == 15).all() and (r.corpus == "brown").all() and (r.seed == 0).all()
     assert len(hierarchy.frontier_runs(m)) == 21
     assert hierarchy.variant_label("tree", "given") == "tree (given)" and hierarchy.variant_label("topk", "inferred") == "topk"
 

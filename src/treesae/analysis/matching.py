@@ -45,7 +45,7 @@ THRESHOLD = 0.7
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)  # decoder shared ratio is also reported at each (dec_shared_50 ... _90)
 CI = 0.95
 BOOT_TAG = 0xB007  # the bootstrap's stream, apart from every other stream seeded with the same seed
-FACTORS = ("dataset", "seed", "architecture", "k", "d_sae", "b_dec_init", "tied_init", "layer")
+FACTORS = ("corpus", "seed", "architecture", "k", "d_sae", "b_dec_init", "tied_init", "layer")
 PAIR_COLUMNS = ["a", "b", "n_a", "n_b", "dec_shared", "dec_mean_cos", "enc_shared", "enc_mean_cos", "agree", "top2_a",
                 "top2_b"] + [f"dec_shared_{round(t * 100)}" for t in THRESHOLDS]
 
@@ -380,7 +380,7 @@ def factor_table(pairs: pd.DataFrame, meta: pd.DataFrame, factors=FACTORS) -> pd
     """Shared ratio by the one training factor that differs between the two SAEs of a pair.
 
     pairs: ``compare_saes`` output (columns a, b, dec_shared, enc_shared, ...); meta: one row per SAE,
-    indexed by name, with factor columns (dataset, seed, architecture, k, d_sae, b_dec_init, tied_init,
+    indexed by name, with factor columns (corpus, seed, architecture, k, d_sae, b_dec_init, tied_init,
     layer; missing ones are ignored). Pairs differing in several factors are dropped.
     Returns per factor: n_pairs, mean/min/max of dec_shared, mean enc_shared and mean dec_mean_cos,
     sorted by mean dec_shared (ascending: the factor that changes features most first).

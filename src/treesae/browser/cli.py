@@ -45,10 +45,9 @@ def load_inputs(saes_dir, meta_csv, activations_dir, name_column: str | None = N
     if "layer" not in meta.columns or meta["layer"].isna().any():
         layers = {n: _layer_from_cfg(saes_dir / n) for n in saes}
         meta["layer"] = meta["layer"].fillna(pd.Series(layers)) if "layer" in meta.columns else pd.Series(layers)
-    col = next((c for c in ("corpus", "dataset") if c in meta.columns), None)
-    if col is None:
-        raise ValueError(f"{meta_csv} needs a 'corpus' (or 'dataset') column: the activation cache each SAE was trained on")
-    caches = {c: ActivationCache.open(activations_dir / safe_name(c)) for c in sorted(meta[col].astype(str).unique())}
+    if "corpus" not in meta.columns:
+        raise ValueError(f"{meta_csv} needs a 'corpus' column: the activation cache each SAE was trained on")
+    caches = {c: ActivationCache.open(activations_dir / safe_name(c)) for c in sorted(meta["corpus"].astype(str).unique())}
     return saes, meta, caches
 
 

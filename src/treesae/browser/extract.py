@@ -109,9 +109,9 @@ def _resolve_source(name, row, caches, max_contexts):
 
 
 def _corpus(row: Mapping):
-    """The SAE's corpus: meta column ``corpus``, or ``dataset`` (the training sweep's name for it)."""
+    """The SAE's corpus: meta column ``corpus`` (None when missing or NaN)."""
     c = row.get("corpus")
-    return row.get("dataset") if c is None or (isinstance(c, float) and math.isnan(c)) else c
+    return None if isinstance(c, float) and math.isnan(c) else c
 
 
 class _Rows:
@@ -334,7 +334,7 @@ def extract(saes: Mapping[str, Any], meta: pd.DataFrame, caches, model=None, *, 
     """Data for the browser of every SAE in ``saes`` (name -> SAE with ``encode``, ``W_dec``, optional
     ``parent_of`` / ``levels``).
 
-    meta: one row per SAE (index = name; columns incl. layer, corpus (or dataset), architecture and
+    meta: one row per SAE (index = name; columns incl. layer, corpus, architecture and
     metrics; every column is shown on the index page). caches: ``{(corpus, layer): ActivationCache | (cache, layer) |
     Source}`` (also ``{corpus: cache}``, the layer then from meta), held-out contexts are used; or a
     callable ``(name, meta_row) -> (acts [n_ctx, T, d_in], tokens [n_ctx, T])`` giving held-out data.

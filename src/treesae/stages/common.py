@@ -2,8 +2,8 @@
 metrics files deterministically.
 
 ``data/train/metrics.csv`` has one row per SAE (index ``name``) with its training factors
-(architecture, dataset, layer, d_sae, k, seed, tied_init, aux_k, b_dec_init), ``grids`` (the
-comma-joined grids of ``params.yaml`` it belongs to: base, frontier, seed, dataset, size, layer,
+(architecture, corpus, layer, d_sae, k, seed, tied_init, aux_k, b_dec_init), ``grids`` (the
+comma-joined grids of ``params.yaml`` it belongs to: base, frontier, seed, corpus, size, layer,
 recipe) and its held-out metrics. Nothing here imports torch, the analysis library or the SAEs at
 module level: stage 06 depends on this file and must stay independent of them.
 """
@@ -71,10 +71,10 @@ def layer_runs(metrics: pd.DataFrame, architecture: str = "topk", corpus: str | 
     """One SAE per layer: the base run and the ``layer`` grid (they differ only in layer), restricted to
     ``architecture`` and, when given, ``corpus``. Sorted by layer; index run name."""
     base = base_run(metrics)
-    rows = pick(metrics, ["base", "layer"], architecture=architecture, dataset=corpus or base.dataset)
+    rows = pick(metrics, ["base", "layer"], architecture=architecture, corpus=corpus or base.corpus)
     if rows.empty:
         raise ValueError(f"no {architecture} SAE in the base run or the 'layer' grid of metrics.csv "
-                         f"(corpus {corpus or base.dataset}); set the stage's architecture/corpus to a trained one.")
+                         f"(corpus {corpus or base.corpus}); set the stage's architecture/corpus to a trained one.")
     rows = rows.sort_values(["layer", "seed"], kind="stable")
     return rows[~rows.layer.duplicated()]
 

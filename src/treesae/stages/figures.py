@@ -69,7 +69,7 @@ def option_tag(options) -> str:
 def frontier(metrics: pd.DataFrame) -> pd.DataFrame:
     """The frontier runs on the base corpus / layer / size / seed (one row per architecture and k)."""
     b = common.base_run(metrics)
-    f = common.pick(metrics, ["base", "frontier"], dataset=b.dataset, layer=b.layer, d_sae=b.d_sae, seed=b.seed)
+    f = common.pick(metrics, ["base", "frontier"], corpus=b.corpus, layer=b.layer, d_sae=b.d_sae, seed=b.seed)
     return f[f.options.map(option_tag) == "default"] if "options" in f else f
 
 
@@ -77,7 +77,7 @@ def frontier_seeds(metrics: pd.DataFrame) -> pd.DataFrame:
     """Every seed of the frontier's configurations (same corpus / layer / size / recipe as the base run), for
     the frontier figures' error bars; ``frontier`` keeps the base seed only."""
     f, b = frontier(metrics), common.base_run(metrics)
-    r = common.pick(metrics, None, dataset=b.dataset, layer=b.layer, d_sae=b.d_sae)
+    r = common.pick(metrics, None, corpus=b.corpus, layer=b.layer, d_sae=b.d_sae)
     r = r[r.options.map(option_tag) == "default"] if "options" in r else r
     keys = set(zip(f.architecture, f.k))
     return r[[(a, k) in keys for a, k in zip(r.architecture, r.k)]]
@@ -228,7 +228,7 @@ def write_runs(setup: dict, tables: dict) -> pd.DataFrame:
               for run, r in m.iterrows()]
     common.write_table(pd.concat(curves, ignore_index=True)[["run", "architecture", *CURVES]],
                        setup["numbers"].parent / "training_curves.csv")
-    cols = ["architecture", "dataset", "layer", "d_sae", "k", "seed", "fvu", "l0", "converged"]
+    cols = ["architecture", "corpus", "layer", "d_sae", "k", "seed", "fvu", "l0", "converged"]
     return m[[c for c in cols if c in m]]
 
 
@@ -285,7 +285,7 @@ def numbers(tables: dict, params: dict | None = None) -> dict:
       train.{dec_stability,fvu_gain_last_quarter,init_frac_above,fvu_gap}_median   over all SAEs
       eval.heldout_tokens, eval.dead_window_tokens, eval.downstream_predictions, eval.downstream_contexts,
       eval.ce_clean, eval.ce_zero
-      base.{run,architecture,dataset,layer,d_sae,k,seed}, base.{M}
+      base.{run,architecture,corpus,layer,d_sae,k,seed}, base.{M}
       run.{run name}.{M}                        every SAE
       frontier.architectures, frontier.ks, frontier.{arch}.k{k}.{M}
       frontier.{arch}.k{k}.nmse_vs_topk, .ce_increase_vs_topk   ratios to TopK at the same k
@@ -300,7 +300,7 @@ def numbers(tables: dict, params: dict | None = None) -> dict:
                                                 runs: default, no_aux_k, no_tied_init, no_geometric_median_init
       dead_training.{arch}.{variant}.{final,max}   dead fraction over training (curves)
       recipe.{variant}.{M}                      the same recipe runs, every metric
-      seed.s{s}.{M}, dataset.{corpus}.{M}, size.d{d_sae}.{M}, layer.L{layer}.{M}   the other grids (+ base)
+      seed.s{s}.{M}, corpus.{corpus}.{M}, size.d{d_sae}.{M}, layer.L{layer}.{M}   the other grids (+ base)
       seed.nmse_std                             std of nMSE over seeds
     Analyses: every key of the stage metrics files, prefixed position., matching., hierarchy., synth.
     (see stages.position.summarize, stages.matching.summarize, stages.hierarchy.summarize,
@@ -370,7 +370,7 @@ def _run_numbers(out: dict, m: pd.DataFrame, b: pd.Series, cols: list) -> None:
         if col in m:
             _put(out, k, b[col].item() if hasattr(b[col], "item") else b[col])
     out["base.run"] = b.name
-    for k in ("architecture", "dataset", "layer", "d_sae", "k", "seed"):
+    for k in ("architecture", "corpus", "layer", "d_sae", "k", "seed"):
         out[f"base.{k}"] = b[k].item() if hasattr(b[k], "item") else b[k]
     for c in cols:
         _put(out, f"base.{c}", float(b[c]))
@@ -450,7 +450,7 @@ def _recipe_numbers(out: dict, m: pd.DataFrame, curves: pd.DataFrame | None, col
 
 
 def _grid_numbers(out: dict, m: pd.DataFrame, b: pd.Series, cols: list) -> None:
-    """seed.*, dataset.*, size.*, layer.*: each grid's runs with the base."""
+    """seed.*, corpus.*, size.*, layer.*: each grid's runs with the base."""
     def grid(name, field, fmt):
         rows = pd.concat([m.loc[[b.name]], common.pick(m, [name])])
         rows = rows[~rows.index.duplicated()]
@@ -462,8 +462,8 @@ def _grid_numbers(out: dict, m: pd.DataFrame, b: pd.Series, cols: list) -> None:
         s = grid("seed", "seed", lambda v: f"s{int(v)}")
         if len(s) > 1:
             out["seed.nmse_std"] = float(s.nmse.std(ddof=0))
-    if common.pick(m, ["dataset"]).shape[0]:
-        grid("dataset", "dataset", str)
+    if common.pick(m, ["corpus"]).shape[0]:
+        grid("corpus", "corpus", str)
     if common.pick(m, ["size"]).shape[0]:
         grid("size", "d_sae", lambda v: f"d{int(v)}")
     if common.pick(m, ["layer"]).shape[0]:
@@ -479,7 +479,7 @@ def claims(tables: dict) -> dict[str, dict]:
     ok = V.flag(m.converged) if "converged" in m else pd.Series(False, index=m.index)
     c = m[ok]
     why = f"{int(ok.sum())} of {len(m)} SAEs converged"
-    same = c[(c.dataset == b.dataset) & (c.layer == b.layer) & (c.d_sae == b.d_sae)]
+    same = c[(c.corpus == b.corpus) & (c.layer == b.layer) & (c.d_sae == b.d_sae)]
     out = {"treesae_ranking": V.treesae_ranking(same, int(b.k), names(hierarchical=True)),
            "aux_k_tied_init_reduce_dead": V.aux_k_tied_init_reduce_dead(c, b)}
     mm = t.get("matching.metrics") or {}
@@ -490,9 +490,9 @@ def claims(tables: dict) -> dict[str, dict]:
         col = f"dec_shared_{round(thr * 100)}"
         eff, boot = factor_effects(p, c, factors=tuple(f for f in FACTORS if f in c.columns),
                                    column=col if col in p else "dec_shared")
-        out["dataset_matters_most"] = V.dataset_matters_most(eff, boot, thr)
+        out["corpus_matters_most"] = V.corpus_matters_most(eff, boot, thr)
     else:
-        out["dataset_matters_most"] = {"verdict": V.NOT_TESTABLE, "basis": "no matching analysis"}
+        out["corpus_matters_most"] = {"verdict": V.NOT_TESTABLE, "basis": "no matching analysis"}
     pf = t.get("matching.pair_features")
     out["encoder_decoder_disagree"] = (
         V.encoder_decoder_disagree(pf, thr) if pf is not None and len(pf) and pf.a.iloc[0] in c.index and pf.b.iloc[0] in c.index

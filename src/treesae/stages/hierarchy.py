@@ -63,7 +63,7 @@ def hierarchy_runs(metrics: pd.DataFrame, architectures) -> pd.DataFrame:
     the order of ``architectures``; those not trained are skipped)."""
     base = common.base_run(metrics)
     rows = common.pick(metrics, ["base", "frontier"], architecture=list(architectures), k=base.k,
-                       dataset=base.dataset, layer=base.layer, d_sae=base.d_sae, seed=base.seed)
+                       corpus=base.corpus, layer=base.layer, d_sae=base.d_sae, seed=base.seed)
     rows = rows[rows.options.fillna("{}").astype(str).isin(["{}", ""])] if "options" in rows else rows
     rows = rows[~rows.architecture.duplicated()]
     order = {a: i for i, a in enumerate(architectures)}
@@ -76,7 +76,7 @@ def hierarchy_runs(metrics: pd.DataFrame, architectures) -> pd.DataFrame:
 def frontier_runs(metrics: pd.DataFrame) -> pd.DataFrame:
     """All frontier runs (every architecture and k) on the base corpus / layer / size / seed."""
     base = common.base_run(metrics)
-    return common.pick(metrics, ["base", "frontier"], dataset=base.dataset, layer=base.layer, d_sae=base.d_sae,
+    return common.pick(metrics, ["base", "frontier"], corpus=base.corpus, layer=base.layer, d_sae=base.d_sae,
                        seed=base.seed)
 
 
@@ -106,7 +106,7 @@ def setup(model: dict, hierarchy: dict, train: dict | None = None) -> dict:
 
 
 def runs(setup: dict) -> pd.DataFrame:
-    cols = ["architecture", "dataset", "layer", "d_sae", "k", "seed", "nmse", "l0", "dead_fraction"]
+    cols = ["architecture", "corpus", "layer", "d_sae", "k", "seed", "nmse", "l0", "dead_fraction"]
     return setup["runs"][[c for c in cols if c in setup["runs"]]]
 
 
@@ -114,7 +114,7 @@ def activations(setup: dict):
     """Held-out activations [N, d_model] of the base corpus and layer: randomly drawn contexts (train.eval.seed),
     position 0 and attention sinks (train.sink_ratio) excluded, as in stage 02's metrics."""
     b = setup["base"]
-    cache = ActivationCache.open(paths.data("activations", safe_name(b.dataset)), expect={"model": setup["model"].name})
+    cache = ActivationCache.open(paths.data("activations", safe_name(b.corpus)), expect={"model": setup["model"].name})
     return cache.activations(int(b.layer), "heldout", drop_first=True, max_tokens=setup["hierarchy"].max_tokens,
                              seed=setup["heldout_seed"], sink_ratio=setup["sink_ratio"])
 
@@ -273,7 +273,7 @@ def summarize(setup: dict) -> dict:
     r = lambda n: common.read_table(out / n)  # noqa: E731
     co, cos, lc, sc, lv, l0 = (r(n) for n in ("coactivation.csv", "decoder_cosine.csv", "level_correlation.csv",
                                                 "scores.csv", "levels.csv", "l0_per_token.csv"))
-    m = dict(n_tokens=int(lv.n_tokens.iloc[0]), k=int(b.k), d_sae=int(b.d_sae), layer=int(b.layer), corpus=b.dataset,
+    m = dict(n_tokens=int(lv.n_tokens.iloc[0]), k=int(b.k), d_sae=int(b.d_sae), layer=int(b.layer), corpus=b.corpus,
              min_count=hp.min_count, architectures=list(setup["runs"].architecture))
     for name, row in setup["runs"].iterrows():
         m[f"{row.architecture}.run"] = name

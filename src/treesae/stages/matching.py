@@ -13,7 +13,7 @@ smaller dictionary. Writes to data/analysis/matching/:
   differing factor and its two values.
 * ``factors.csv``: ``factor_table``: mean (min, max) shared ratio per differing factor.
 * ``pair_features.csv``: per latent of one representative pair (the base run and the run that differs
-  from it in ``pair_factor``, the dataset by default): decoder and encoder partners and cosines, and each
+  from it in ``pair_factor``, the corpus by default): decoder and encoder partners and cosines, and each
   latent's within-SAE top-2 cosine.
 * ``top2.csv``: per SAE, two controls: each decoder row's cosine to its nearest other row (within-SAE
   redundancy) and to its own random init (how far training moved it; every run has its own init).
@@ -52,7 +52,7 @@ from ..io import JsonStore
 from . import common
 
 NAME = "matching"
-FACTORS = ["dataset", "seed", "architecture", "k", "d_sae", "b_dec_init", "tied_init", "aux_k", "layer"]
+FACTORS = ["corpus", "seed", "architecture", "k", "d_sae", "b_dec_init", "tied_init", "aux_k", "layer"]
 
 
 @dataclass
@@ -62,8 +62,8 @@ class MatchingParams:
     pairs: str = "all"                 # all: every unordered pair of SAEs; planned: single-factor + adjacent-layer pairs
     method: str = "auto"               # assignment solver (all exact): auto (lapjv / scipy), sparse (certified), scipy
     n_jobs: int = 2                    # pairs matched concurrently (threads); results do not depend on it
-    pair_factor: str = "dataset"       # representative pair: the base run and the run differing only in this factor
-    embedding_grids: list[str] = field(default_factory=lambda: ["base", "layer", "seed", "dataset"])
+    pair_factor: str = "corpus"        # representative pair: the base run and the run differing only in this factor
+    embedding_grids: list[str] = field(default_factory=lambda: ["base", "layer", "seed", "corpus"])
     max_per_sae: int = 500             # decoder rows per SAE in the embedding (seeded subsample)
     n_neighbors: int = 15
     min_dist: float = 0.1
@@ -119,7 +119,7 @@ def representative_pair(metrics: pd.DataFrame, meta: pd.DataFrame, factor: str, 
         if other != base and M.differing_factor(meta, base, other, tuple(factors)) == factor:
             return base, other
     raise ValueError(f"no SAE differs from the base run {base} in {factor!r} alone; set matching.pair_factor to a "
-                     f"factor with a grid (e.g. seed, dataset, k).")
+                     f"factor with a grid (e.g. seed, corpus, k).")
 
 
 class PairCache(JsonStore):
@@ -289,7 +289,7 @@ def embedding(setup: dict, saes: dict, method: str, progress: bool = True) -> pd
                             n_neighbors=mt.n_neighbors, min_dist=mt.min_dist, perplexity=mt.perplexity)
     if progress:
         print(f"matching {method}: {len(t)} points in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    t = t.join(runs[["architecture", "dataset", "layer", "d_sae", "k", "seed"]].rename(columns={"seed": "sae_seed"}),
+    t = t.join(runs[["architecture", "corpus", "layer", "d_sae", "k", "seed"]].rename(columns={"seed": "sae_seed"}),
                on="sae")
     t.insert(0, "method", method)
     common.write_table(t, setup["out"] / f"embedding_{method}.csv")
@@ -301,7 +301,7 @@ def summarize(setup: dict) -> dict:
 
     Keys (F: a differing factor; La_Lb: adjacent layers; R: a run name):
       threshold, n_saes, n_pairs, all_pairs (bool), factors (factors with pairs, most feature-changing first)
-      most_changing_factor, least_changing_factor, dataset_changes_most (bool)
+      most_changing_factor, least_changing_factor, corpus_changes_most (bool)
       factor.{F}.{n_pairs,dec_shared,dec_shared_min,dec_shared_max,enc_shared,dec_mean_cos}
       effect.{F}.{effect,lo,hi,n_within,n_between,within,between}   ``effects`` at the threshold (effect_t{50..90}.
                                         at the others); effect.factors: most feature-changing first
@@ -329,7 +329,7 @@ def summarize(setup: dict) -> dict:
              factors=list(fac.factor),
              most_changing_factor=fac.factor.iloc[0] if len(fac) else None,
              least_changing_factor=fac.factor.iloc[-1] if len(fac) else None,
-             dataset_changes_most=bool(len(fac) and fac.factor.iloc[0] == "dataset"))
+             corpus_changes_most=bool(len(fac) and fac.factor.iloc[0] == "corpus"))
     seed = setup["metrics"].seed
     same = pairs.a.map(seed).to_numpy() == pairs.b.map(seed).to_numpy()
     for key, sel in (("same", same), ("diff", ~same)):

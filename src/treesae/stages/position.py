@@ -89,7 +89,7 @@ def setup(model: dict, harvest: dict, position: dict) -> dict:
 
 def runs(setup: dict) -> pd.DataFrame:
     """The SAE of each layer and its held-out metrics from stage 02."""
-    cols = [c for c in ("layer", "architecture", "dataset", "d_sae", "k", "seed", "nmse", "l0", "dead_fraction",
+    cols = [c for c in ("layer", "architecture", "corpus", "d_sae", "k", "seed", "nmse", "l0", "dead_fraction",
                         "ce_increase") if c in setup["runs"]]
     return setup["runs"][cols]
 

@@ -281,7 +281,7 @@ def load(setup: dict):
 
 def summary(table: pd.DataFrame) -> pd.DataFrame:
     """The columns worth reading first, rounded."""
-    cols = [c for c in ("architecture", "dataset", "layer", "d_sae", "k", "seed", "nmse", "explained_variance", "l0",
+    cols = [c for c in ("architecture", "corpus", "layer", "d_sae", "k", "seed", "nmse", "explained_variance", "l0",
                         "dead_fraction", "ce_increase", "ce_score", "kl_score", "fvu_gain_last_quarter", "dec_stability",
                         "init_frac_above", "fvu_gap", "fvu_gap_growth", "l0_rel_error", "converged") if c in table]
     return table[cols].round(4)

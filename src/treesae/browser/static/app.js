@@ -104,7 +104,7 @@
     for (var l = 0; l < s.levels.length; l++) if (f >= s.levels[l][0] && f < s.levels[l][1]) return l;
     return 0;
   }
-  function corpusOf(m) { return m.corpus !== undefined && m.corpus !== null ? m.corpus : m.dataset; }
+  function corpusOf(m) { return m.corpus !== null ? m.corpus : undefined; }
   function metaChips(s) {
     var m = s.meta || {};
     var out = ['<span class="chip arch">' + esc(s.architecture) + '</span>'];
@@ -146,7 +146,7 @@
   function renderIndex() {
     setCrumbs([['SAEs', '#/']]);
     document.title = INDEX.title;
-    var shown = ['architecture', 'layer', 'corpus', 'dataset'];
+    var shown = ['architecture', 'layer', 'corpus'];
     var cols = INDEX.meta_columns.filter(function (c) { return shown.indexOf(c) < 0; });
     var st = INDEX.settings;
     var srcs = INDEX.sources.map(function (s) {
@@ -333,7 +333,7 @@
 
   function metricGrid(s) {
     var m = s.meta || {};
-    var skip = { architecture: 1, layer: 1, corpus: 1, dataset: 1 };
+    var skip = { architecture: 1, layer: 1, corpus: 1 };
     var items = INDEX.meta_columns.filter(function (c) { return !skip[c] && m[c] !== null && m[c] !== undefined; });
     items = items.map(function (c) {
       return '<div class="metric"><div class="k">' + esc(c) + '</div><div class="v">' + (typeof m[c] === 'number' ? fmt(m[c], 4) : esc(m[c])) + '</div></div>';
