@@ -2,9 +2,8 @@
 
     python benchmarks/bench_processes.py [--steps 200] [--threads 2]
 
-The default sweep's ten SAEs in its three (corpus, layer) groups, in stage 02's order: Brown layer 15 (TopK
-1,152 latents at seeds 0-2, BatchTopK 1,152 at seeds 0-1, TopK 576 at seeds 0-1), Python docs layer 15 (TopK
-1,152, seeds 0-1), Brown layer 3 (TopK 1,152); k 32, batch 1,024. One process with ``--threads`` threads trains
+The sweep of ``params.yaml`` (``train``: its runs in stage 02's order, expanded by ``treesae.runs``), with
+each run's batch and ``k``; runs are grouped by (corpus, layer) as stage 02 groups them. One process with ``--threads`` threads trains
 each group on shared batches, group after group; then ``--threads`` processes of one thread each train their
 round-robin share (``treesae.distributed.share``), at the same time. Each process times ``--steps`` steps of each
 of its groups after that group's init and first step, and adds the groups' ms per step: the time per step of
@@ -22,10 +21,11 @@ from pathlib import Path
 
 import torch
 
-SWEEP = [("topk", "brown", 15, 1152, 0), ("topk", "brown", 15, 1152, 1), ("topk", "brown", 15, 1152, 2),
-         ("topk", "pydocs", 15, 1152, 0), ("topk", "pydocs", 15, 1152, 1), ("batchtopk", "brown", 15, 1152, 0),
-         ("batchtopk", "brown", 15, 1152, 1), ("topk", "brown", 15, 576, 0), ("topk", "brown", 15, 576, 1),
-         ("topk", "brown", 3, 1152, 0)]  # the order stage 02 expands params.yaml's sweep in
+def _sweep():
+    from treesae import config
+    from treesae.runs import expand
+    train = config.section("train")
+    return train, expand(train)
 
 
 def _data(corpus: str, layer: int):
@@ -39,22 +39,24 @@ def _data(corpus: str, layer: int):
 
 
 def worker(a):
-    from treesae import saes as S
+    from treesae.runs import build
     from treesae.train import TrainConfig, train_sweep
     torch.set_num_threads(a.threads_each)
+    train, sweep = _sweep()
+    batch = train["optim"]["batch_size"]
     groups = {}
-    for arch, corpus, layer, d, seed in SWEEP[a.rank::a.world]:
-        groups.setdefault((corpus, layer), []).append((arch, d, seed))
+    for run in sweep[a.rank::a.world]:
+        groups.setdefault((run.corpus, run.layer), []).append(run)
     ms, cached = 0.0, True
     for (corpus, layer), runs in groups.items():
         data, cached = _data(corpus, layer)
-        saes = {f"{arch}-{d}-s{seed}": S.build(arch, d_in=data.shape[1], d_sae=d, k=32) for arch, d, seed in runs}
+        saes = {run.name: build(run, data.shape[1], train.get("architectures") or {}) for run in runs}
         stamps = []
-        cfg = TrainConfig(n_tokens=1024 * (a.steps + 1), batch_size=1024, log_every=50, threads=a.threads_each,
+        cfg = TrainConfig(n_tokens=batch * (a.steps + 1), batch_size=batch, log_every=50, threads=a.threads_each,
                           checkpoint_every=0)
         train_sweep(saes, data, cfg, progress=False, callback=lambda step, tokens, s: stamps.append(time.perf_counter()))
         ms += (stamps[-1] - stamps[0]) / (len(stamps) - 1) * 1e3
-    print(json.dumps(dict(rank=a.rank, saes=len(SWEEP[a.rank::a.world]), groups=len(groups), ms_per_step=ms,
+    print(json.dumps(dict(rank=a.rank, saes=len(sweep[a.rank::a.world]), groups=len(groups), ms_per_step=ms,
                           cached=cached, maxrss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
 
 
@@ -81,7 +83,9 @@ def main():
         return worker(a)
     one = run(a, 1, a.threads)
     split = run(a, a.threads, 1)
-    print(f"the default sweep's {len(SWEEP)} SAEs, batch 1,024, {a.steps} timed steps per group, "
+    train, sweep = _sweep()
+    print(f"params.yaml's sweep: {len(sweep)} SAEs ({', '.join(sorted({f'{r.d_sae:,}' for r in sweep}))} latents), "
+          f"batch {train['optim']['batch_size']:,}, {a.steps} timed steps per group, "
           f"data: {'the activation caches' if one[0]['cached'] else 'synthetic'}")
     print("| layout | SAEs (groups) per process | ms per step, whole sweep (slowest process) | peak RSS MB (largest) |\n"
           "|---|---|---|---|")
