@@ -72,6 +72,7 @@ def test_corpus_claim_from_planted_factor_effects():
     factors = ("corpus", "seed", "architecture", "layer")
     big = V.corpus_matters_most(*factor_effects(*_planted_pairs({"corpus": 0.2, "architecture": 0.05}), factors=factors))
     assert big["verdict"] == V.NOT_TESTABLE  # no d_sae factor in this design: that part cannot be estimated
+    assert big["basis"].endswith("no pair of SAEs differs in d_sae alone in this sweep") and big["vs_architecture.lo"] > 0
     pairs, meta = _planted_pairs({"corpus": 0.2, "architecture": 0.05, "layer": 0.03})
     meta = meta.rename(columns={"layer": "d_sae"})
     r = V.corpus_matters_most(*factor_effects(pairs, meta, factors=("corpus", "seed", "architecture", "d_sae")))
