@@ -69,6 +69,7 @@ bench: setup
 	python benchmarks/bench_harvest.py --contexts 64 256
 	python benchmarks/bench_train.py
 	python benchmarks/bench_processes.py   # the activation cache when there is one (make paper), else synthetic data
+	python benchmarks/bench_step_profile.py
 	python benchmarks/bench_roofline.py
 	python benchmarks/bench_saelens_multi.py
 	python benchmarks/bench_eval.py
