@@ -107,13 +107,14 @@ def corpus_matters_most(effects: pd.DataFrame, boot: pd.DataFrame, threshold: fl
         return dict(out, verdict=NOT_TESTABLE)
     e = effects.set_index("factor")
     parts = [_part(out, "vs_seed", e.at["corpus", "effect"], e.at["corpus", "lo"], e.at["corpus", "hi"])]
-    missing = [f for f in ("architecture", "d_sae") if f not in boot]
+    missing = []
     for f in ("architecture", "d_sae"):
         if f in boot:
             parts.append(_part(out, f"vs_{f}", e.at["corpus", "effect"] - e.at[f, "effect"],
                                *interval(boot["corpus"] - boot[f])))
         else:
             parts.append(NOT_TESTABLE)
+            missing.append(f)
     if missing:
         out["basis"] += f"; no pair of SAEs differs in {' or '.join(missing)} alone in this sweep"
     return dict(out, verdict=combine(parts))
