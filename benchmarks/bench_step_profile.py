@@ -3,10 +3,10 @@
     python benchmarks/bench_step_profile.py [--d-sae 768 1152] [--saes 3] [--batch 1024] [--steps 40]
 
 ``--saes`` TopK SAEs (k 32, d_in 576) trained on shared batches of synthetic activations, once per
-dictionary size, side by side in one process at ``--threads`` threads. Prints each size's ms per SAE-step
-and its top operators' share of the profiled CPU time, then the encoder GEMM's share (the dense
-[batch, d_in] x [d_in, d_sae] product, the only work that grows with the dictionary) and the cost of the
-largest size relative to the smallest: how much a smaller dictionary saves.
+dictionary size, side by side in one process at ``--threads`` threads. The profile starts after the first
+step (the SAEs' init is left out). Prints each size's ms per SAE-step and its top operators' share of the
+profiled CPU time, then the encoder GEMM's share (the dense [batch, d_in] x [d_in, d_sae] product) and the
+cost of the largest size relative to the smallest: how much a smaller dictionary saves.
 """
 import argparse
 import resource
@@ -25,18 +25,22 @@ def step_profile(d_sae: int, a) -> tuple[float, list, float]:
     saes = {f"topk-{d_sae}-s{s}": S.build("topk", d_in=576, d_sae=d_sae, k=32, seed=s) for s in range(a.saes)}
     cfg = TrainConfig(n_tokens=a.batch * (a.steps + 1), batch_size=a.batch, log_every=a.steps, threads=a.threads,
                       checkpoint_every=0)
-    stamps = []
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-        train_sweep(saes, data, cfg, progress=False, callback=lambda *_: stamps.append(time.perf_counter()))
+    stamps, prof = [], profile(activities=[ProfilerActivity.CPU], record_shapes=True)
+
+    def step(*_):
+        if not stamps:
+            prof.start()
+        stamps.append(time.perf_counter())
+    train_sweep(saes, data, cfg, progress=False, callback=step)
+    prof.stop()
     ms = (stamps[-1] - stamps[0]) / (len(stamps) - 1) * 1e3 / a.saes
     ev = prof.key_averages(group_by_input_shape=True)
     total = sum(e.self_cpu_time_total for e in ev)
     gemm = sum(e.self_cpu_time_total for e in ev if e.key == "aten::addmm" and [a.batch, d_sae] in e.input_shapes)
-    top = sorted(((e.self_cpu_time_total / total, e.key) for e in ev), reverse=True)
-    merged = {}
-    for share, key in top:
-        merged[key] = merged.get(key, 0.0) + share
-    return ms, sorted(((v, k) for k, v in merged.items()), reverse=True)[:8], gemm / total
+    by_op = {}
+    for e in ev:
+        by_op[e.key] = by_op.get(e.key, 0.0) + e.self_cpu_time_total / total
+    return ms, sorted(((v, k) for k, v in by_op.items()), reverse=True)[:8], gemm / total
 
 
 def main():
@@ -48,7 +52,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    rows = {d: step_profile(d, a) for d in a.d_sae}
+    rows = {d: step_profile(d, a) for d in dict.fromkeys(a.d_sae)}
     print(f"{a.saes} TopK SAEs (d_in 576, k 32) on shared batches of {a.batch:,}, {a.steps} steps, {a.threads} threads")
     print("| d_sae | ms per SAE-step | encoder GEMM share | top operators (share of CPU time) |\n|---|---|---|---|")
     for d, (ms, top, gemm) in rows.items():
