@@ -48,9 +48,10 @@ $(KERNEL): $(VENV)/.ready
 paper: setup
 	dvc repro
 
-# Any profile in its own workspace: `make smoke` (profiles/smoke.yaml), `make smoke PROFILE=<name>`.
+# Any profile in its own workspace: `make smoke` (profiles/smoke.yaml), `make smoke PROFILE=<name>`;
+# HARVEST_FROM=<dir> takes that workspace's (or `.`, the repository's) harvest when it is the same.
 smoke: setup
-	python -m treesae.workspace $(PROFILE) $(WORKSPACE)
+	python -m treesae.workspace $(PROFILE) $(WORKSPACE) $(if $(HARVEST_FROM),--harvest-from $(abspath $(HARVEST_FROM)))
 	cd $(WORKSPACE) && TREESAE_ROOT=$(abspath $(WORKSPACE)) dvc repro
 
 test:

@@ -125,3 +125,23 @@ def test_a_second_repro_in_the_same_workspace_is_refused():
     finally:
         lock.close()
     assert res.returncode != 0 and "Unable to acquire lock" in res.stderr + res.stdout, res.stderr[-2000:]
+
+
+def test_a_workspace_takes_another_ones_harvest_only_when_it_is_the_same(tmp_path):
+    """``--harvest-from``: a new workspace of the same profile takes this one's harvest (DVC finds the stage up
+    to date there); one whose harvest section differs is refused, naming what differs, and keeps no copy."""
+    import json
+
+    from treesae.workspace import make, reuse_stage
+    env = {**os.environ, "TREESAE_ROOT": str(tmp_path / "same")}
+    same = make("smoke", tmp_path / "same")
+    reuse_stage(same, ROOT)
+    status = subprocess.run(["dvc", "status", "harvest", "--json"], cwd=same, env=env, capture_output=True, text=True,
+                            check=True).stdout
+    assert json.loads(status or "{}") == {} and (same / "data" / "activations").is_dir()
+    other = make("smoke", tmp_path / "other")
+    p = other / "params.yaml"
+    p.write_text(p.read_text().replace("max_contexts: 48", "max_contexts: 40", 1))
+    with pytest.raises(ValueError, match="params.*differ"):
+        reuse_stage(other, ROOT)
+    assert not (other / "data" / "activations").exists()

@@ -7,8 +7,13 @@ directory as a workspace: a notebook opened inside it uses it without ``TREESAE_
 own git repository with a first commit (the profile as made), so DVC's comparisons work there: ``dvc params
 diff``, ``dvc metrics diff``, ``dvc exp run -S ...`` / ``dvc exp show``, ``dvc plots diff`` (DVC keeps the
 cached outputs out of git; commit a finished run to compare the next one against it). ``python -m treesae.workspace --changed BEFORE AFTER`` lists
-the stage outputs whose hash differs between two dvc.lock files (``make determinism``).
+the stage outputs whose hash differs between two dvc.lock files (``make determinism``). ``--harvest-from SRC``
+takes the harvest of another workspace (or the repository) whose harvest section and code are the same
+(``reuse_stage``): DVC checks that before anything is kept, so a profile that changes only the later stages
+skips the 26-minute harvest.
 """
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -62,6 +67,40 @@ def make(profile: str, dest) -> Path:
     return dest
 
 
+def reuse_stage(dest, src, stage: str = "harvest") -> None:
+    """Give workspace ``dest`` the outputs of ``stage`` from ``src`` (a workspace or the repository) instead of
+    rerunning it: the stages before it run, the outputs are copied (outputs ``dest`` has are kept), DVC hashes the
+    stage's code, params and outputs in ``dest`` (``dvc commit``), and the result must equal ``src``'s lock entry.
+    Any difference restores ``dest``'s lock, removes the copies and raises, naming what differs."""
+    dest, src = Path(dest).resolve(), Path(src).resolve()
+    entry = (yaml.safe_load((src / "dvc.lock").read_text()) or {}).get("stages", {}).get(stage)
+    if entry is None:
+        raise ValueError(f"{src}/dvc.lock has no '{stage}' stage: run it there first, or drop --harvest-from")
+    env = {**os.environ, "TREESAE_ROOT": str(dest)}
+    dvc = lambda *a: subprocess.run(["dvc", *a], cwd=dest, env=env, check=True, capture_output=True, text=True)  # noqa: E731
+    names = list(yaml.safe_load((dest / "dvc.yaml").read_text())["stages"])
+    if names.index(stage):  # the stages before it (validate): their outputs are its deps
+        dvc("repro", "--single-item", *names[:names.index(stage)])
+    lock_path = dest / "dvc.lock"
+    before = lock_path.read_text() if lock_path.exists() else None
+    copied = []
+    for o in entry.get("outs", []):
+        if not (dest / o["path"]).exists():
+            (dest / o["path"]).parent.mkdir(parents=True, exist_ok=True)
+            (shutil.copytree if (src / o["path"]).is_dir() else shutil.copy2)(src / o["path"], dest / o["path"])
+            copied.append(o["path"])
+    dvc("commit", "--force", stage)  # DVC hashes dest's code, params and outputs into dest's lock (and cache)
+    got = yaml.safe_load(lock_path.read_text())["stages"][stage]
+    key = lambda e: {k: sorted(e[k], key=lambda d: d["path"]) if isinstance(e[k], list) else e[k] for k in e}  # noqa: E731
+    if key(got) != key(entry) or json.loads(dvc("status", stage, "--json").stdout or "{}"):
+        lock_path.write_text(before) if before is not None else lock_path.unlink()  # as it was
+        for p in copied:
+            shutil.rmtree(dest / p) if (dest / p).is_dir() else (dest / p).unlink()
+        diff = sorted(k for k in set(got) | set(entry) if key(got).get(k) != key(entry).get(k))
+        raise ValueError(f"{src}'s {stage} is not this workspace's ({', '.join(diff)} differ); run the stage here "
+                         "instead (dvc repro)")
+
+
 def stage_outputs(dvc_yaml) -> list[str]:
     """Paths of the stages' ``outs`` (data, SAEs, executed notebooks, figures) except the small ones a run is
     compared by (paper/, every ``metrics.json``, the files dvc.yaml's top-level ``plots`` read): those stay in
@@ -90,6 +129,12 @@ if __name__ == "__main__":
         diff = changed_outputs(sys.argv[2], sys.argv[3])
         print("\n".join(f"changed: {p}" for p in diff) or "every output came back bit for bit")
         sys.exit(1 if diff else 0)
-    if len(sys.argv) != 3:
-        sys.exit("usage: python -m treesae.workspace PROFILE DEST | --changed BEFORE_LOCK AFTER_LOCK")
-    print(make(sys.argv[1], sys.argv[2]))
+    args = sys.argv[1:]
+    src = args[args.index("--harvest-from") + 1] if "--harvest-from" in args[:-1] else None
+    args = [a for a in args if a not in ("--harvest-from", src)]
+    if len(args) != 2:
+        sys.exit("usage: python -m treesae.workspace PROFILE DEST [--harvest-from SRC] | --changed BEFORE_LOCK AFTER_LOCK")
+    print(make(*args))
+    if src:
+        reuse_stage(args[1], src)
+        print(f"harvest taken from {src} (dvc status: up to date)")
