@@ -205,6 +205,7 @@ def test_hierarchy_recovery_finds_true_trees_and_is_at_chance_on_a_flat_world(wo
                        extra={"tree": {"n_levels": 3, "branching": 2}})
     gated = S.evaluate(sae, flat, 4096, 0)
     assert abs(gated["hierarchy_recovery"]) < 0.1
+    assert abs(gated["probe"]) < 0.05  # Cao et al.'s probe test, gate lifted (stage 05's headline), at chance too
     assert gated["tree_edges"] < 0.1  # nothing covers a flat world's features: few children find a parent
 
 

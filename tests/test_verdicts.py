@@ -104,3 +104,18 @@ def test_position_claim():
 def test_flatten():
     out = V.flatten({"x": dict(verdict=V.SUPPORTED, basis="b", **{"p.estimate": 1.0})})
     assert out == {"verdict.x": V.SUPPORTED, "verdict.x.basis": "b", "verdict.x.p.estimate": 1.0}
+
+
+def test_treesae_hierarchy_names_each_variant_and_needs_two_seeds():
+    """The best variant's probe score must beat TopK's and Matryoshka's; every variant's gaps are reported, and a
+    peer with one seed makes the claim not testable (named in the basis)."""
+    rows = [dict(architecture=a, score=v + e) for a, v in (("topk", 0.30), ("matryoshka", 0.35), ("tree", 0.45),
+                                                         ("stacked", 0.10)) for e in (-0.01, 0.0, 0.01)]
+    out = V.treesae_hierarchy(pd.DataFrame(rows), TREES)
+    assert out["verdict"] == V.SUPPORTED and out["best_variant"] == "tree"
+    assert out["tree_vs_matryoshka.estimate"] == pytest.approx(0.10) and out["stacked_vs_topk.hi"] < 0
+    worse = pd.DataFrame([r for r in rows if r["architecture"] != "tree"])
+    assert V.treesae_hierarchy(worse, TREES)["verdict"] == V.CONTRADICTED
+    one = pd.DataFrame([r for r in rows if r["architecture"] != "matryoshka"] + [dict(architecture="matryoshka", score=0.3)])
+    r = V.treesae_hierarchy(one, TREES)
+    assert r["verdict"] == V.NOT_TESTABLE and "matryoshka" in r["basis"]

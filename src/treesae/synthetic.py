@@ -30,6 +30,7 @@ from sae_lens.synthetic.firing_probabilities import zipfian_firing_probabilities
 from sae_lens.util import temporary_seed
 from scipy.optimize import linear_sum_assignment
 
+from .analysis.hierarchy import probe_pairs, probe_score
 from .convergence import finalize
 from .saes import MatryoshkaConfig
 from .saes.export import save_sae
@@ -319,8 +320,10 @@ def evaluate(sae, world, n_tokens: int, seed: int, batch_size: int = 4096, eval_
     """Ground-truth metrics of a sae-lens SAE on ``n_tokens`` held-out tokens (``sample(..., split="eval")``,
     or ``eval_data`` = (acts, feats)): sae-lens' ``eval_sae_on_synthetic_data`` (true_l0, l0, dead_latents,
     dead_fraction, shrinkage, explained_variance, mcc, uniqueness, precision, recall, f1, accuracy),
-    ``absorption`` (with the Hungarian ``match``), and ``max_cos_level{l}``: mean over the features of tree
-    level l (``free``: outside the trees) of their best |cos| with a decoder row."""
+    ``absorption`` (with the Hungarian ``match``), ``max_cos_level{l}``: mean over the features of tree
+    level l (``free``: outside the trees) of their best |cos| with a decoder row, and Cao et al.'s probe test
+    (``analysis.hierarchy.probe_pairs`` at its defaults, as stage 05): ``probe`` with a tree's gate lifted,
+    ``probe_gated`` with it (trees), ``probe_given`` on a tree's own pairs (gated)."""
     acts, feats = eval_data if eval_data is not None else sample(world, n_tokens, seed, split="eval")
     r = eval_sae_on_synthetic_data(sae, world.feature_dict, _Replay(feats), num_samples=len(feats), batch_size=batch_size)
     out = dict(true_l0=r.true_l0, l0=r.sae_l0, dead_latents=r.dead_latents, dead_fraction=r.dead_latents / sae.W_dec.shape[0],
@@ -332,8 +335,15 @@ def evaluate(sae, world, n_tokens: int, seed: int, batch_size: int = 4096, eval_
     assignment = match(sae.W_dec, gt)
     out.update(absorption(latents, feats, world.structure, assignment))
     out.update(hierarchy_recovery(latents, world.structure, assignment))
+    ungated = sae.encode_ungated if hasattr(sae, "encode_ungated") else sae.encode
+    out["probe"] = probe_score(probe_pairs(torch.cat([ungated(acts[i:i + batch_size].to(sae.W_dec.dtype))
+                                                      for i in range(0, len(acts), batch_size)]), acts, sae.W_dec))["score"]
+    if hasattr(sae, "encode_ungated"):
+        out["probe_gated"] = probe_score(probe_pairs(latents, acts, sae.W_dec))["score"]
     if getattr(sae, "parent_of", None) is not None:
         out.update(tree_precision(sae.parent_of, world.structure, assignment))
+        if (sae.parent_of >= 0).any():
+            out["probe_given"] = probe_score(probe_pairs(latents, acts, sae.W_dec, sae.parent_of))["score"]
     best = (torch.nn.functional.normalize(gt.float(), dim=1)
             @ torch.nn.functional.normalize(sae.W_dec.detach().float(), dim=1).T).abs().amax(1).numpy()
     lv = levels(world.structure, gt.shape[0])

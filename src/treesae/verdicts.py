@@ -22,12 +22,15 @@ CLAIMS = {
     "treesae_ranking": "one TreeSAE variant beats the other two but trails TopK/BatchTopK at matched L0 (held-out FVU)",
     "treesae_ranking_ground_truth": "the same on the synthetic world (stage 08): one TreeSAE variant beats the other "
                                     "two but trails TopK/BatchTopK at matched L0 (unexplained variance)",
+    "treesae_hierarchy_lm": "on the language model a TreeSAE variant's hierarchy beats TopK's and Matryoshka's "
+                            "(Cao et al.'s probe test with the gate lifted)",
     "corpus_matters_most": "for feature matching the corpus (dataset) matters more than seed, architecture or size",
     "encoder_decoder_disagree": "encoder and decoder matching disagree",
     "position_early_layers": "position features concentrate in early layers",
     "aux_k_tied_init_reduce_dead": "AuxK and tied init reduce dead latents",
 }
 FLAT_PEERS = ("topk", "batchtopk")  # what claim (a) names: the TreeSAE variants trail these
+HIERARCHY_PEERS = ("topk", "matryoshka")  # what a TreeSAE's hierarchy must beat
 DISAGREE_MARGIN = 0.1  # enc/dec matching "disagree" when over 10% of the latents shared by either are shared by one only
 
 
@@ -96,6 +99,21 @@ def treesae_ranking(m: pd.DataFrame, k: int, variants, metric: str = "fvu") -> d
     parts = [_part(out, "beats_other_variants", *mean_difference(by[trees[1]], by[trees[0]])),
              _part(out, "trails_flat", *mean_difference(by[trees[0]], by[flats[0]]))]
     return dict(out, verdict=combine(parts))
+
+
+def treesae_hierarchy(scores: pd.DataFrame, variants) -> dict:
+    """Each TreeSAE variant's hierarchy score minus TopK's and minus Matryoshka's (parts ``<variant>_vs_<peer>``),
+    mean over seeds +- 2 SE; the verdict is the best variant's. ``scores``: one row per SAE (architecture,
+    score), e.g. stage 05's probe_scores.csv in mode "mcs"."""
+    by = {a: g.score.to_numpy(float) for a, g in scores.groupby("architecture")}
+    trees = sorted((a for a in variants if len(by.get(a, [])) >= 2), key=lambda a: -by[a].mean())
+    out = {"basis": "Cao et al.'s probe test, gate lifted, children by masked cosine similarity; mean over seeds, "
+                    "difference +- 2 SE"}
+    missing = [a for a in HIERARCHY_PEERS if len(by.get(a, [])) < 2] + ([] if trees else ["a TreeSAE variant"])
+    if missing:
+        return dict(out, verdict=NOT_TESTABLE, basis=f"{out['basis']}; fewer than 2 seeds of {', '.join(missing)}")
+    parts = {a: [_part(out, f"{a}_vs_{p}", *mean_difference(by[a], by[p])) for p in HIERARCHY_PEERS] for a in trees}
+    return dict(out, best_variant=trees[0], verdict=combine(parts[trees[0]]))
 
 
 def corpus_matters_most(effects: pd.DataFrame, boot: pd.DataFrame, threshold: float = 0.7) -> dict:

@@ -98,3 +98,47 @@ def test_dead_per_level_and_codes():
     X = np.random.default_rng(0).standard_normal((100, 7))
     C = H.codes(S(), X, batch_size=30)
     np.testing.assert_allclose(C.toarray(), np.maximum(X, 0), rtol=1e-6)
+
+
+def _tiny_world(hierarchical: bool):
+    from treesae import synthetic as S
+    cfg = S.WorldConfig(d_in=32, n_features=64, n_roots=3, branching=4, depth=3, target_l0=4.0, min_prob=0.2, seed=0,
+                        hierarchical=hierarchical)
+    w = S.make_world(cfg)
+    X, F = S.sample(w, 16384, 0, split="eval")
+    par = np.full(cfg.n_features, -1)
+    for p, (_, kids) in S.parents(w.structure).items():
+        par[kids] = p
+    return X, F, w.feature_dict.feature_vectors, par
+
+
+def test_probe_test_finds_a_planted_hierarchy_and_not_a_flat_one():
+    """The true features as latents: their true parent/child pairs pass Cao et al.'s probe test on the hierarchical
+    world (a child's tokens carry its parent's direction) and fail it on the flat one (the same pairs, independent
+    features); random parents stay at chance on both; children by masked cosine similarity follow the world."""
+    X, F, D, par = _tiny_world(True)
+    tree, mcs = H.probe_score(H.probe_pairs(F, X, D, par, min_count=20)), H.probe_score(H.probe_pairs(F, X, D, None, min_count=20))
+    Xf, Ff, _, _ = _tiny_world(False)
+    flat, flat_mcs = (H.probe_score(H.probe_pairs(Ff, Xf, D, p, min_count=20)) for p in (par, None))
+    assert tree["n_pairs"] > 10 and tree["raw"] > 0.3 and tree["baseline"] < 0.1 and tree["child_in_top"] == 1.0
+    assert flat["raw"] < 0.05 and flat["n_pairs"] == tree["n_pairs"]
+    assert mcs["score"] > 3 * max(flat_mcs["score"], 0.02) and flat_mcs["score"] < 0.1
+
+
+def test_probe_test_with_the_gated_pairs_is_passed_by_a_random_gate():
+    """The negative control the probe test fails: on the flat world, codes with children gated under random parents
+    (a child fires only where its parent does) pass it far above chance, because the child's tokens then carry the
+    parent's direction; with the gated pairs themselves and, less, with children by masked cosine similarity.
+    Hence stage 05 lifts a tree's gate before the test (``encode_ungated``)."""
+    X, F, D, par = _tiny_world(False)
+    child = np.nonzero(par >= 0)[0]
+    roots = np.setdiff1d(np.unique(par[child]), child)  # parents that are nobody's child: the gate does not chain
+    rand = par.copy()
+    rand[child] = np.random.default_rng(0).choice(roots, len(child))
+    G = F.clone()
+    G[:, child] = F[:, child] * (F[:, rand[child]] > 0)
+    ungated = H.probe_score(H.probe_pairs(F, X, D, rand, min_count=20))
+    gated = H.probe_score(H.probe_pairs(G, X, D, rand, min_count=20))
+    assert ungated["raw"] < 0.05 and gated["raw"] > 0.2 and gated["n_pairs"] == ungated["n_pairs"] > 5
+    mcs_f, mcs_g = (H.probe_score(H.probe_pairs(Z, X, D, None, min_count=20)) for Z in (F, G))
+    assert mcs_f["score"] < 0.05 and mcs_g["score"] > mcs_f["score"]

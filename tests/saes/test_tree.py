@@ -151,3 +151,22 @@ def test_sparse_and_dense_paths_agree(kw, sparse_vs_dense, x_small):
     _, logs, z, _ = sparse_vs_dense("tree", x_small, dead, d_in=12, widths=[4, 8, 16], ks=[2, 3, 4], k_aux=2, **kw)
     assert logs["level2/aux"] > 0
     assert logs["l0"] == sum(logs[f"level{l}/l0"] for l in range(3))
+
+
+@pytest.mark.parametrize("budget", ["batch", "global", "level"])
+def test_lifting_the_gate_keeps_every_gated_firing_and_frees_the_children(budget, x_small):
+    """``encode_ungated``: the same budget on each latent's own pre-activation. Under the batch budget every
+    latent the gate lets fire still fires with the same value, and children fire without their parents where the
+    gate stopped them; with no parents at all, lifting the gate changes nothing."""
+    sae = planted_tree(budget=budget).eval()
+    sae.calibrate_threshold(x_small)
+    with torch.no_grad():
+        z, u = sae.encode(x_small), sae.encode_ungated(x_small)
+    p = sae.parent_of
+    gated = torch.nonzero(p >= 0).squeeze(1)
+    if budget == "batch":
+        assert torch.equal(u[z > 0], z[z > 0])
+    assert (u[:, gated] > 0).logical_and(u[:, p[gated]] == 0).any()  # a child without its parent
+    sae.parent_index.fill_(-1)
+    with torch.no_grad():
+        assert torch.equal(sae.encode_ungated(x_small), sae.encode(x_small))

@@ -64,6 +64,10 @@ def test_hierarchy_runs_at_base_k():
     assert (r.k == 32).all() and (r.layer == 15).all() and (r.corpus == "brown").all() and (r.seed == 0).all()
     assert len(hierarchy.frontier_runs(m)) == 21
     assert hierarchy.variant_label("tree", "given") == "tree (given)" and hierarchy.variant_label("topk", "inferred") == "topk"
+    p = hierarchy.probe_runs(m, ["tree", "topk"])  # every seed of the base configuration: the probe test's replicates
+    assert list(p.architecture) == sorted(p.architecture, key=["tree", "topk"].index) and p.seed.nunique() > 1
+    assert (p.k == 32).all() and (p.layer == 15).all() and (p.corpus == "brown").all() and (p.d_sae == 4608).all()
+    assert set(p.index) >= set(r[r.architecture.isin(["tree", "topk"])].index)
 
 
 def test_position_tables():

@@ -43,14 +43,16 @@ def as_sparse(Z) -> sp.csc_matrix:
 
 
 @torch.no_grad()
-def codes(sae, X, batch_size: int = 4096, progress=None) -> sp.csc_matrix:
+def codes(sae, X, batch_size: int = 4096, progress=None, ungated: bool = False) -> sp.csc_matrix:
     """sae.encode over X [N, d_in] in batches (float32), straight to a sparse [N, d_sae] matrix.
-    progress: None, or a progress bar (``tqdm``) advanced by the tokens encoded."""
+    progress: None, or a progress bar (``tqdm``) advanced by the tokens encoded. ``ungated``: the tree's
+    ``encode_ungated`` (no parent's cap), the same codes for SAEs without a gate."""
+    encode = sae.encode_ungated if ungated and hasattr(sae, "encode_ungated") else sae.encode
     parts = []
     for i in range(0, len(X), batch_size):
         x = torch.as_tensor(np.asarray(X[i:i + batch_size], dtype=np.float32)) if not torch.is_tensor(X) \
             else X[i:i + batch_size].float()
-        z = sae.encode(x)
+        z = encode(x)
         parts.append(as_sparse(dense(z)).tocsr())
         if progress is not None:
             progress.update(len(x))
@@ -264,3 +266,91 @@ def dead_per_level(Z, levels) -> pd.DataFrame:
     return pd.DataFrame([dict(level=i, width=s.stop - s.start, dead=int((n[s] == 0).sum()),
                               dead_fraction=float((n[s] == 0).mean()), l0=float(n[s].sum() / N), n_tokens=N)
                          for i, s in enumerate(levels)])
+
+
+def probe_pairs(Z, X, W_dec, parent_of=None, max_children: int = 5, min_count: int = 50, top: int = 5,
+                implication: float = 0.5, dense_ratio: float = 0.5, seed: int = 0, ridge: float = 1e-3) -> pd.DataFrame:
+    """Cao et al.'s hierarchy test (Tree SAE, 2026, Eq. 5) of parent/child latent pairs, on activations X [N, d_in]
+    and codes Z of the same tokens.
+
+    Parents: the ``dense_ratio`` most frequent latents. Children of p: with ``parent_of`` None, its ``max_children``
+    best by masked cosine similarity of binary activity, MCS(p, c) = sqrt(P(p | c)) (any other latent firing >=
+    ``min_count`` times); with ``parent_of``, p's own children (most frequent first). Each child's concept
+    direction is a linear probe for "c fires" on X: Fisher's discriminant, Sigma^-1 (mu_c - mu), in closed form
+    (their logistic regression is iterative; ``ridge`` x mean variance is added to Sigma). A pair is *hierarchical*
+    (hit) when c's firing implies p's, P(p | c) >= ``implication``, and p's and c's decoder rows are both among the
+    ``top`` rows most cosine-similar to c's direction. (Without the implication a child that absorbed its parent's
+    direction passes on geometry alone.) Control: the same test with p replaced by another dense latent drawn at
+    random (seeded), ``hit_shuffled``. Returns DataFrame(parent, child, n_child, p_parent_given_child,
+    parent_rank, child_rank, hit, shuffled_parent, p_shuffled_given_child, shuffled_rank, hit_shuffled); ranks
+    count from 1."""
+    A = _active(Z)
+    N, d = A.shape
+    n = _counts(A)
+    dense = np.argsort(-n, kind="stable")[:max(1, int(d * dense_ratio))]
+    dense = dense[n[dense] > 0]
+    ok = n >= min_count
+    pairs = []
+    if parent_of is None:
+        for b in range(0, len(dense), 512):
+            p = dense[b:b + 512]
+            co = (A[:, p].T @ A).toarray().astype(np.float64)   # n_pc [parents, all latents]
+            cover = co / np.maximum(n, 1)[None, :]              # P(p | c) = MCS^2
+            cover[:, ~ok] = -1
+            cover[np.arange(len(p)), p] = -1
+            best = np.argsort(-cover, axis=1, kind="stable")[:, :max_children]
+            for i, pi in enumerate(p):
+                pairs += [(pi, c) for c in best[i] if cover[i, c] > 0]
+    else:
+        par = _np_parent(parent_of)
+        for pi in dense:
+            kids = np.nonzero((par == pi) & ok)[0]
+            pairs += [(pi, c) for c in kids[np.argsort(-n[kids], kind="stable")][:max_children]]
+    cols = ["parent", "child", "n_child", "p_parent_given_child", "parent_rank", "child_rank", "hit",
+            "shuffled_parent", "p_shuffled_given_child", "shuffled_rank", "hit_shuffled"]
+    if not pairs:
+        return pd.DataFrame(columns=cols)
+    p, c = (np.array(v, dtype=np.int64) for v in zip(*pairs))
+    kids, inv = np.unique(c, return_inverse=True)
+    Xf = (X.detach().float().cpu().numpy() if torch.is_tensor(X) else np.asarray(X, np.float32)).astype(np.float64)
+    mu = Xf.mean(0)
+    cov = np.cov(Xf, rowvar=False)
+    cov[np.diag_indices_from(cov)] += ridge * np.trace(cov) / len(cov)
+    mean_c = np.asarray(A[:, kids].T @ Xf) / n[kids][:, None]
+    probe = np.linalg.solve(cov, (mean_c - mu).T).T                # one Fisher direction per child
+    W = W_dec.detach().float().cpu().numpy() if torch.is_tensor(W_dec) else np.asarray(W_dec, np.float32)
+    W = (W / np.maximum(np.linalg.norm(W, axis=1, keepdims=True), 1e-12)).astype(np.float64)
+    probe /= np.linalg.norm(probe, axis=1, keepdims=True)
+    rng = np.random.default_rng([seed, 7])
+    ps = dense[rng.integers(0, len(dense), len(p))]
+    for i in np.nonzero((ps == p) | (ps == c))[0]:                 # another dense latent than the pair's own
+        others = dense[(dense != p[i]) & (dense != c[i])]
+        ps[i] = others[rng.integers(0, len(others))] if len(others) else ps[i]
+    imp, imp_s = _pair_counts(A, c, p) / n[c], _pair_counts(A, c, ps) / n[c]
+    pr, cr, sr = _ranks(probe, W, inv, (p, c, ps))
+    return pd.DataFrame({"parent": p, "child": c, "n_child": n[c], "p_parent_given_child": imp,
+                         "parent_rank": pr, "child_rank": cr, "hit": (imp >= implication) & (pr <= top) & (cr <= top),
+                         "shuffled_parent": ps, "p_shuffled_given_child": imp_s, "shuffled_rank": sr,
+                         "hit_shuffled": (imp_s >= implication) & (sr <= top) & (cr <= top)})[cols]
+
+
+def _ranks(probe: np.ndarray, W: np.ndarray, inv: np.ndarray, latents, chunk: int = 1024) -> list[np.ndarray]:
+    """For each array j of ``latents``: the rank (from 1, by decreasing cosine) of decoder row j[i] among all rows
+    for probe inv[i] (unit probes [m, d_in], unit rows W [d_sae, d_in]); [chunk, d_sae] similarities at a time."""
+    out = [np.empty(len(inv), dtype=np.int64) for _ in latents]
+    order = np.argsort(inv, kind="stable")
+    for b in range(0, len(probe), chunk):
+        sim = probe[b:b + chunk] @ W.T
+        sel = order[(inv[order] >= b) & (inv[order] < b + chunk)]
+        s = sim[inv[sel] - b]
+        for o, j in zip(out, latents):
+            o[sel] = (s > s[np.arange(len(sel)), j[sel]][:, None]).sum(1) + 1
+    return out
+
+
+def probe_score(pairs: pd.DataFrame, top: int = 5) -> dict:
+    """Fraction of hierarchical pairs (``probe_pairs``), the same with random parents, their difference, and
+    how often the child alone is among the ``top`` (the test's ceiling)."""
+    mean = lambda v: float(np.mean(v)) if len(v) else float("nan")  # noqa: E731
+    raw, base = mean(pairs.hit.astype(float)), mean(pairs.hit_shuffled.astype(float))
+    return dict(score=raw - base, raw=raw, baseline=base, n_pairs=len(pairs), child_in_top=mean(pairs.child_rank <= top))

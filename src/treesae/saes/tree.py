@@ -189,6 +189,23 @@ class TreeCore(LevelsMixin):
                                  linear_columns(x, shift, enc)))
         return outs
 
+    @torch.no_grad()
+    def encode_ungated(self, x: Tensor) -> Tensor:
+        """Dense codes [B, d_sae] with the gate lifted: every latent's own pre-activation against the same budget
+        (batch: the inference threshold; global: the k largest per token; level: each level's k_l), no parent's
+        cap. What the encoder learned rather than what the gate enforces; a flat SAE's codes are their own."""
+        x, shift = (self._prep(x), self.b_dec) if hasattr(self, "_prep") else (self.process_sae_in(x), None)  # ours / sae-lens'
+        s = torch.cat([self.kernels.linear(x, shift, e.W_enc, e.b_enc) for e in self.encoders], 1)
+        if self.budget == "batch":
+            keep = s > self.threshold
+        else:
+            keep = torch.zeros_like(s, dtype=torch.bool)
+            spans = [(0, s.shape[1], sum(self.level_ks))] if self.budget == "global" else \
+                list(zip(self.level_offsets, self.level_widths, self.level_ks))
+            for o, w, k in spans:
+                keep[:, o:o + w].scatter_(1, s[:, o:o + w].topk(k, dim=1).indices, True)
+        return s.relu() * keep
+
     def _parents(self, device=None) -> Tensor:
         """Parent of every latent (-1: none) on ``device``; the learned rule's buffer as it is (no copy)."""
         if self.parent_rule == "learned":

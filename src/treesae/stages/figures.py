@@ -43,6 +43,7 @@ TABLES = {  # name -> path under data/ (what stage 06 reads; dvc.yaml lists the 
     "hierarchy.coactivation": "analysis/hierarchy/coactivation.csv",
     "hierarchy.decoder_cosine": "analysis/hierarchy/decoder_cosine.csv",
     "hierarchy.levels": "analysis/hierarchy/levels.csv", "hierarchy.l0_per_token": "analysis/hierarchy/l0_per_token.csv",
+    "hierarchy.probe_scores": "analysis/hierarchy/probe_scores.csv",
     "hierarchy.metrics": "analysis/hierarchy/metrics.json",
     "synthetic.scores": "analysis/synthetic/scores.csv", "synthetic.metrics": "analysis/synthetic/metrics.json",
 }
@@ -504,6 +505,10 @@ def claims(tables: dict) -> dict[str, dict]:
         if run in c.index and f"layer{L}.frac_position_features" in pm:
             frac[int(L)], n_lat[int(L)] = float(pm[f"layer{L}.frac_position_features"]), int(c.at[run, "d_sae"])
     out["position_early_layers"] = V.position_early_layers(frac, n_lat)
+    pr = t.get("hierarchy.probe_scores")
+    out["treesae_hierarchy_lm"] = V.treesae_hierarchy(pr[(pr["mode"] == "mcs") & pr.run.isin(c.index)] if pr is not None
+                                                      else pd.DataFrame(columns=["architecture", "score"]),
+                                                      names(hierarchical=True))
     for d in out.values():
         d["basis"] = f"{d.get('basis', '')}; {why}".lstrip("; ")
     s = t.get("synthetic.scores")

@@ -50,12 +50,19 @@ class HierarchyParams:
     min_count: int = 5             # latents firing fewer times are left out of the parent statistics
     batch_size: int = 4096
     seed: int = 0                  # shuffled baselines
+    probe_children: int = 5        # Cao et al.'s probe test: children per parent
+    probe_min_count: int = 50      # children firing fewer times get no probe
+    probe_top: int = 5             # a pair is hierarchical when both decoder rows are among this many nearest the probe
+    probe_implication: float = 0.5  # ... and the child's firing implies the parent's: P(parent | child) >= this
 
     def __post_init__(self):
         if not self.architectures:
             raise ValueError("hierarchy.architectures is empty")
         if self.max_tokens < 2 or self.min_count < 1 or self.batch_size < 1:
             raise ValueError("hierarchy: need max_tokens >= 2, min_count >= 1, batch_size >= 1")
+        if self.probe_children < 1 or self.probe_min_count < 2 or self.probe_top < 2 or not 0 <= self.probe_implication <= 1:
+            raise ValueError("hierarchy: need probe_children >= 1, probe_min_count >= 2, probe_top >= 2, "
+                             "0 <= probe_implication <= 1")
 
 
 def hierarchy_runs(metrics: pd.DataFrame, architectures) -> pd.DataFrame:
@@ -71,6 +78,17 @@ def hierarchy_runs(metrics: pd.DataFrame, architectures) -> pd.DataFrame:
     if rows.empty:
         raise ValueError(f"no frontier SAE of {list(architectures)} at the base k={base.k} in metrics.csv.")
     return rows
+
+
+def probe_runs(metrics: pd.DataFrame, architectures) -> pd.DataFrame:
+    """Every seed of the hierarchy runs' configuration (base corpus, layer, size and k, default options): the
+    probe test's replicates, in the order of ``architectures`` then seed."""
+    base = common.base_run(metrics)
+    rows = common.pick(metrics, None, architecture=list(architectures), k=base.k, corpus=base.corpus,
+                       layer=base.layer, d_sae=base.d_sae)
+    rows = rows[rows.options.fillna("{}").astype(str).isin(["{}", ""])] if "options" in rows else rows
+    order = {a: i for i, a in enumerate(architectures)}
+    return rows.assign(_o=[order[a] for a in rows.architecture]).sort_values(["_o", "seed"], kind="stable").drop(columns="_o")
 
 
 def frontier_runs(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -102,7 +120,8 @@ def setup(model: dict, hierarchy: dict, train: dict | None = None) -> dict:
     train = train or {}
     return dict(model=mp, hierarchy=hp, metrics=metrics, base=common.base_run(metrics),
                 sink_ratio=train.get("sink_ratio"), heldout_seed=(train.get("eval") or {}).get("seed"),
-                runs=hierarchy_runs(metrics, hp.architectures), frontier=frontier_runs(metrics), out=common.out_dir(NAME))
+                runs=hierarchy_runs(metrics, hp.architectures), probe_runs=probe_runs(metrics, hp.architectures),
+                frontier=frontier_runs(metrics), out=common.out_dir(NAME))
 
 
 def runs(setup: dict) -> pd.DataFrame:
@@ -215,6 +234,32 @@ def scores(setup: dict, saes: dict, Z: dict, progress: bool = True) -> pd.DataFr
     return t
 
 
+def probe(setup: dict, X, progress: bool = True) -> pd.DataFrame:
+    """Cao et al.'s probe test (``analysis.hierarchy.probe_pairs``) of every seed of each architecture. Modes:
+    "mcs", children by masked cosine similarity on ungated codes (a tree's gate lifted, ``encode_ungated``; the
+    other SAEs' own codes): like for like, and a gate cannot pass it (the headline); for trees also
+    "mcs_gated" (their codes) and "given" (their own children), which a gate passes by construction
+    (docs/DESIGN.md). Writes probe_pairs.csv (every pair) and probe_scores.csv (per SAE and mode)."""
+    hp, pairs, rows = setup["hierarchy"], [], []
+    for name, r in _bar("probe test", progress, iterable=list(setup["probe_runs"].iterrows())):
+        sae = common.load_saes([name])[name]
+        Z = H.codes(sae, X, hp.batch_size, ungated=True)
+        tests = [("mcs", Z, None)]
+        if hasattr(sae, "encode_ungated"):
+            Zg = H.codes(sae, X, hp.batch_size)
+            tests += [("mcs_gated", Zg, None)] + ([("given", Zg, sae.parent_of)] if _has_tree(sae) else [])
+        for mode, codes, par in tests:
+            t = H.probe_pairs(codes, X, sae.W_dec, par, hp.probe_children, hp.probe_min_count, hp.probe_top,
+                              hp.probe_implication, seed=hp.seed)
+            pairs.append(t.assign(run=name, architecture=r.architecture, seed=int(r.seed), mode=mode))
+            rows.append(dict(run=name, architecture=r.architecture, seed=int(r.seed), mode=mode,
+                             **H.probe_score(t, hp.probe_top)))
+    common.write_table(pd.concat(pairs, ignore_index=True), setup["out"] / "probe_pairs.csv")
+    t = pd.DataFrame(rows)
+    common.write_table(t, setup["out"] / "probe_scores.csv")
+    return t
+
+
 def levels(setup: dict, saes: dict, Z: dict, X, progress: bool = True) -> pd.DataFrame:
     """Per SAE and level: width, dead, dead_fraction, l0, n_tokens (``dead_per_level``) and
     nmse_cumulative (``treesae.metrics.reconstruction_metrics`` on the same tokens; NaN where prefixes
@@ -257,13 +302,15 @@ def summarize(setup: dict) -> dict:
     """Headline numbers, written to metrics.json (stage 06 prefixes "hierarchy.").
 
     Keys (A: an architecture of the stage; l: a level; K: a frontier k):
-      n_tokens, k, d_sae, layer, corpus, min_count, architectures
+      n_tokens, k, d_sae, layer, corpus, min_count, architectures, probe_{top,children,min_count,implication}
       {A}.run
       {A}.score, {A}.score_raw, {A}.score_baseline, {A}.n_children          inferred parents (like for like)
       {A}.score_given, {A}.score_given_raw, {A}.score_given_baseline        given parents (tree)
       {A}.coact.{p_parent_given_child,p_parent_given_child_shuffled,lift,lift_shuffled}   means over pairs, inferred
       {A}.coact_given.{...}                                                the same, given parents
       {A}.decoder_cos, {A}.decoder_cos_shuffled (inferred); {A}.decoder_cos_given[_shuffled]
+      {A}.probe.{score,raw,baseline,n_pairs,child_in_top}[.sd], {A}.probe.n_seeds   probe test, MCS pairs, over seeds
+      {A}.probe_{mcs_gated,given}.{...}                                    trees: gated codes, their own pairs
       {A}.level{l}.{width,dead,dead_fraction,l0,nmse_cumulative}
       {A}.level{l}.{best_abs_r,best_abs_r_shuffled,mean_abs_r}            correlation with level l-1
       {A}.dead, {A}.dead_fraction                                         all levels together
@@ -271,10 +318,11 @@ def summarize(setup: dict) -> dict:
     """
     out, hp, b = setup["out"], setup["hierarchy"], setup["base"]
     r = lambda n: common.read_table(out / n)  # noqa: E731
-    co, cos, lc, sc, lv, l0 = (r(n) for n in ("coactivation.csv", "decoder_cosine.csv", "level_correlation.csv",
-                                                "scores.csv", "levels.csv", "l0_per_token.csv"))
+    co, cos, lc, sc, lv, l0, pr = (r(n) for n in ("coactivation.csv", "decoder_cosine.csv", "level_correlation.csv",
+                                                    "scores.csv", "levels.csv", "l0_per_token.csv", "probe_scores.csv"))
     m = dict(n_tokens=int(lv.n_tokens.iloc[0]), k=int(b.k), d_sae=int(b.d_sae), layer=int(b.layer), corpus=b.corpus,
-             min_count=hp.min_count, architectures=list(setup["runs"].architecture))
+             min_count=hp.min_count, architectures=list(setup["runs"].architecture), probe_top=hp.probe_top,
+             probe_children=hp.probe_children, probe_min_count=hp.probe_min_count, probe_implication=hp.probe_implication)
     for name, row in setup["runs"].iterrows():
         m[f"{row.architecture}.run"] = name
     for _, s in sc.iterrows():
@@ -288,6 +336,13 @@ def summarize(setup: dict) -> dict:
     for (a, mode), g in cos.groupby(["architecture", "mode"], sort=False):
         tag = "decoder_cos" if mode == "inferred" else f"decoder_cos_{mode}"
         m[f"{a}.{tag}"], m[f"{a}.{tag}_shuffled"] = g.cos.mean(), g.cos_shuffled.mean()
+    for (a, mode), g in pr.groupby(["architecture", "mode"], sort=False):
+        key = f"{a}.probe" if mode == "mcs" else f"{a}.probe_{mode}"
+        m[f"{key}.n_seeds"] = len(g)
+        for c in ("score", "raw", "baseline", "n_pairs", "child_in_top"):
+            m[f"{key}.{c}"] = g[c].mean()
+            if len(g) > 1:
+                m[f"{key}.{c}.sd"] = g[c].std(ddof=1)
     for _, row in lv.iterrows():
         for c in ("width", "dead", "dead_fraction", "l0", "nmse_cumulative"):
             m[f"{row.variant}.level{int(row.level)}.{c}"] = row[c]

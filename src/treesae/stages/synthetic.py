@@ -18,6 +18,8 @@ Writes to data/analysis/synthetic/:
   variants also ``.vs_batchtopk.`` and ``.vs_matryoshka.`` (the goals: BatchTopK's F1, Matryoshka's
   absorption), and ``matryoshka_vs_saelens.<score>`` (ours minus sae-lens' Matryoshka: does ours train as
   theirs does?). A tree SAE also reports its own edges (``tree_edges``, ``tree_precision`` and its chance).
+  ``probe``: Cao et al.'s probe test with a tree's gate lifted, stage 05's headline on the language model, here
+  where the truth is known (``probe_gated``, ``probe_given``: with the gate; ``synthetic.evaluate``).
 """
 from __future__ import annotations
 
@@ -43,10 +45,12 @@ from ..verdicts import mean_difference
 from . import common
 
 NAME = "synthetic"
-CODE = ("synthetic.py", "runs.py", "seeds.py", "train.py", "tensors.py", "convergence.py", "metrics.py", "saes")  # under src/treesae
+CODE = ("synthetic.py", "runs.py", "seeds.py", "train.py", "tensors.py", "convergence.py", "metrics.py", "saes",
+        "analysis/hierarchy.py")  # under src/treesae
 SCORES = ("f1", "mcc", "uniqueness", "explained_variance", "l0", "dead_fraction", "shrinkage", "absorption",
           "recall_with_child", "recall_no_child", "hierarchy_recovery", "implication", "implication_baseline",
-          "max_cos_level0", "max_cos_level1", "max_cos_level2", "tree_edges", "tree_precision", "tree_precision_chance")
+          "max_cos_level0", "max_cos_level1", "max_cos_level2", "tree_edges", "tree_precision", "tree_precision_chance",
+          "probe", "probe_gated", "probe_given")
 
 
 @dataclass(frozen=True)
