@@ -1,4 +1,4 @@
-"""Verdicts on the original notes' claims, computed from the paper's numbers with their intervals.
+"""Verdicts on the original notes' claims (and the TreeSAE's hierarchy goal), computed from the paper's numbers with their intervals.
 
 Each claim reduces to estimates whose sign the claim predicts. An estimate with interval [lo, hi]:
   supported                 the interval excludes zero on the predicted side

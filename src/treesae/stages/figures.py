@@ -472,7 +472,7 @@ def _grid_numbers(out: dict, m: pd.DataFrame, b: pd.Series, cols: list) -> None:
 
 
 def claims(tables: dict) -> dict[str, dict]:
-    """The original notes' claims (``verdicts.CLAIMS``), each with its verdict, estimates and intervals, from
+    """The claims of ``verdicts.CLAIMS``, each with its verdict, estimates and intervals, from
     converged SAEs only (``metrics.converged``): a comparison that involves an SAE that is not converged
     does not count, so with none converged every claim is "not testable here"."""
     m, t = tables["metrics"], tables
