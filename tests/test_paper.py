@@ -14,6 +14,7 @@ from treesae.stages import paper
 def test_fmt_and_pct():
     assert paper._fmt(1_048_576) == "1,048,576" and paper._fmt(153.2, 2) == "153" and paper._fmt(4.56, 2) == "4.6"
     assert paper._fmt(0.032271, 4) == "0.03227" and paper._fmt(2048.0) == "2,048" and paper._pct(0.7118) == "71.2%"
+    assert paper._fmt(None) == "n/a"  # NaN, stored as null: a number that could not be measured
 
 
 def _numbers():

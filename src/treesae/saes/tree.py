@@ -138,10 +138,13 @@ class TreeCore(LevelsMixin):
         """[B, d_sae] pre-activations, each capped just below its parent's capped score (root: no cap)."""
         par = self._parents(lins[0].device)
         s = torch.cat([lin.detach() for lin in lins], 1)
-        for o, w in zip(self.level_offsets[1:], self.level_widths[1:]):
+        below = s.new_tensor(float("-inf"))
+        for o, w in zip(self.level_offsets[1:], self.level_widths[1:]):  # coarser levels first: parents are capped
             p = par[o:o + w]
-            cap = torch.where(p < 0, float("inf"), s[:, p.clamp_min(0)])
-            s[:, o:o + w] = torch.minimum(s[:, o:o + w], torch.nextafter(cap, cap.new_tensor(float("-inf"))))
+            cap = s.index_select(1, p.clamp_min(0))  # one [B, w] buffer per level, the rest in place
+            torch.nextafter(cap, below, out=cap).masked_fill_(p < 0, float("inf"))
+            level = s.narrow(1, o, w)
+            level.copy_(torch.minimum(level, cap, out=cap))
         return s
 
     def _levels_global(self, x: Tensor, shift: Tensor | None) -> list[LevelOut]:

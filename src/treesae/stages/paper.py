@@ -29,7 +29,10 @@ code{font-size:.9em;background:#f4f4f4;padding:0 .2em}"""
 
 
 def _fmt(x, digits=3):
-    """Significant digits, thousands separators for large numbers."""
+    """Significant digits, thousands separators for large numbers; "n/a" for a number that could not be measured
+    (NaN, stored as null: e.g. a probe test where no pair qualified)."""
+    if x is None:
+        return "n/a"
     if isinstance(x, int) or (isinstance(x, float) and x.is_integer() and abs(x) >= 1000):
         return f"{int(x):,}"
     if abs(x) >= 10 ** digits:  # no exponent: 153.2 -> "153" at 2 digits
