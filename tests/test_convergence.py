@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from treesae.convergence import THRESHOLDS, Monitor, converged
+from treesae.convergence import THRESHOLDS, Monitor, _rows, converged
 from treesae.saes import build
 from treesae.train import TrainConfig, train_sweep
 
@@ -36,7 +36,7 @@ def world():
     return X[:100_000], X[100_000:]
 
 
-def _train(world, n_tokens, d_sae=64, lr=3e-3):
+def _fit(world, n_tokens, d_sae=64, lr=3e-3):
     X, H = world
     sae = build("topk", d_in=32, d_sae=d_sae, k=4, seed=100)
     cfg = TrainConfig(n_tokens=n_tokens, batch_size=512, lr=lr, lr_schedule="constant", log_every=100,
@@ -44,6 +44,11 @@ def _train(world, n_tokens, d_sae=64, lr=3e-3):
     sample = X[torch.linspace(0, len(X) - 1, min(len(X), 16_000)).long()]
     monitor = Monitor(cfg.n_steps, H, train_sample=sample, epoch_steps=-(-len(X) // 512))
     train_sweep({"a": sae}, X, cfg, progress=False, callback=monitor)
+    return sae, monitor, sample
+
+
+def _train(world, n_tokens, d_sae=64, lr=3e-3):
+    sae, monitor, sample = _fit(world, n_tokens, d_sae, lr)
     return monitor.diagnostics({"a": sae}, sample)["a"]
 
 
@@ -59,6 +64,23 @@ def test_an_sae_that_memorises_its_training_set_does_not(world):
     d = _train((X[:1024], H), 300 * 1024, d_sae=1024, lr=1e-2)
     assert d["fvu_gap_growth"] > THRESHOLDS["fvu_gap_growth"], d
     assert not converged(d)
+
+
+def test_dead_latents_count_neither_against_nor_for_it(world):
+    """Half the latents of a trained SAE killed and their rows put back at init, as a dead latent's row stays:
+    over all rows, half would sit at init (fails) and would not move (inflates stability); over the live ones
+    the verdict is the trained SAE's."""
+    sae, monitor, sample = _fit(world, 800_000)
+    alive = monitor.diagnostics({"a": sae}, sample)["a"]
+    dead = torch.arange(64) % 2 == 0
+    init = build("topk", d_in=32, d_sae=64, k=4, seed=100)
+    with torch.no_grad():
+        sae.W_dec[dead] = monitor.snap["a"]["W_dec"][dead] = init.W_dec[dead]
+        sae.W_enc[:, dead], sae.b_enc[dead] = 0.0, -1e3
+    d = monitor.diagnostics({"a": sae}, sample)["a"]
+    assert d["init_frac_above"] < THRESHOLDS["init_frac_above"] and d["init_cos_median"] < 0.7, (alive, d)
+    moved = (_rows(monitor.snap["a"]["W_dec"]) * _rows(sae.W_dec)).sum(-1)
+    assert d["dec_stability"] == float(moved[~dead].median()) < 1.0, d
 
 
 @pytest.mark.parametrize("n_tokens", [5_000, 30_000])

@@ -3,8 +3,11 @@
 Per SAE, on a fixed held-out sample and a train sample of the same size (FVU is mean-centred):
   fvu_heldout_75, fvu_heldout_end   held-out FVU at 75% of the steps and at the end
   fvu_gain_last_quarter             (fvu_heldout_75 - fvu_heldout_end) / fvu_heldout_75
-  dec_stability                     median over latents of cos(decoder row at 75%, at the end)
-  init_cos_median, init_frac_above  decoder rows' cosine to their own random init: median, fraction > 0.7
+  dec_stability                     median over live latents of cos(decoder row at 75%, at the end)
+  init_cos_median, init_frac_above  live decoder rows' cosine to their own random init: median, fraction > 0.7
+Live latents fire on the held-out sample. A dead latent's row gets no gradient (without AuxK), so it keeps
+its init and never moves: counted, it would fail a converged SAE that lost latents for leaving rows at init
+and pass it for stability. Dead latents are reported by ``dead_fraction`` instead.
   fvu_train_end, fvu_gap            train FVU at the end; (held-out - train) / train
   fvu_gap_first_epoch               the same gap after one pass over the training tokens (each seen once)
   fvu_gap_growth                    fvu_gap - fvu_gap_first_epoch: what repeated epochs added (overfitting)
@@ -34,9 +37,11 @@ THRESHOLDS = dict(fvu_gain_last_quarter=0.02,  # held-out FVU improves by less t
 INIT_THRESHOLD = 0.7
 
 
-def _fvu(sae, x) -> float:
+def _fvu(sae, x, fired: bool = False):
+    """Held-out FVU (and, with ``fired``, the mask of latents that fire on ``x``)."""
     from .metrics import reconstruction_metrics
-    return float(reconstruction_metrics(sae, x)["fvu"])
+    m = reconstruction_metrics(sae, x, fired=fired)
+    return (float(m["fvu"]), m["fired"]) if fired else float(m["fvu"])
 
 
 def _rows(W) -> torch.Tensor:
@@ -73,10 +78,12 @@ class Monitor:
         from .analysis.matching import cosine_to_init
         out = {}
         for n, s in saes.items():
-            end, train = _fvu(s, self.heldout), _fvu(s, train_sample)
-            init = cosine_to_init(s)
+            (end, live), train = _fvu(s, self.heldout, fired=True), _fvu(s, train_sample)
+            live = live.cpu()
+            init = cosine_to_init(s)[live.numpy()]
             d = dict(fvu_heldout_end=end, fvu_train_end=train, fvu_gap=(end - train) / train,
-                     init_cos_median=float(np.median(init)), init_frac_above=float((init > INIT_THRESHOLD).mean()))
+                     init_cos_median=float(np.median(init)) if len(init) else math.nan,
+                     init_frac_above=float((init > INIT_THRESHOLD).mean()) if len(init) else math.nan)
             if n in self.first:
                 held, train0 = (float(v) for v in self.first[n])
                 d["fvu_gap_first_epoch"] = (held - train0) / train0
@@ -84,9 +91,14 @@ class Monitor:
             if self.snap and n in self.snap:
                 f75 = float(self.snap[n]["fvu"])
                 d.update(fvu_heldout_75=f75, fvu_gain_last_quarter=(f75 - end) / f75,
-                         dec_stability=float((_rows(self.snap[n]["W_dec"]) * _rows(s.W_dec)).sum(-1).median()))
+                         dec_stability=_median((_rows(self.snap[n]["W_dec"]) * _rows(s.W_dec)).sum(-1).cpu()[live]))
             out[n] = d
         return out
+
+
+def _median(x: torch.Tensor) -> float:
+    """torch's median (the lower middle value), NaN for no values (an SAE with no live latent)."""
+    return float(x.median()) if len(x) else math.nan
 
 
 def finalize(sae, train_sample) -> None:

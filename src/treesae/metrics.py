@@ -47,8 +47,9 @@ def trains_cumulative(sae) -> bool:
 
 
 @torch.no_grad()
-def reconstruction_metrics(sae, acts, batch_size: int = 4096) -> dict:
-    """nMSE, FVU, explained variance, L0 (mean and per-token quantiles), dead fraction, per-level versions."""
+def reconstruction_metrics(sae, acts, batch_size: int = 4096, fired: bool = False) -> dict:
+    """nMSE, FVU, explained variance, L0 (mean and per-token quantiles), dead fraction, per-level versions;
+    with ``fired``, also the [d_sae] bool mask of latents that fire on ``acts``."""
     n, d = acts.shape
     levels = list(sae.levels)
     multi, cumulative = len(levels) > 1, len(levels) > 1 and trains_cumulative(sae)
@@ -73,17 +74,17 @@ def reconstruction_metrics(sae, acts, batch_size: int = 4096) -> dict:
             if cumulative:
                 sse_cum += [float((x - r).double().pow(2).sum()) for r in cumulative_reconstructions(sae, z)]
     l0_tok = torch.cat(l0_tok).double()
-    fired = fires > 0
+    live = fires > 0
     centred = sxx - float(sx.pow(2).sum()) / n  # sum ||x - mean||^2 = sum ||x||^2 - N ||mean||^2
     fvu = sse / centred
     out = {"n_tokens": n, "nmse": sse / sxx, "fvu": fvu, "explained_variance": 1 - fvu,
            "mse": sse / n, "l0": float(l0_tok.mean()),
            **{f"l0_p{int(q * 100)}": float(torch.quantile(l0_tok, q)) for q in QUANTILES},
-           "dead_fraction": float((~fired).float().mean()), "dead_window_tokens": n}
+           "dead_fraction": float((~live).float().mean()), "dead_window_tokens": n, **({"fired": live} if fired else {})}
     if multi:
         for i, sl in enumerate(levels):
             out[f"l0_level{i}"] = float(l0_lvl[i]) / n
-            out[f"dead_fraction_level{i}"] = float((~fired[sl]).float().mean())
+            out[f"dead_fraction_level{i}"] = float((~live[sl]).float().mean())
             if cumulative:
                 out[f"nmse_cumulative_level{i}"] = sse_cum[i] / sxx
     return out

@@ -30,7 +30,7 @@ from sae_lens.synthetic.firing_probabilities import zipfian_firing_probabilities
 from sae_lens.util import temporary_seed
 from scipy.optimize import linear_sum_assignment
 
-from .analysis.hierarchy import probe_pairs, probe_score
+from .analysis.hierarchy import codes, probe_pairs, probe_score
 from .convergence import finalize
 from .saes import MatryoshkaConfig
 from .saes.export import save_sae
@@ -335,9 +335,7 @@ def evaluate(sae, world, n_tokens: int, seed: int, batch_size: int = 4096, eval_
     assignment = match(sae.W_dec, gt)
     out.update(absorption(latents, feats, world.structure, assignment))
     out.update(hierarchy_recovery(latents, world.structure, assignment))
-    ungated = sae.encode_ungated if hasattr(sae, "encode_ungated") else sae.encode
-    out["probe"] = probe_score(probe_pairs(torch.cat([ungated(acts[i:i + batch_size].to(sae.W_dec.dtype))
-                                                      for i in range(0, len(acts), batch_size)]), acts, sae.W_dec))["score"]
+    out["probe"] = probe_score(probe_pairs(codes(sae, acts, batch_size, ungated=True), acts, sae.W_dec))["score"]
     if hasattr(sae, "encode_ungated"):
         out["probe_gated"] = probe_score(probe_pairs(latents, acts, sae.W_dec))["score"]
     if getattr(sae, "parent_of", None) is not None:

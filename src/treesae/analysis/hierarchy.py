@@ -285,7 +285,7 @@ def probe_pairs(Z, X, W_dec, parent_of=None, max_children: int = 5, min_count: i
     parent_rank, child_rank, hit, shuffled_parent, p_shuffled_given_child, shuffled_rank, hit_shuffled); ranks
     count from 1."""
     A = _active(Z)
-    N, d = A.shape
+    d = A.shape[1]
     n = _counts(A)
     dense = np.argsort(-n, kind="stable")[:max(1, int(d * dense_ratio))]
     dense = dense[n[dense] > 0]
