@@ -40,6 +40,7 @@ from functools import partial
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .batchtopk import kth_largest_positive, threshold_select, update_running_threshold
@@ -288,15 +289,22 @@ class TreeSAE(TreeCore, HierarchicalSAE):
             update_running_threshold(self.threshold, self.threshold_updates, self._kept_min, self.cfg.threshold_lr)
         if self.parent_rule != "learned" or not self.training:
             return
-        o, last = self.level_offsets[1], self.level_offsets[-1]
-        f = fired_dense(outs, self.level_offsets, self.n_latents)
-        self.fire_count += f.sum(0)
-        # cofire += F_children^T F_coarser with F the batch's 0/1 firing matrix: the children's side sparse, so the
-        # cost is (children that fired) x (coarser latents), not B x children x coarser; sums of ones, so exact
-        rows, cols = f[:, o:].nonzero(as_tuple=True)
-        kids = torch.sparse_coo_tensor(torch.stack([cols, rows]), torch.ones(len(rows), device=f.device),
-                                       (self.n_latents - o, f.shape[0]), check_invariants=False)
-        self.cofire += torch.sparse.mm(kids, f[:, :last].float()).round().to(self.cofire.dtype)
+        o, last, B = self.level_offsets[1], self.level_offsets[-1], outs[0].codes.shape[0]
+        on = [out.codes.vals.detach() > 0 for out in outs]
+        rows = torch.cat([out.codes.rows[m] for out, m in zip(outs, on)])  # every (token, latent) that fired
+        cols = torch.cat([out.codes.cols[m] + off for out, m, off in zip(outs, on, self.level_offsets)])
+        self.fire_count += torch.bincount(cols, minlength=self.n_latents)
+        # cofire += F_children^T F_coarser with F the batch's 0/1 firing matrix: child c's row is the sum of the
+        # coarser rows of F over the tokens where c fired (one bag per child), so the cost is (children that fired)
+        # x (coarser latents), not B x children x coarser; sums of ones below 2^24, so exact in float32
+        up = cols < last
+        coarser = torch.zeros(B, last, device=cols.device)
+        coarser[rows[up], cols[up]] = 1.0
+        kid = cols >= o
+        c = cols[kid] - o
+        n_bag = torch.bincount(c, minlength=self.n_latents - o)
+        bags = rows[kid][c.argsort()]
+        self.cofire += F.embedding_bag(bags, coarser, n_bag.cumsum(0) - n_bag, mode="sum").to(self.cofire.dtype)
 
     @torch.no_grad()
     def calibrate_threshold(self, x: Tensor, batch_size: int = 4096) -> None:
