@@ -141,11 +141,11 @@ class TreeCore(LevelsMixin):
         s = torch.cat([lin.detach() for lin in lins], 1)
         below = s.new_tensor(float("-inf"))
         for o, w in zip(self.level_offsets[1:], self.level_widths[1:]):  # coarser levels first: parents are capped
-            p = par[o:o + w]
-            cap = s.index_select(1, p.clamp_min(0))  # one [B, w] buffer per level, the rest in place
-            torch.nextafter(cap, below, out=cap).masked_fill_(p < 0, float("inf"))
-            level = s.narrow(1, o, w)
-            level.copy_(torch.minimum(level, cap, out=cap))
+            kids = (par[o:o + w] >= 0).nonzero().squeeze(1)  # a root's children keep their scores
+            if len(kids):
+                cap = torch.nextafter(s.index_select(1, par[o + kids]), below)
+                cols = kids + o
+                s.index_copy_(1, cols, torch.minimum(s.index_select(1, cols), cap, out=cap))
         return s
 
     def _levels_global(self, x: Tensor, shift: Tensor | None) -> list[LevelOut]:
