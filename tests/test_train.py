@@ -334,3 +334,23 @@ def test_tree_recovers_planted_hierarchy_better_than_topk():
     print("hierarchy scores:", scores, "means:", mean)
     assert mean["tree"] >= 0.5 and mean["tree"] >= mean["topk"] + 0.2, scores
     assert mean["tree_coact"] >= mean["topk"] + 0.2, scores
+
+
+def test_a_wide_dictionary_at_a_high_lr_loses_latents_and_aux_k_revives_them():
+    """Positive control for AuxK (profiles/deadlatents.yaml at toy scale): 512 latents, k 2, lr 1e-2 on 1,024
+    planted features. Without AuxK or tied init over half the latents never fire on held-out data; AuxK keeps
+    them alive (measured: 0.555 dead against 0.0 with AuxK, with or without tied init)."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parent / "saes"))
+    from synthetic import planted_dictionary
+
+    from treesae.metrics import reconstruction_metrics
+    from treesae.saes import build
+    X, _, _ = planted_dictionary(d_in=64, n_features=1024, k=8, n_samples=40_000, seed=0)
+    arms = {"neither": (False, False), "aux_k": (True, False), "both": (True, True)}
+    saes = {n: build("topk", d_in=64, d_sae=512, k=2, seed=1, aux_k=a, tied_init=t) for n, (a, t) in arms.items()}
+    cfg = TrainConfig(n_tokens=200_000, batch_size=512, lr=1e-2, lr_end=1e-3, log_every=100, checkpoint_every=0, threads=1)
+    train_sweep(saes, X[:32_000], cfg, progress=False)
+    dead = {n: reconstruction_metrics(s, X[32_000:])["dead_fraction"] for n, s in saes.items()}
+    assert dead["neither"] > 0.3 and dead["aux_k"] < 0.05 and dead["both"] < 0.05, dead
