@@ -6,7 +6,7 @@
 For each site: bytes and files on disk, then ``--pages`` feature pages drawn at random (fixed seed) over
 every SAE and feature, each opened cold in headless Chromium (``about:blank``, then the page's URL from
 ``file://``): the time from navigation start to the first animation frame after the app shows the feature
-(``performance.now()`` in the page). Target (#15): at most 60 MB and every first paint under 1 s.
+(``performance.now()`` in the page). Target: at most 60 MB and every first paint under 1 s.
 Needs Debian's ``chromium``; uses the tests' DevTools driver (tests/browser/cdp.py).
 """
 import argparse

@@ -52,10 +52,10 @@ def main():
     ap.add_argument("--repeats", type=int, default=2)
     a = ap.parse_args()
     import numpy as np
-    from treesae import config, corpora, model
+    from treesae import corpora, model
     from treesae.metrics import downstream_metrics, downstream_reference
     from treesae.saes import build
-    config.pin_threads(a.threads)
+    model.pin_threads(a.threads)
     model.set_offline()
     lm = model.load_model()
     import tempfile

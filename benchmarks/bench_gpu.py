@@ -14,7 +14,8 @@ import time
 
 import torch
 
-from treesae.runs import Run, build
+from treesae.runs import Run
+from treesae.saes import build_run
 from treesae.train import TrainConfig, train_sweep
 
 D_IN, K, BATCH = 768, 32, 4096
@@ -52,7 +53,7 @@ def main():
             + 0.1 * torch.randn(BATCH * (a.steps + a.warmup), D_IN, generator=g)).to(dev)
     rows = []
     for d_sae in map(int, a.sizes.split(",")):
-        sae = build(Run("topk", "synthetic", 0, d_sae, K, 0), D_IN, {"topk": {"sparse": False}} if a.dense else {}).to(dev)
+        sae = build_run(Run("topk", "synthetic", 0, d_sae, K, 0), D_IN, {"topk": {"sparse": False}} if a.dense else {}).to(dev)
         cfg = dict(batch_size=BATCH, lr=3e-4, log_every=10 ** 9, checkpoint_every=0, init_sample_tokens=0)
         train_sweep({"s": sae}, data[:BATCH * a.warmup], TrainConfig(n_tokens=BATCH * a.warmup, **cfg), progress=False)
         sync(dev)

@@ -18,8 +18,8 @@ from pathlib import Path
 def child(args):
     import numpy as np
     import torch
-    from treesae import config, corpora, harvest, model
-    config.pin_threads(args.threads)
+    from treesae import corpora, harvest, model
+    model.pin_threads(args.threads)
     model.set_offline()
     lm = model.load_model()
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,9 +19,10 @@ import time
 import numpy as np
 import torch
 
-from treesae import config
+from treesae.model import pin_threads
 from treesae.analysis import matching as M
-from treesae.stages import common
+from treesae.runs import read_metrics
+from treesae.saes import load_saes
 
 
 def main():
@@ -30,11 +31,11 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=2, help="threads for the compare_saes comparison")
     a = ap.parse_args()
-    config.pin_threads(1)
-    names = list(common.read_metrics().index)
+    pin_threads(1)
+    names = list(read_metrics().index)
     every = list(itertools.combinations(names, 2))
     pairs = [every[i] for i in sorted(np.random.default_rng(a.seed).choice(len(every), min(a.pairs, len(every)), replace=False))]
-    saes = common.load_saes(list(dict.fromkeys(n for p in pairs for n in p)))
+    saes = load_saes(list(dict.fromkeys(n for p in pairs for n in p)))
     print(f"{len(pairs)} of {len(every)} pairs of {len(names)} SAEs; seconds (wall), 1 thread")
     print(f"{'pair':64s} {'kind':7s} {'n x k':>11s} {'scipy':>6s} {'sparse':>7s} {'auto':>6s}")
     tot = dict(scipy=0.0, sparse=0.0, auto=0.0)

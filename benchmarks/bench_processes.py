@@ -39,7 +39,7 @@ def _data(corpus: str, layer: int):
 
 
 def worker(a):
-    from treesae.runs import build
+    from treesae.saes import build_run
     from treesae.train import TrainConfig, train_sweep
     torch.set_num_threads(a.threads_each)
     train, sweep = _sweep()
@@ -50,7 +50,7 @@ def worker(a):
     ms, cached = 0.0, True
     for (corpus, layer), runs in groups.items():
         data, cached = _data(corpus, layer)
-        saes = {run.name: build(run, data.shape[1], train.get("architectures") or {}) for run in runs}
+        saes = {run.name: build_run(run, data.shape[1], train.get("architectures") or {}) for run in runs}
         stamps = []
         cfg = TrainConfig(n_tokens=batch * (a.steps + 1), batch_size=batch, log_every=50, threads=a.threads_each,
                           checkpoint_every=0)

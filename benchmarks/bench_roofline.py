@@ -33,12 +33,13 @@ def encoder_flops(sae) -> int:
 
 def measure(a):
     from treesae import config
-    from treesae.runs import Run, build
+    from treesae.runs import Run
+    from treesae.saes import build_run
     from treesae.train import TrainConfig, train_sweep
     torch.set_num_threads(a.threads)
     data = make_data(a)
     extras = config.read_params()["train"]["architectures"]
-    sae = build(Run(a._arch, "synthetic", 0, D_SAE, K, 0), D_IN, extras)
+    sae = build_run(Run(a._arch, "synthetic", 0, D_SAE, K, 0), D_IN, extras)
     if a.adopted and getattr(sae, "parent_rule", None) == "learned":
         g = torch.Generator().manual_seed(0)
         for o, w in zip(sae.level_offsets[1:], sae.level_widths[1:]):

@@ -25,11 +25,13 @@ import numpy as np
 import torch
 
 from treesae import paths
-from treesae.analysis.matching import cosine_to_init, match_features, shared_ratio
+from treesae.analysis.matching import match_features, shared_ratio
+from treesae.convergence import cosine_to_init
 from treesae.cache import ActivationCache
 from treesae.convergence import THRESHOLDS, Monitor, _fvu, converged
 from treesae.metrics import reconstruction_metrics
-from treesae.runs import Run, build
+from treesae.runs import Run
+from treesae.saes import build_run
 from treesae.train import TrainConfig, train_sweep
 
 
@@ -64,7 +66,7 @@ def main():
     data = cache.activations(a.layer, "train")
     held = cache.activations(a.layer, "heldout", max_tokens=a.heldout)
     runs = [Run("topk", a.corpus, a.layer, a.d_sae, a.k, s) for s in (0, 1)]
-    saes = {r.name: build(r, data.shape[1], {}) for r in runs}
+    saes = {r.name: build_run(r, data.shape[1], {}) for r in runs}
     cfg = TrainConfig(n_tokens=int(a.epochs * len(data)), batch_size=a.batch, lr=a.lr, lr_end=a.lr / 10,
                       log_every=10 ** 9, checkpoint_every=0, threads=a.threads)
     marks = {max(1, round(cfg.n_steps * i / 10)) for i in range(1, 11)}
@@ -117,7 +119,7 @@ def grid(a):
         d_sae, batch, lr, epochs = spec.split(":")
         d_sae, batch, lr, epochs = int(d_sae), int(batch), float(lr), float(epochs)
         runs = [Run("topk", a.corpus, a.layer, d_sae, a.k, s) for s in (0, 1)]
-        saes = {r.name: build(r, data.shape[1], {"topk": {"sparse": False}} if a.dense else {}).to(dev) for r in runs}
+        saes = {r.name: build_run(r, data.shape[1], {"topk": {"sparse": False}} if a.dense else {}).to(dev) for r in runs}
         cfg = TrainConfig(n_tokens=int(epochs * len(data)), batch_size=batch, lr=lr, lr_end=lr / 10,
                           log_every=10 ** 9, checkpoint_every=0, threads=a.threads)
         mon, t0 = Monitor(cfg.n_steps, held, train_sample=sample, epoch_steps=-(-len(data) // batch)), time.time()

@@ -25,7 +25,8 @@ from treesae.analysis import hierarchy as H
 from treesae.cache import ActivationCache
 from treesae.convergence import finalize
 from treesae.metrics import reconstruction_metrics
-from treesae.runs import Run, build
+from treesae.runs import Run
+from treesae.saes import build_run
 from treesae.train import TrainConfig, train_sweep
 
 
@@ -48,7 +49,7 @@ def main():
             for s in a.seeds for arch in a.arch]
     extra = dict(tr.get("architectures") or {})
     extra["tree"] = {**(extra.get("tree") or {}), **json.loads(a.tree)}
-    saes = {r.name: build(r, data.shape[1], extra) for r in runs}
+    saes = {r.name: build_run(r, data.shape[1], extra) for r in runs}
     o = tr["optim"]
     cfg = TrainConfig(n_tokens=int(a.epochs * len(data)), batch_size=o["batch_size"], lr=o["lr"], lr_end=o["lr_end"],
                       log_every=10 ** 9, checkpoint_every=0, threads=a.threads)

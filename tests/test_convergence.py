@@ -4,10 +4,11 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from treesae.convergence import THRESHOLDS, Monitor, _rows, converged
+from treesae.convergence import THRESHOLDS, Monitor, _rows, converged, cosine_to_init
 from treesae.saes import build
 from treesae.train import TrainConfig, train_sweep
 
@@ -110,3 +111,22 @@ def test_the_75_percent_fvu_uses_a_calibrated_copy(world):
     m = Monitor(4, H, train_sample=X[:4096])
     m(3, 0, {"a": sae})
     assert torch.equal(sae.threshold, before) and math.isfinite(float(m.snap["a"]["fvu"]))
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka", "relu", "stacked", "residual", "tree"])
+def test_cosine_to_init_is_one_before_training(arch):
+    from treesae.runs import Run
+    from treesae.saes import build_run
+    extra = {"relu": {"l1_coef_by_k": {4: 1.0}}, "tree": {"n_levels": 2}}
+    sae = build_run(Run(architecture=arch, corpus="x", layer=0, d_sae=64, k=4, seed=3), 16, extra)
+    np.testing.assert_allclose(cosine_to_init(sae), 1, atol=1e-6)
+
+
+def test_cosine_to_init():
+    from treesae.saes import build
+    sae = build("topk", d_in=16, d_sae=64, k=4, seed=3)
+    with torch.no_grad():
+        sae.W_dec[:10] = -sae.W_dec[:10]
+    c = cosine_to_init(sae)
+    np.testing.assert_allclose(c[:10], -1, atol=1e-6)
+    np.testing.assert_allclose(c[10:], 1, atol=1e-6)

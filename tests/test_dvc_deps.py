@@ -1,4 +1,4 @@
-"""Each DVC stage lists exactly the treesae code its command runs (#14): editing a module reruns the stages
+"""Each DVC stage lists exactly the treesae code its command runs: editing a module reruns the stages
 that import it and no other. The code a stage runs is its entry module (``treesae.notebook`` and the
 notebook's code cells, or ``python -m treesae.X``) and every treesae module these import, transitively,
 at module or function level; importing ``a.b`` runs ``a/__init__.py`` too. Found by parsing (``ast``):
@@ -96,3 +96,24 @@ def test_library_never_imports_a_stage():
         if bad:
             offenders[module] = bad
     assert not offenders, f"library modules import stage code: {offenders}"
+
+
+@pytest.mark.parametrize("name", ["numbers", "figures", "paper"])
+def test_table_reading_stages_run_no_torch_no_sae_code_no_trainer(name):
+    """The numbers, figures and paper stages read tables only: editing an SAE, the trainer or an analysis they do
+    not call leaves them up to date, and they start without torch."""
+    files = {str(p) for p in runs(STAGES[name])}
+    banned = [f for f in files if f.startswith(("src/treesae/saes/", "src/treesae/stages/train"))
+              or f in ("src/treesae/train.py", "src/treesae/model.py", "src/treesae/metrics.py")
+              or f.startswith("src/treesae/analysis/") and f not in ("src/treesae/analysis/__init__.py",
+                                                                        "src/treesae/analysis/factors.py")]
+    assert not banned, banned
+
+
+def test_table_reading_stages_import_no_torch():
+    import subprocess
+    import sys
+    code = ("import sys, treesae.stages.numbers, treesae.stages.figures, treesae.stages.paper; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformer_lens', 'sae_lens')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from treesae import figures as F
-from treesae.saes import names
+from treesae.registry import names
+from treesae.stages.figures import SPECS
 
 ARCHS = ["topk", "batchtopk", "relu", "tree"]
 
@@ -63,15 +64,16 @@ def tables():
 
 
 def test_registry_covers_every_slug():
-    assert set(F.FIGURES) == set(tables()) and len(F.FIGURES) == 16
-    assert all(f.__doc__ and "Columns" in f.__doc__ for f in F.FIGURES.values())
+    own = [s for s, sp in SPECS.items() if sp.draw.__name__ == s]  # a spec per function named after its slug
+    assert set(own) == set(tables()) and len(own) == 16
+    assert all(SPECS[s].draw.__doc__ and "Columns" in SPECS[s].draw.__doc__ for s in own)
 
 
 @pytest.mark.parametrize("slug", sorted(tables()))
 def test_figure_writes_deterministic_file(slug, tmp_path):
     args = tables()[slug]
-    a = F.FIGURES[slug](*args, tmp_path / f"a/{slug}.png")
-    b = F.FIGURES[slug](*args, tmp_path / f"b/{slug}.png")
+    a = SPECS[slug].draw(*args, tmp_path / f"a/{slug}.png")
+    b = SPECS[slug].draw(*args, tmp_path / f"b/{slug}.png")
     assert a.exists() and a.stat().st_size > 1000
     assert a.read_bytes() == b.read_bytes()
 
@@ -133,7 +135,7 @@ def drawn(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(F, "_save", lambda fig, path: figs.setdefault(Path(path).stem, fig) and save(fig, path))
         for slug, args in tables().items():
-            F.FIGURES[slug](*args, out / f"{slug}.png")
+            SPECS[slug].draw(*args, out / f"{slug}.png")
     return figs
 
 

@@ -84,12 +84,13 @@ def test_world_and_sample_are_deterministic(world):
 
 def test_streams_do_not_coincide(world):
     from treesae.saes.base import unit_rows
-    from treesae.runs import Run, build
+    from treesae.runs import Run
+    from treesae.saes import build_run
     gt = world.feature_dict.feature_vectors
     raw = unit_rows(tuple(gt.shape), torch.Generator().manual_seed(0))  # what seeding sae-lens with 0 gives
     assert not torch.allclose(gt, raw)
     run = Run(architecture="topk", corpus="synthetic", layer=0, d_sae=64, k=4, seed=0)
-    sae = build(run, 32, {})
+    sae = build_run(run, 32, {})
     assert S.hashed_seed(S.WORLD_TAG, seed=0) != run.init_seed()
     assert world.cfg.seed == S.hashed_seed(S.WORLD_TAG, seed=0)
     assert (torch.nn.functional.normalize(sae.W_dec, dim=1) * gt).sum(1).abs().max() < 0.99

@@ -312,7 +312,7 @@ def test_tree_recovers_planted_hierarchy_better_than_topk():
     and beat TopK's by 0.2. The tree's dictionary is also scored with TopK's co-activation rule instead
     of its parent_of and must win by the same margin: the comparison is not won by the scoring rule.
     This is the original, fixed-partition tree (its blocks of 4 match the planted shape exactly); the learned
-    default is measured on stage 08's world (tests/test_synthetic_world.py, docs/DESIGN.md)."""
+    default is measured on stage 08's world (tests/test_synthetic_world.py, docs/LOG.md)."""
     from treesae.saes import build
     P, C = 8, 4
     kw = dict(d_in=32, n_features=P * (1 + C), k=4, hierarchy=(P, C))

@@ -74,6 +74,7 @@ def test_profile_round_trips(tmp_path):
     ("matching.factors", ["seed", "sparsity"], r"matching\.factors names unknown factor\(s\) \['sparsity'\]"),
     ("matching.embedding_grids", ["base", "layers"], r"matching\.embedding_grids names unknown grid\(s\) \['layers'\]"),
     ("matching.threshold", "0.7", r"matching\.threshold must be a number"),
+    ("matching.threshold", 0.75, r"matching\.threshold must be one of \[0\.5, 0\.6, 0\.7, 0\.8, 0\.9\]"),
     ("browser.window", [24], None),
     ("figures.fps", 2.5, r"figures\.fps must be an integer"),
     ("positon", {}, r"unknown section\(s\) \['positon'\]"),

@@ -19,12 +19,6 @@ def test_verdict_maps_intervals_to_each_outcome():
     assert V.combine([V.SUPPORTED, V.NOT_TESTABLE]) == V.NOT_TESTABLE
 
 
-def test_mean_difference_needs_two_seeds_per_group():
-    d, lo, hi = V.mean_difference([1.0, 1.2], [0.0, 0.2])
-    assert d == pytest.approx(1.0) and lo == pytest.approx(1 - 2 * 0.1414213, rel=1e-5) and hi > d
-    assert np.isnan(V.mean_difference([1.0], [0.0, 0.1])[0])
-
-
 def _runs(fvu: dict, seeds=(0, 1, 2), noise=0.002, dead=None):
     """One run per architecture and seed; each seed's FVU noise is shared by every architecture (so a planted
     tie is exact and a planted gap is measured against a real seed-to-seed spread)."""
@@ -67,8 +61,8 @@ def test_dead_latent_claim():
 
 
 def test_corpus_claim_from_planted_factor_effects():
-    from tests.analysis.test_matching import _planted_pairs
-    from treesae.analysis.matching import factor_effects
+    from tests.analysis.test_factors import _planted_pairs
+    from treesae.analysis.factors import factor_effects
     factors = ("corpus", "seed", "architecture", "layer")
     big = V.corpus_matters_most(*factor_effects(*_planted_pairs({"corpus": 0.2, "architecture": 0.05}), factors=factors))
     assert big["verdict"] == V.NOT_TESTABLE  # no d_sae factor in this design: that part cannot be estimated

@@ -34,7 +34,7 @@ def sink_mask(x: torch.Tensor, ratio: float) -> torch.Tensor:
     """Bool over the tokens of ``x`` [..., d_model]: attention sinks, whose norm exceeds ``ratio`` times the
     median token norm of ``x``. In SmolLM2 they sit at position 0 and, in ~2% of contexts, at position 1 or 2,
     with ~170x the median norm: 0.017% of the tokens after position 0 carry 88% of the centred variance, so
-    one more or one fewer in a sample changes its FVU by 2x (docs/DESIGN.md, "Attention sinks")."""
+    one more or one fewer in a sample changes its FVU by 2x (docs/LOG.md, "Attention sinks")."""
     n = x.float().norm(dim=-1)
     return n > ratio * n.median()
 

@@ -6,7 +6,6 @@ YAML is read as DVC reads it (YAML 1.2, ruamel.yaml): ``1e-3`` is a number, ``ye
 """
 import copy
 import io
-import os
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -101,28 +100,6 @@ def write_profile(profile: str, dest: Path):
     params["profile"] = profile
     text = f"# Generated from params.yaml + profiles/{profile}.yaml by treesae.config; edit those instead.\n"
     Path(dest).write_text(text + dump_yaml(params))
-
-
-def pin_threads(n: int):
-    """Pinned thread counts: torch's default threading collapses when the other core is busy."""
-    import torch
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        os.environ[var] = str(n)
-    torch.set_num_threads(n)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:  # already set in this process
-        pass
-
-
-def runtime(model: dict) -> "ModelParams":
-    """Validate the model section, pin threads, and stay offline unless a hub model is asked for."""
-    from .model import LOCAL_MODELS, set_offline
-    mp = parse(ModelParams, model, "model")
-    pin_threads(mp.threads)
-    if mp.name in LOCAL_MODELS:
-        set_offline()
-    return mp
 
 
 def _check(cond, msg):

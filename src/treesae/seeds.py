@@ -6,6 +6,7 @@ import json
 
 INIT_TAG = "treesae/sae-init/1:"    # an SAE's initial weights (runs.Run.init_seed)
 DATA_TAG = "treesae/data-order/1:"  # the training batches' order (train.ShuffledOrder)
+BOOT_TAG = 0xB007  # bootstrap replicates: numpy's default_rng([seed, BOOT_TAG, ...]), apart from a plain seed's stream
 
 
 def hashed_seed(tag: str, **ident) -> int:

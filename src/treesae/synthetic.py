@@ -35,8 +35,10 @@ from .convergence import finalize
 from .saes import MatryoshkaConfig
 from .saes.export import save_sae
 from .seeds import hashed_seed
-from .runs import Run, build
-from .train import ShuffledOrder, TrainConfig, get_rows, train_sweep
+from .runs import Run
+from .saes import build_run
+from .tensors import get_rows
+from .train import ShuffledOrder, TrainConfig, train_sweep
 
 WORLD_TAG = "treesae/synthetic-world/1:"
 SAMPLE_TAG = "treesae/synthetic-sample/1:"
@@ -369,7 +371,7 @@ def train_ours(architecture: str, world, d_sae: int, k: int, n_tokens: int, seed
 
     data = train_data(world, train_tokens) if data is None else data
     run = Run(architecture=architecture, corpus="synthetic", layer=0, d_sae=d_sae, k=k, seed=seed)
-    sae = build(run, world.cfg.hidden_dim, EXTRA if extra is None else extra)
+    sae = build_run(run, world.cfg.hidden_dim, EXTRA if extra is None else extra)
     cfg = TrainConfig(**{**dict(n_tokens=n_tokens, batch_size=batch_size, lr=lr, lr_end=lr_end, threads=1,
                                 checkpoint_every=0, seed=seed, log_every=10 ** 9), **train_cfg})
     train_sweep({run.name: sae}, data, cfg, progress=False)

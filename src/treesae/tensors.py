@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -33,3 +34,24 @@ def eval_mode(*modules):
     finally:
         for m, w in zip(mods, was):
             m.train(w)
+
+
+def get_rows(data, idx: Tensor) -> Tensor:
+    """data[idx] as a float32 tensor (data: torch.Tensor or numpy array/memmap, any float dtype)."""
+    if torch.is_tensor(data):
+        return data[idx].to(torch.float32)
+    return torch.from_numpy(np.ascontiguousarray(data[idx.numpy()])).to(torch.float32)
+
+
+def as_np32(W) -> np.ndarray:
+    """A tensor or array as a C-contiguous float32 numpy array."""
+    if torch.is_tensor(W):
+        W = W.detach().float().cpu().numpy()
+    return np.ascontiguousarray(W, dtype=np.float32)
+
+
+def normalize_rows(W) -> np.ndarray:
+    """float32 rows scaled to unit L2 norm (zero rows stay zero)."""
+    W = as_np32(W)
+    n = np.linalg.norm(W, axis=1, keepdims=True)
+    return W / np.where(n > 0, n, 1)

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from .distributed import DataParallel, rank_world
 from .seeds import DATA_TAG, hashed_seed
-from .tensors import dense, fired
+from .tensors import dense, fired, get_rows
 
 SCHEDULES = ("constant", "linear", "cosine")
 
@@ -73,6 +73,10 @@ class TrainConfig:
     init_sample_tokens: int = 16_384
     threads: int = 1
     deterministic: bool = True
+
+    def determining(self) -> dict:
+        """The fields that determine the trained SAEs (all but how the run executes: threads, checkpoints)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("checkpoint_every", "threads")}
 
     def __post_init__(self):
         for f in ("n_tokens", "batch_size", "log_every", "threads"):
@@ -137,13 +141,6 @@ class ShuffledOrder:
             m = epoch == e
             out[m] = self.perm(e)[pos[m] % self.n]
         return out.sort().values
-
-
-def get_rows(data, idx: torch.Tensor) -> torch.Tensor:
-    """data[idx] as a float32 tensor (data: torch.Tensor or numpy array/memmap, any float dtype)."""
-    if torch.is_tensor(data):
-        return data[idx].to(torch.float32)
-    return torch.from_numpy(np.ascontiguousarray(data[idx.numpy()])).to(torch.float32)
 
 
 class CachedBatches:
@@ -231,7 +228,7 @@ def _jsonable(obj):
 
 def config_hash(saes: dict, data, cfg: TrainConfig) -> str:
     """Hash of what determines the result: cfg (less checkpoint_every/threads), SAE classes+configs+shapes, data."""
-    c = {k: v for k, v in asdict(cfg).items() if k not in ("checkpoint_every", "threads")}
+    c = cfg.determining()
     s = {n: [type(m).__name__, _jsonable(getattr(m, "cfg", None)),
              {k: list(v.shape) for k, v in m.state_dict().items()}] for n, m in saes.items()}
     if hasattr(data, "batch"):

@@ -1,4 +1,5 @@
-"""Verdicts on the original notes' claims (and the TreeSAE's hierarchy goal), computed from the paper's numbers with their intervals.
+"""Verdicts on the paper's claims (``CLAIMS``: the hypotheses the project set out to test, and the TreeSAE's
+hierarchy goal), computed from the paper's numbers with their intervals.
 
 Each claim reduces to estimates whose sign the claim predicts. An estimate with interval [lo, hi]:
   supported                 the interval excludes zero on the predicted side
@@ -9,12 +10,16 @@ A claim of several parts is supported when every part is, contradicted when any 
 "no detectable difference" (or "not testable here" when a part cannot be estimated).
 
 Intervals: between two groups of seeds, the difference of means +- 2 standard errors (Welch; each group
-needs >= 2 seeds); for feature matching, the SAE bootstrap of ``analysis.matching.factor_effects``.
+needs >= 2 seeds); for feature matching, the SAE bootstrap of ``analysis.factors.factor_effects``.
 """
 import math
 
 import numpy as np
 import pandas as pd
+
+from .runs import default_recipe, flag
+from .seeds import BOOT_TAG
+from .stats import interval, mean_difference
 
 SUPPORTED, CONTRADICTED, NO_DIFFERENCE, NOT_TESTABLE = ("supported", "contradicted", "no detectable difference",
                                                         "not testable here")
@@ -51,36 +56,9 @@ def combine(parts: list[str]) -> str:
     return SUPPORTED if parts and all(p == SUPPORTED for p in parts) else NO_DIFFERENCE
 
 
-def mean_difference(a, b) -> tuple[float, float, float]:
-    """mean(a) - mean(b) and that +- 2 standard errors (NaN when a group has fewer than 2 values)."""
-    a, b = (np.asarray(x, dtype=np.float64) for x in (a, b))
-    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
-    if len(a) < 2 or len(b) < 2:
-        return float("nan"), float("nan"), float("nan")
-    d = float(a.mean() - b.mean())
-    se = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
-    return d, d - 2 * se, d + 2 * se
-
-
 def _part(out: dict, key: str, est, lo, hi, expect: int = 1) -> str:
     out.update({f"{key}.estimate": est, f"{key}.lo": lo, f"{key}.hi": hi})
     return verdict(est, lo, hi, expect)
-
-
-def flag(col: pd.Series) -> pd.Series:
-    """A bool column as read back from CSV (True / "True" / "true")."""
-    return col.astype(str).str.lower() == "true"
-
-
-def default_recipe(m: pd.DataFrame) -> pd.Series:
-    """Runs trained with the full recipe (AuxK, tied init, geometric-median b_dec): metrics.csv columns."""
-    ok = pd.Series(True, index=m.index)
-    for c in ("aux_k", "tied_init"):
-        if c in m:
-            ok &= flag(m[c])
-    if "b_dec_init" in m:
-        ok &= m.b_dec_init.astype(str) == "geometric_median"
-    return ok
 
 
 def treesae_ranking(m: pd.DataFrame, k: int, variants, metric: str = "fvu") -> dict:
@@ -119,7 +97,6 @@ def treesae_hierarchy(scores: pd.DataFrame, variants) -> dict:
 def corpus_matters_most(effects: pd.DataFrame, boot: pd.DataFrame, threshold: float = 0.7) -> dict:
     """Claim (b) from ``factor_effects``: the corpus's effect is above zero (it changes features more than a
     new seed does) and above the architecture's and the dictionary size's (bootstrap contrasts)."""
-    from .analysis.matching import interval
     out = {"basis": f"decoder sharing lost by changing the factor beyond a new seed (cosine {threshold}), SAE bootstrap"}
     if "corpus" not in boot:
         return dict(out, verdict=NOT_TESTABLE)
@@ -142,7 +119,6 @@ def encoder_decoder_disagree(feats: pd.DataFrame, threshold: float, n_boot: int 
     """Claim (c) on the representative pair's latents (``match_pair`` columns cos_dec, cos_enc): the share of
     latents shared by exactly one of the two matchings among those shared by either, against DISAGREE_MARGIN;
     interval from a bootstrap over latents."""
-    from .analysis.matching import BOOT_TAG, interval
     f = feats.dropna(subset=["cos_dec", "cos_enc"])
     d, e = (f.cos_dec > threshold).to_numpy(), (f.cos_enc > threshold).to_numpy()
     either, one = d | e, d ^ e

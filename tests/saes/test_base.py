@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from treesae.saes import ARCHITECTURES, architecture, build, fired, geometric_median, load_sae, make_config, names, save_sae
+from treesae import registry
+from treesae.saes import (ARCHITECTURES, architecture, build, fired, geometric_median, load_sae, make_config, names,
+                          save_sae, traits)
 from treesae.saes.base import BaseSAE
 from treesae.saes.hierarchical import HierarchicalSAE
 from treesae.train import validate
@@ -16,17 +18,19 @@ def test_registry_holds_every_architecture_with_its_contract():
     for name, cls in ARCHITECTURES.items():
         assert cls.config_class.architecture == name
         assert cls.sae_lens_spec is not BaseSAE.sae_lens_spec, name
-    assert len({c.display_order for c in ARCHITECTURES.values()}) == len(ARCHITECTURES)
+    assert len({traits(n).display_order for n in ARCHITECTURES}) == len(ARCHITECTURES) == len(registry.ARCHITECTURES)
 
 
 def test_traits_replace_name_lists():
-    """Figures, analyses and the sweep ask the classes, in display order, instead of listing names."""
+    """Figures, analyses and the sweep ask the registry, in display order, instead of listing names."""
     assert [a for a in names() if a in PAPER] == PAPER
     assert [a for a in names(hierarchical=True) if a in PAPER] == ["stacked", "residual", "tree"]
     assert [a for a in names(multi_level=True) if a in PAPER] == ["matryoshka", "stacked", "residual", "tree"]
     assert [a for a in names(fixed_l0=False) if a in PAPER] == ["relu"]
     assert all(issubclass(architecture(a), HierarchicalSAE) for a in names(hierarchical=True))
-    assert architecture("tree").hierarchical and not architecture("matryoshka").hierarchical
+    assert traits("tree").hierarchical and not traits("matryoshka").hierarchical
+    with pytest.raises(ValueError, match="unknown SAE architecture 'gated'; known: batchtopk"):
+        architecture("gated")
 
 
 @pytest.mark.parametrize("arch", sorted(SMALL))
@@ -35,7 +39,7 @@ def test_build_from_the_sweep_target(arch):
     fields (k per token, k summed over levels, or ReLU's L1 coefficient by k)."""
     extra = {"l1_coef_by_k": {6: 0.3}} if arch == "relu" else {}
     sae = build(arch, d_in=8, d_sae=48, k=6, **extra)
-    if sae.hierarchical:
+    if traits(arch).hierarchical:
         assert sum(sae.cfg.ks) == 6 and sae.cfg.ks == [2, 2, 2] and sae.d_sae <= 48
     elif sae.cfg.architecture == "relu":
         assert sae.cfg.l1_coef == 0.3 and sae.d_sae == 48
@@ -166,7 +170,7 @@ def test_input_width_is_checked_and_dtype_cast():
 
 def test_a_new_architecture_is_its_module_and_one_registry_line(monkeypatch, tmp_path, x_small):
     """What docs/DESIGN.md promises: a module (here a TopK variant defined in the test) and its line in
-    ``ARCHITECTURES`` make it buildable from a sweep's target, validated in params, trained, exported to
+    ``treesae.registry.ARCHITECTURES`` make it buildable from a sweep's target, validated in params, trained, exported to
     sae-lens and back, ranked and coloured in figures, with no other file touched."""
     from dataclasses import dataclass
     from types import SimpleNamespace
@@ -177,7 +181,7 @@ def test_a_new_architecture_is_its_module_and_one_registry_line(monkeypatch, tmp
     from treesae import config
     from treesae import figures as F
     from treesae.runs import Run
-    from treesae.runs import build as build_run
+    from treesae.saes import build_run
     from treesae.saes import TopKConfig, TopKSAE
     from treesae.stages.train import check
     from treesae.train import TrainConfig, train_sweep
@@ -188,9 +192,9 @@ def test_a_new_architecture_is_its_module_and_one_registry_line(monkeypatch, tmp
 
     class DemoSAE(TopKSAE):
         config_class = DemoConfig
-        display_order = 50
 
-    monkeypatch.setitem(ARCHITECTURES, "demo", DemoSAE)  # the one registry line
+    monkeypatch.setitem(registry.ARCHITECTURES, "demo", registry.Architecture(DemoSAE, 50))  # the one registry line
+    assert ARCHITECTURES["demo"] is DemoSAE and "demo" in ARCHITECTURES
     assert names()[-1] == "demo" and F.color("demo") not in {F.color(a) for a in names()[:-1]}
     train = {"base": dict(architecture="demo", corpus="brown", layer=3, d_sae=48, k=4, seed=0),
              "grids": {"frontier": {"architecture": ["topk"]}}}

@@ -107,7 +107,7 @@ def test_stage_csv_identical_after_resume(tmp_path, monkeypatch, calls):
 CHILD = """
 import signal, sys, time
 signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal (a background job inherits SIGINT ignored)
-sys.path.insert(0, {here!r})
+sys.path[:0] = [{here!r}, {tests!r}]
 from test_matching_resume import fake_saes
 from treesae.analysis import matching as M
 from treesae.stages.matching import PairCache
@@ -126,7 +126,7 @@ def test_killed_process_resumes(tmp_path, calls, sig):
     """A real process matching pairs is killed (or interrupted) once 3 pairs are cached; a rerun computes
     only the rest and gives the uninterrupted table."""
     root = tmp_path / "cache"
-    code = CHILD.format(here=str(Path(__file__).parent), root=str(root))
+    code = CHILD.format(here=str(Path(__file__).parent), tests=str(Path(__file__).parents[1]), root=str(root))
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          env=dict(os.environ, OMP_NUM_THREADS="1"))
     deadline = time.time() + 120

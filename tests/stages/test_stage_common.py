@@ -3,32 +3,8 @@ import math
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from treesae.stages import common
-
-from synthetic_runs import metrics_table
-
-
-def test_grids_base_and_pick():
-    m = metrics_table()
-    assert common.base_run(m).name == "topk-brown-L15-d4608-k32-s0"
-    assert common.grid_sets(m)["topk-brown-L15-d4608-k32-s0"] == {"base", "frontier"}
-    assert len(common.pick(m, ["frontier"])) == 21
-    assert set(common.pick(m, ["seed"]).seed) == {1, 2}
-    assert list(common.pick(m, ["frontier"], architecture="tree").k) == [16, 32, 64]
-    with pytest.raises(ValueError, match="exactly one"):
-        common.base_run(m.drop(common.base_run(m).name))
-
-
-def test_layer_runs_one_per_layer():
-    m = metrics_table()
-    r = common.layer_runs(m)
-    assert list(r.layer) == [3, 9, 15, 21] and (r.architecture == "topk").all() and (r.corpus == "brown").all()
-    assert "topk-brown-L15-d4608-k32-s0" in r.index  # the base run serves layer 15
-    with pytest.raises(ValueError, match="no relu SAE"):
-        common.layer_runs(m, "relu")
-
 
 def test_tidy_rounds_and_cleans():
     t = common.tidy({"a": np.float32(0.1234567891), "b": float("nan"), "c": np.int64(3), "d": [np.float64(1 / 3), np.inf],

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from treesae.analysis import matching as M
+from treesae.analysis import factors as FX
 from treesae.stages import hierarchy, matching, position
 
 from synthetic_runs import metrics_table
@@ -38,7 +38,7 @@ def test_matching_pairs_single_factor_and_adjacent_layers():
     two = planned[planned.factor.isna()]
     no_seed = tuple(f for f in matching.FACTORS if f != "seed")
     assert one.sum() + len(two) == len(pairs) and len(two) == 2 * 17  # seeds 1, 2 x the base's 17 one-factor variants
-    assert all(meta.at[a, "seed"] != meta.at[b, "seed"] and M.differing_factor(meta, a, b, no_seed) not in (None, "none")
+    assert all(meta.at[a, "seed"] != meta.at[b, "seed"] and FX.differing_factor(meta, a, b, no_seed) not in (None, "none")
                for a, b in zip(two.a, two.b))
     r = t.set_index(["a", "b"]).loc[("topk-brown-L15-d4608-k32-s0", "topk-brown-L15-d4608-k32-s1")]
     assert (r.factor, r.value_a, r.value_b, r.architecture_b) == ("seed", 0, 1, "topk")
@@ -57,19 +57,6 @@ def test_matching_embedding_runs():
         "topk-pydocs-L15-d4608-k32-s0"])
 
 
-def test_hierarchy_runs_at_base_k():
-    m = metrics_table()
-    r = hierarchy.hierarchy_runs(m, ["tree", "topk", "matryoshka", "stacked", "residual"])
-    assert list(r.architecture) == ["tree", "topk", "matryoshka", "stacked", "residual"]
-    assert (r.k == 32).all() and (r.layer == 15).all() and (r.corpus == "brown").all() and (r.seed == 0).all()
-    assert len(hierarchy.frontier_runs(m)) == 21
-    assert hierarchy.variant_label("tree", "given") == "tree (given)" and hierarchy.variant_label("topk", "inferred") == "topk"
-    p = hierarchy.probe_runs(m, ["tree", "topk"])  # every seed of the base configuration: the probe test's replicates
-    assert list(p.architecture) == sorted(p.architecture, key=["tree", "topk"].index) and p.seed.nunique() > 1
-    assert (p.k == 32).all() and (p.layer == 15).all() and (p.corpus == "brown").all() and (p.d_sae == 4608).all()
-    assert set(p.index) >= set(r[r.architecture.isin(["tree", "topk"])].index)
-
-
 def test_position_tables():
     norms = pd.DataFrame([dict(corpus="c", layer=L, position=p, norm_median=(8.0 if p == 0 and L else 1.0) * (L + 1))
                           for L in range(3) for p in range(5)])
@@ -86,3 +73,7 @@ def test_position_tables():
     rotary = SimpleNamespace(cfg=SimpleNamespace(positional_embedding_type="rotary"))
     learned = SimpleNamespace(cfg=SimpleNamespace(positional_embedding_type="standard"))
     assert position.remove_mode(rotary) == "freeze" and position.remove_mode(learned) == "zero"
+
+
+def test_hierarchy_variant_label():
+    assert hierarchy.variant_label("tree", "given") == "tree (given)" and hierarchy.variant_label("topk", "inferred") == "topk"

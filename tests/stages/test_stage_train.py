@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 
 from treesae import config, harvest as H, metrics
-from treesae.runs import build
+from treesae.saes import build_run
 from treesae.stages import train as sweep
 
 TRAIN = {"base": dict(architecture="topk", corpus="tiny", layer=3, d_sae=64, k=4, seed=0),
@@ -21,7 +21,7 @@ def stage(tiny_model, tiny_corpus, tmp_path, monkeypatch):
               batch_size=5, summary_contexts=4, progress=False)
     model = config.ModelParams(name="tiny-rotary", threads=1)
     s = dict(model=model, **sweep.check(model, SimpleNamespace(corpora=["tiny"], layers=[3]), TRAIN))
-    saes = {r.name: build(r, 32, s["train"].architectures) for r in s["runs"]}
+    saes = {r.name: build_run(r, 32, s["train"].architectures) for r in s["runs"]}
     (tmp_path / "data" / "train").mkdir(parents=True)
     return s, saes, tmp_path / "data" / "train" / "metrics.csv"
 

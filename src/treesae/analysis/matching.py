@@ -41,26 +41,12 @@ from scipy.optimize import linear_sum_assignment
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
+from ..tensors import as_np32 as _np32, normalize_rows
+
 THRESHOLD = 0.7
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)  # decoder shared ratio is also reported at each (dec_shared_50 ... _90)
-CI = 0.95
-BOOT_TAG = 0xB007  # the bootstrap's stream, apart from every other stream seeded with the same seed
-FACTORS = ("corpus", "seed", "architecture", "k", "d_sae", "b_dec_init", "tied_init", "layer")
 PAIR_COLUMNS = ["a", "b", "n_a", "n_b", "dec_shared", "dec_mean_cos", "enc_shared", "enc_mean_cos", "agree", "top2_a",
                 "top2_b"] + [f"dec_shared_{round(t * 100)}" for t in THRESHOLDS]
-
-
-def _np32(W) -> np.ndarray:
-    if torch.is_tensor(W):
-        W = W.detach().float().cpu().numpy()
-    return np.ascontiguousarray(W, dtype=np.float32)
-
-
-def normalize_rows(W) -> np.ndarray:
-    """float32 rows scaled to unit L2 norm (zero rows stay zero)."""
-    W = _np32(W)
-    n = np.linalg.norm(W, axis=1, keepdims=True)
-    return W / np.where(n > 0, n, 1)
 
 
 def cosine_matrix(A, B) -> np.ndarray:
@@ -209,12 +195,6 @@ def within_sae_top2(W, block: int = 1024) -> np.ndarray:
     return out
 
 
-def cosine_to_init(sae) -> np.ndarray:
-    """Cosine of each decoder row to the same row of a freshly initialised SAE of the same config
-    (its config holds the init seed, hence the same random decoder): how far training moved each feature."""
-    return (normalize_rows(directions(sae)) * normalize_rows(directions(type(sae)(sae.cfg)))).sum(1).astype(np.float64)
-
-
 def directions(sae, kind: str = "decoder"):
     """Dictionary directions as rows [d_sae, d_in] (float32 numpy), or None when undefined.
 
@@ -356,133 +336,6 @@ def compare_saes(saes: dict, pairs=None, threshold: float = THRESHOLD, method: s
         return table
     feats = [f for _, f in out]
     return table, (pd.concat(feats, ignore_index=True) if feats else pd.DataFrame())
-
-
-def differing_factor(meta: pd.DataFrame, a, b, factors=FACTORS):
-    """The single factor in which SAEs a and b (index labels of meta) differ, "none", or None when
-    they differ in several. Only factors that are columns of meta count."""
-    cols = [f for f in factors if f in meta.columns]
-    diff = [f for f in cols if not _same(meta.at[a, f], meta.at[b, f])]
-    return "none" if not diff else diff[0] if len(diff) == 1 else None
-
-
-def _same(x, y) -> bool:
-    return (pd.isna(x) and pd.isna(y)) if (pd.isna(x) or pd.isna(y)) else x == y
-
-
-def single_factor_pairs(meta: pd.DataFrame, factors=FACTORS) -> list[tuple]:
-    """All unordered pairs of meta's index that differ in exactly one factor (what factor_table needs)."""
-    return [(a, b) for a, b in itertools.combinations(meta.index, 2)
-            if differing_factor(meta, a, b, factors) not in (None, "none")]
-
-
-def factor_table(pairs: pd.DataFrame, meta: pd.DataFrame, factors=FACTORS) -> pd.DataFrame:
-    """Shared ratio by the one training factor that differs between the two SAEs of a pair.
-
-    pairs: ``compare_saes`` output (columns a, b, dec_shared, enc_shared, ...); meta: one row per SAE,
-    indexed by name, with factor columns (corpus, seed, architecture, k, d_sae, b_dec_init, tied_init,
-    layer; missing ones are ignored). Pairs differing in several factors are dropped.
-    Returns per factor: n_pairs, mean/min/max of dec_shared, mean enc_shared and mean dec_mean_cos,
-    sorted by mean dec_shared (ascending: the factor that changes features most first).
-    """
-    p = pairs.copy()
-    p["factor"] = [differing_factor(meta, a, b, factors) for a, b in zip(p.a, p.b)]
-    p = p[p.factor.notna() & (p.factor != "none")]
-    g = p.groupby("factor")
-    out = pd.DataFrame({"n_pairs": g.size(), "dec_shared": g.dec_shared.mean(), "dec_shared_min": g.dec_shared.min(),
-                        "dec_shared_max": g.dec_shared.max(), "enc_shared": g.enc_shared.mean(),
-                        "dec_mean_cos": g.dec_mean_cos.mean()})
-    return out.sort_values("dec_shared").reset_index()
-
-
-def _sae_bootstrap(pairs: pd.DataFrame, n_boot: int, seed: int) -> np.ndarray:
-    """Weights [n_boot, n_pairs] of a bootstrap over SAEs: each replicate draws the SAEs with replacement and a
-    pair counts the product of its two SAEs' multiplicities (pairs sharing an SAE are not independent)."""
-    names = pd.unique(pd.concat([pairs.a, pairs.b]))
-    idx = {n: i for i, n in enumerate(names)}
-    rng = np.random.default_rng([seed, BOOT_TAG])
-    counts = rng.multinomial(len(names), np.full(len(names), 1 / len(names)), size=n_boot).astype(np.float64)
-    return counts[:, pairs.a.map(idx).to_numpy()] * counts[:, pairs.b.map(idx).to_numpy()]
-
-
-def _wmean(w: np.ndarray, v: np.ndarray) -> np.ndarray:
-    tot = w.sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(tot > 0, (w * v).sum(1) / np.where(tot > 0, tot, 1), np.nan)
-
-
-def interval(boot: np.ndarray, ci: float = CI) -> tuple[float, float]:
-    """Percentile interval of bootstrap replicates (NaN replicates, where a resample lost a group, left out)."""
-    b = np.asarray(boot, dtype=np.float64)
-    b = b[np.isfinite(b)]
-    if len(b) < 10:
-        return float("nan"), float("nan")
-    return float(np.quantile(b, (1 - ci) / 2)), float(np.quantile(b, (1 + ci) / 2))
-
-
-def seeds_differ(pairs: pd.DataFrame, meta: pd.DataFrame) -> np.ndarray:
-    """Bool per pair (columns a, b: index labels of meta): its two SAEs have different seeds."""
-    if "seed" not in meta.columns:
-        return np.zeros(len(pairs), dtype=bool)
-    return np.array([not _same(meta.at[a, "seed"], meta.at[b, "seed"]) for a, b in zip(pairs.a, pairs.b)], dtype=bool)
-
-
-def cross_seed_sharing(pairs: pd.DataFrame, meta: pd.DataFrame, run, factors=FACTORS, column: str = "dec_shared",
-                       n_boot: int = 2000, seed: int = 0) -> dict:
-    """Mean ``column`` over pairs of SAEs that differ only in seed and share every other factor with ``run``
-    (an index label of meta), with a bootstrap interval over SAEs: n_pairs, mean, lo, hi."""
-    cols = [f for f in factors if f in meta.columns and f != "seed"]
-    like = meta.index[[all(_same(meta.at[n, f], meta.at[run, f]) for f in cols) for n in meta.index]]
-    p = pairs[pairs.a.isin(like) & pairs.b.isin(like)]
-    p = p[seeds_differ(p, meta)]
-    if not len(p):
-        return dict(n_pairs=0, mean=float("nan"), lo=float("nan"), hi=float("nan"))
-    v = p[column].to_numpy(np.float64)
-    lo, hi = interval(_wmean(_sae_bootstrap(p, n_boot, seed), v))
-    return dict(n_pairs=len(p), mean=float(v.mean()), lo=lo, hi=hi)
-
-
-def factor_effects(pairs: pd.DataFrame, meta: pd.DataFrame, factors=FACTORS, column: str = "dec_shared",
-                   n_boot: int = 2000, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """How much each factor changes the learned features, from pairs whose two SAEs have different seeds.
-
-    For factor F, among pairs that differ in seed and agree on every factor but F: ``within`` = mean ``column``
-    of those at the same level of F, ``between`` = of those at different levels. effect = within - between, the
-    sharing lost by changing F beyond what a new seed loses (0: F changes nothing a seed does not). Interval:
-    percentile bootstrap over SAEs (``_sae_bootstrap``), the same replicates for every factor, returned as the
-    second table ([n_boot, factor]) so that contrasts between factors get intervals too (``interval``).
-    Rows: factor, n_within, n_between, within, between, effect, lo, hi, for factors with pairs of both kinds.
-    """
-    cols = [f for f in factors if f in meta.columns and f != "seed"]
-    p = pairs[seeds_differ(pairs, meta)].reset_index(drop=True)
-    w = _sae_bootstrap(p, n_boot, seed) if len(p) else np.zeros((n_boot, 0))
-    v = p[column].to_numpy(np.float64)
-    rows, boot = [], {}
-    for f in cols:
-        others = [g for g in cols if g != f]
-        same_rest = np.array([all(_same(meta.at[a, g], meta.at[b, g]) for g in others) for a, b in zip(p.a, p.b)], bool)
-        same_f = np.array([_same(meta.at[a, f], meta.at[b, f]) for a, b in zip(p.a, p.b)], bool)
-        win, btw = same_rest & same_f, same_rest & ~same_f
-        if not win.any() or not btw.any():
-            continue
-        boot[f] = _wmean(w * win, v) - _wmean(w * btw, v)
-        rows.append(dict(factor=f, n_within=int(win.sum()), n_between=int(btw.sum()), within=float(v[win].mean()),
-                         between=float(v[btw].mean()), effect=float(v[win].mean() - v[btw].mean()),
-                         **dict(zip(("lo", "hi"), interval(boot[f])))))
-    cols_out = ["factor", "n_within", "n_between", "within", "between", "effect", "lo", "hi"]
-    return pd.DataFrame(rows, columns=cols_out), pd.DataFrame(boot)
-
-
-def layer_pairs(meta: pd.DataFrame, factors=FACTORS) -> list[tuple]:
-    """Pairs of SAEs at adjacent layers that agree on every other factor (matching along layers).
-    Adjacent: consecutive among the layers present in meta (harvested layers are often spaced, e.g.
-    3, 9, 15, 21), not necessarily one block apart."""
-    rank = {L: i for i, L in enumerate(sorted(set(meta["layer"])))}
-    out = []
-    for a, b in itertools.combinations(meta.index, 2):
-        if differing_factor(meta, a, b, factors) == "layer" and abs(rank[meta.at[a, "layer"]] - rank[meta.at[b, "layer"]]) == 1:
-            out.append((a, b) if meta.at[a, "layer"] < meta.at[b, "layer"] else (b, a))
-    return out
 
 
 # ---------------------------------------------------------------- 2-D map of decoder directions

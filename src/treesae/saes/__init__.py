@@ -6,13 +6,15 @@
 
 Each architecture owns its knowledge: its config maps the sweep's target to its fields
 (``SAEConfig.target_fields``), its class declares its sae-lens export (``sae_lens_spec``) and its
-traits (``display_order``, ``multi_level``, ``hierarchical``, ``fixed_l0``), which the sweep, the analyses
-and the figures read through ``names``. Importing this package registers the TreeSAE variants with
-sae-lens, so ``sae_lens.SAE.load_from_disk`` reads every SAE written by ``save_sae``.
+name, class and traits are one line of ``treesae.registry`` (torch-free: the table-reading stages use it
+alone), which the sweep, the analyses and the figures read through ``names``. Importing this package registers
+the TreeSAE variants with sae-lens, so ``sae_lens.SAE.load_from_disk`` reads every SAE written by ``save_sae``.
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib
+from collections.abc import Mapping
 
 from .base import BaseSAE, SAEConfig, fired, geometric_median, nmse
 from .batchtopk import BatchTopKConfig, BatchTopKSAE
@@ -21,24 +23,45 @@ from .relu import ReLUConfig, ReLUSAE
 from .residual import ResidualConfig, ResidualSAE
 from .stacked import StackedConfig, StackedSAE
 from .topk import TopKConfig, TopKSAE
-from .export import load_sae, save_sae, to_sae_lens
+from .export import load_sae, load_saes, save_sae, to_sae_lens
 from .tree import TreeConfig, TreeSAE
+from .. import registry
+from ..registry import names, traits
+from ..runs import RUN_OPTIONS, Run
 
-ARCHITECTURES: dict[str, type[BaseSAE]] = {cls.config_class.architecture: cls for cls in (
-    TopKSAE, BatchTopKSAE, MatryoshkaSAE, ReLUSAE, StackedSAE, ResidualSAE, TreeSAE)}
+
+class _Classes(Mapping):
+    """``treesae.registry.ARCHITECTURES``' classes by name, resolved from its lines when asked for."""
+
+    def __getitem__(self, name: str) -> type[BaseSAE]:
+        if name not in registry.ARCHITECTURES:
+            raise KeyError(name)
+        cls = registry.ARCHITECTURES[name].cls
+        if isinstance(cls, str):
+            module, attr = cls.split(":")
+            cls = getattr(importlib.import_module(module if "." in module else f"{__name__}.{module}"), attr)
+        if cls.config_class.architecture != name:
+            raise TypeError(f"treesae.registry names {cls.__name__} as {name!r}, but its config says "
+                            f"{cls.config_class.architecture!r}")
+        return cls
+
+    def __contains__(self, name) -> bool:
+        return name in registry.ARCHITECTURES
+
+    def __iter__(self):
+        return iter(registry.ARCHITECTURES)
+
+    def __len__(self) -> int:
+        return len(registry.ARCHITECTURES)
+
+
+ARCHITECTURES: Mapping[str, type[BaseSAE]] = _Classes()
 
 
 def architecture(name: str) -> type[BaseSAE]:
-    """The SAE class registered as ``name`` (its traits are class attributes)."""
-    if name not in ARCHITECTURES:
-        raise ValueError(f"unknown SAE architecture {name!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+    """The SAE class registered as ``name`` (its traits: ``treesae.registry.traits``)."""
+    traits(name)  # names the known architectures when ``name`` is not one
     return ARCHITECTURES[name]
-
-
-def names(**traits) -> list[str]:
-    """Registered architectures in display order, those whose traits equal ``traits`` (``hierarchical=True``)."""
-    return sorted((n for n, c in ARCHITECTURES.items() if all(getattr(c, t) == v for t, v in traits.items())),
-                  key=lambda n: (ARCHITECTURES[n].display_order, n))
 
 
 def make_config(architecture_name: str, **cfg) -> SAEConfig:
@@ -60,7 +83,23 @@ def build(architecture_name: str, **cfg) -> BaseSAE:
     """Build an SAE from its architecture name and config fields (see ``make_config``)."""
     return architecture(architecture_name)(make_config(architecture_name, **cfg))
 
-__all__ = ["ARCHITECTURES", "BaseSAE", "SAEConfig", "architecture", "build", "make_config", "names", "save_sae", "load_sae",
+
+def run_config(run: Run, d_in: int, architectures: dict) -> dict:
+    """The SAE config fields of a run of the sweep (``treesae.runs.Run``): its architecture's fields for the run's
+    d_sae and k (with params.yaml's ``train.architectures.<name>`` extras), its init seed and its options."""
+    try:
+        fields = architecture(run.architecture).config_class.target_fields(
+            run.d_sae, run.k, **(architectures.get(run.architecture) or {}))
+    except ValueError as e:
+        raise ValueError(f"run {run.name}: {e} (params.yaml: train.architectures.{run.architecture})") from None
+    return {"d_in": d_in, "seed": run.init_seed(), **fields, **{k: v for k, v in run.options if k not in RUN_OPTIONS}}
+
+
+def build_run(run: Run, d_in: int, architectures: dict) -> BaseSAE:
+    """The untrained SAE of a run of the sweep."""
+    return build(run.architecture, **run_config(run, d_in, architectures))
+
+__all__ = ["ARCHITECTURES", "BaseSAE", "SAEConfig", "architecture", "build", "build_run", "run_config", "make_config", "names", "traits", "save_sae", "load_sae", "load_saes",
            "to_sae_lens", "fired", "geometric_median", "nmse",
            "TopKSAE", "TopKConfig", "BatchTopKSAE", "BatchTopKConfig", "MatryoshkaSAE", "MatryoshkaConfig",
            "ReLUSAE", "ReLUConfig", "StackedSAE", "StackedConfig", "ResidualSAE", "ResidualConfig",

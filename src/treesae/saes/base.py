@@ -179,11 +179,6 @@ class BaseSAE(nn.Module):
     W_dec: nn.Parameter
     b_dec: nn.Parameter
 
-    # Traits that the sweep, analyses and figures read instead of testing architecture names.
-    display_order: ClassVar[int] = 100        # rank in tables and legends; also picks the colour and marker
-    multi_level: ClassVar[bool] = False       # several dictionary levels (nested prefixes or a hierarchy)
-    hierarchical: ClassVar[bool] = False      # a TreeSAE variant: levels with their own encoders
-    fixed_l0: ClassVar[bool] = True           # k sets L0 (ReLU-L1: the L1 coefficient does)
     training_only: ClassVar[tuple[str, ...]] = ()  # buffers that matter during training only (not exported)
     token_counts: ClassVar[tuple[str, ...]] = ()   # buffers counting over a batch's tokens (data-parallel ranks add theirs)
 

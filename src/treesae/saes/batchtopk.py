@@ -66,7 +66,6 @@ class BatchTopKSAE(TopKSAE):
     config_class: ClassVar[type] = BatchTopKConfig
     cfg: BatchTopKConfig
     threshold: Tensor
-    display_order = 2
     training_only = ("threshold_updates",)
 
     def __init__(self, cfg: BatchTopKConfig):

@@ -88,3 +88,15 @@ def load_sae(path: str | Path) -> BaseSAE:
     state |= {k: v for k, v in sae.state_dict().items() if k in sae.training_only}  # counters, not exported
     sae.load_state_dict(state, strict=True)
     return sae.eval()
+
+
+def load_saes(names) -> dict:
+    """{run name: SAE} from stage 02's data/saes/<run>/ (eval mode, CPU)."""
+    from .. import paths
+    out = {}
+    for n in names:
+        p = paths.data("saes", n)
+        if not p.exists():
+            raise FileNotFoundError(f"{p} not found: metrics.csv lists run {n} but its SAE is missing; rerun `dvc repro train`.")
+        out[n] = load_sae(p)
+    return out

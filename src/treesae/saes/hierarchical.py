@@ -252,8 +252,6 @@ class HierarchicalSAE(LevelsMixin, BaseSAE):
 
     config_class: ClassVar[type] = HierarchicalConfig
     cfg: HierarchicalConfig
-    multi_level = True
-    hierarchical = True
     sae_lens_classes: ClassVar[tuple[type, type]]
 
     def sae_lens_spec(self, state):

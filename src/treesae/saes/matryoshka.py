@@ -60,8 +60,6 @@ class MatryoshkaConfig(BatchTopKConfig):
 class MatryoshkaSAE(BatchTopKSAE):
     config_class: ClassVar[type] = MatryoshkaConfig
     cfg: MatryoshkaConfig
-    display_order = 3
-    multi_level = True
 
     def sae_lens_spec(self, state):
         """``jumprelu`` as BatchTopK, or ``topk`` under ``selection="topk"`` (the threshold is then unused)."""

@@ -63,8 +63,6 @@ class ReLUConfig(FlatConfig):
 class ReLUSAE(BaseSAE):
     config_class: ClassVar[type] = ReLUConfig
     cfg: ReLUConfig
-    display_order = 0
-    fixed_l0 = False
     training_only = ("steps",)
 
     def sae_lens_spec(self, state):

@@ -64,5 +64,4 @@ register_sae_lens(ResidualSL, ResidualSLConfig)
 class ResidualSAE(ResidualCore, HierarchicalSAE):
     config_class: ClassVar[type] = ResidualConfig
     sae_lens_classes = (ResidualSL, ResidualSLConfig)
-    display_order = 5
     cfg: ResidualConfig

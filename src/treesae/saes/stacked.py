@@ -101,7 +101,6 @@ register_sae_lens(StackedSL, StackedSLConfig)
 class StackedSAE(StackedCore, HierarchicalSAE):
     config_class: ClassVar[type] = StackedConfig
     sae_lens_classes = (StackedSL, StackedSLConfig)
-    display_order = 4
     cfg: StackedConfig
 
     def __init__(self, cfg: StackedConfig):

@@ -53,7 +53,6 @@ class TopKSAE(BaseSAE):
 
     config_class: ClassVar[type] = TopKConfig
     cfg: TopKConfig
-    display_order = 1
 
     def __init__(self, cfg: TopKConfig):
         super().__init__(cfg)

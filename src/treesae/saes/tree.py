@@ -31,7 +31,7 @@ cut on s that keeps a child keeps its parent (whose a >= s > 0): the tree holds 
 
 AuxK ranks dead latents by their ungated pre-activations, so a dead child of a dead parent still gets a
 gradient. Encoder init: tied to the decoder rows. The original design is ``parent_rule="fixed",
-budget="level"``; docs/DESIGN.md measures each switch on the ground-truth world.
+budget="level"``; docs/LOG.md measures each switch on the ground-truth world.
 """
 from __future__ import annotations
 
@@ -261,7 +261,6 @@ class TreeSAE(TreeCore, HierarchicalSAE):
     config_class: ClassVar[type] = TreeConfig
     cfg: TreeConfig
     sae_lens_classes = (TreeSL, TreeSLConfig)
-    display_order = 6
     training_only = ("threshold_updates", "cofire", "fire_count", "adopt_steps")
     token_counts = ("cofire", "fire_count")
 

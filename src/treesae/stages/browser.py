@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from .. import config, paths
 from ..browser import extract, load_inputs, write_site
 from ..io import ArrayStore
-from ..model import load_model
+from ..model import load_model, runtime
 
 
 @dataclass
@@ -26,7 +26,7 @@ class BrowserParams:
 
 
 def setup(model: dict, browser: dict):
-    return config.runtime(model), config.parse(BrowserParams, browser, "browser")
+    return runtime(model), config.parse(BrowserParams, browser, "browser")
 
 
 def inputs(params):

@@ -1,11 +1,7 @@
-"""Glue shared by stages 03-06: the runs table of stage 02, picking SAEs from it, writing tables and
-metrics files deterministically.
+"""Tables and metrics files of the stages, written deterministically (same values, same bytes) and atomically.
 
-``data/train/metrics.csv`` has one row per SAE (index ``name``) with its training factors
-(architecture, corpus, layer, d_sae, k, seed, tied_init, aux_k, b_dec_init), ``grids`` (the
-comma-joined grids of ``params.yaml`` it belongs to: base, frontier, seed, corpus, size, layer,
-recipe) and its held-out metrics. Nothing here imports torch, the analysis library or the SAEs at
-module level: stage 06 depends on this file and must stay independent of them.
+No torch: the table-reading stages (numbers, figures, paper) depend on this file. Selections of runs from
+stage 02's runs table live in ``treesae.runs``.
 """
 from __future__ import annotations
 
@@ -19,75 +15,28 @@ import pandas as pd
 
 from .. import paths
 from ..io import write_bytes_atomic, write_json
-from ..saes import load_sae
 
 FLOAT_FORMAT = "%.6g"
 SIG_DIGITS = 6
-
-
-def metrics_path() -> Path:
-    return paths.data("train", "metrics.csv")
-
-
-def read_metrics(path=None) -> pd.DataFrame:
-    """Stage 02's runs table, indexed by run name."""
-    path = Path(path or metrics_path())
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run the training stage first (`dvc repro train`).")
-    return pd.read_csv(path, index_col="name")
-
-
-def grid_sets(metrics: pd.DataFrame) -> pd.Series:
-    """Run name -> set of grid names (the ``grids`` column split on commas)."""
-    return metrics["grids"].fillna("").astype(str).map(lambda g: frozenset(x for x in g.split(",") if x))
-
-
-def in_grids(metrics: pd.DataFrame, *grids) -> pd.Series:
-    """Boolean mask: runs that belong to at least one of ``grids``."""
-    want = set(grids)
-    return grid_sets(metrics).map(lambda g: bool(g & want))
-
-
-def base_run(metrics: pd.DataFrame) -> pd.Series:
-    """The ``base`` run of the sweep (every grid varies it)."""
-    rows = metrics[in_grids(metrics, "base")]
-    if len(rows) != 1:
-        raise ValueError(f"metrics.csv has {len(rows)} runs in the 'base' grid, expected exactly one.")
-    return rows.iloc[0]
-
-
-def pick(metrics: pd.DataFrame, grids=None, **equal) -> pd.DataFrame:
-    """Runs in any of ``grids`` (None: all) whose columns equal the given values, in table order."""
-    mask = pd.Series(True, index=metrics.index) if grids is None else in_grids(metrics, *grids)
-    for col, value in equal.items():
-        if value is None:
-            continue
-        values = value if isinstance(value, (list, tuple, set)) else [value]
-        mask &= metrics[col].isin(list(values))
-    return metrics[mask]
-
-
-def layer_runs(metrics: pd.DataFrame, architecture: str = "topk", corpus: str | None = None) -> pd.DataFrame:
-    """One SAE per layer: the base run and the ``layer`` grid (they differ only in layer), restricted to
-    ``architecture`` and, when given, ``corpus``. Sorted by layer; index run name."""
-    base = base_run(metrics)
-    rows = pick(metrics, ["base", "layer"], architecture=architecture, corpus=corpus or base.corpus)
-    if rows.empty:
-        raise ValueError(f"no {architecture} SAE in the base run or the 'layer' grid of metrics.csv "
-                         f"(corpus {corpus or base.corpus}); set the stage's architecture/corpus to a trained one.")
-    rows = rows.sort_values(["layer", "seed"], kind="stable")
-    return rows[~rows.layer.duplicated()]
-
-
-def load_saes(names) -> dict:
-    """{run name: SAE} from data/saes/<run>/ (eval mode, CPU)."""
-    out = {}
-    for n in names:
-        p = paths.data("saes", n)
-        if not p.exists():
-            raise FileNotFoundError(f"{p} not found: metrics.csv lists run {n} but its SAE is missing; rerun `dvc repro train`.")
-        out[n] = load_sae(p).eval()
-    return out
+TABLES = {  # what the table-reading stages (numbers, figures) read, by name -> path under data/; dvc.yaml lists each
+    "train.config": "train/config.json", "train.metrics": "train/metrics.json",
+    "position.profile": "analysis/position/profile.csv", "position.deciles": "analysis/position/deciles.csv",
+    "position.intervention": "analysis/position/intervention.csv",
+    "position.lm_vs_sae_tokens": "analysis/position/lm_vs_sae_tokens.csv",
+    "position.corpora": "analysis/position/corpora.csv", "position.metrics": "analysis/position/metrics.json",
+    "matching.pairs": "analysis/matching/pairs.csv", "matching.factors": "analysis/matching/factors.csv",
+    "matching.effects": "analysis/matching/effects.csv", "matching.effects_boot": "analysis/matching/effects_boot.csv",
+    "matching.pair_features": "analysis/matching/pair_features.csv",
+    "matching.layer_pairs": "analysis/matching/layer_pairs.csv",
+    "matching.embedding_umap": "analysis/matching/embedding_umap.csv",
+    "matching.embedding_tsne": "analysis/matching/embedding_tsne.csv", "matching.metrics": "analysis/matching/metrics.json",
+    "hierarchy.coactivation": "analysis/hierarchy/coactivation.csv",
+    "hierarchy.decoder_cosine": "analysis/hierarchy/decoder_cosine.csv",
+    "hierarchy.levels": "analysis/hierarchy/levels.csv", "hierarchy.l0_per_token": "analysis/hierarchy/l0_per_token.csv",
+    "hierarchy.probe_scores": "analysis/hierarchy/probe_scores.csv",
+    "hierarchy.metrics": "analysis/hierarchy/metrics.json",
+    "synthetic.scores": "analysis/synthetic/scores.csv", "synthetic.metrics": "analysis/synthetic/metrics.json",
+}
 
 
 def out_dir(name: str) -> Path:
@@ -146,3 +95,8 @@ def read_json(path) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run the stage that writes it (see dvc.yaml).")
     return json.loads(path.read_text())
+
+
+def load_tables(names) -> dict:
+    """{name: DataFrame (CSV) or dict (JSON)} of ``TABLES``' ``names``."""
+    return {n: (read_json if TABLES[n].endswith(".json") else read_table)(paths.data(TABLES[n])) for n in names}

@@ -1,52 +1,26 @@
-"""Stage 06: every paper figure and every number the paper quotes, from the tables of stages 02-05 and 08.
+"""Stage 06: every paper figure, drawn from the tables of stages 02-05 and 08.
 
-The only writer of ``figures/`` and ``paper/numbers.json``. It reads tables (CSV / JSON) only, never
-the activations, the SAEs or the analysis library, so changing a plot's style reruns this stage
-alone. ``draw`` calls one function of ``treesae.figures.FIGURES`` (plus the decoder-map GIF of
-``ANIMATIONS`` and two extra stills: ``decoder_tsne`` and ``lm_vs_sae_loss_no_position``);
-``numbers`` collects the quoted numbers under stable keys.
+The only writer of ``figures/``. It reads tables (CSV / JSON) only and imports no torch, no SAE code and
+no analysis (``tests/test_dvc_deps.py`` checks the import closure), so changing a plot's style reruns this
+stage and the paper alone; the numbers the paper quotes are the numbers stage's (``stages.numbers``).
+
+``SPECS`` declares each figure once: the ``treesae.figures`` function that draws it, the tables it reads
+(``common.TABLES``' names, plus ``metrics`` and ``curves``), how its arguments are selected from them, and
+whether the paper shows it. The paper template's figure list is ``paper_slugs()`` (tested).
 """
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
+from typing import Callable
 
-import numpy as np
 import pandas as pd
 
 from .. import config, paths
 from .. import figures as F
-from .. import verdicts as V
-from ..analysis.matching import factor_effects
-from ..saes import names
-from ..train import TrainConfig
+from ..registry import names
+from ..runs import base_run, frontier_seeds, read_metrics, recipe_runs
 from . import common
-from .matching import FACTORS
-
-ANALYSES = ("position", "matching", "hierarchy")
-EXTRA = ("decoder_tsne", "lm_vs_sae_loss_no_position")
-METRIC_COLS = ("nmse", "fvu", "explained_variance", "l0", "l0_p10", "l0_p50", "l0_p90", "dead_fraction",
-               "ce_increase", "ce_increase_se", "ce_score", "kl_score")
-TABLES = {  # name -> path under data/ (what stage 06 reads; dvc.yaml lists the same files)
-    "metrics": "train/metrics.csv",
-    "position.profile": "analysis/position/profile.csv", "position.deciles": "analysis/position/deciles.csv",
-    "position.intervention": "analysis/position/intervention.csv",
-    "position.lm_vs_sae_tokens": "analysis/position/lm_vs_sae_tokens.csv",
-    "position.corpora": "analysis/position/corpora.csv", "position.metrics": "analysis/position/metrics.json",
-    "matching.pairs": "analysis/matching/pairs.csv", "matching.factors": "analysis/matching/factors.csv",
-    "matching.effects": "analysis/matching/effects.csv", "matching.effects_boot": "analysis/matching/effects_boot.csv",
-    "matching.pair_features": "analysis/matching/pair_features.csv",
-    "matching.layer_pairs": "analysis/matching/layer_pairs.csv",
-    "matching.embedding_umap": "analysis/matching/embedding_umap.csv",
-    "matching.embedding_tsne": "analysis/matching/embedding_tsne.csv", "matching.metrics": "analysis/matching/metrics.json",
-    "hierarchy.coactivation": "analysis/hierarchy/coactivation.csv",
-    "hierarchy.decoder_cosine": "analysis/hierarchy/decoder_cosine.csv",
-    "hierarchy.levels": "analysis/hierarchy/levels.csv", "hierarchy.l0_per_token": "analysis/hierarchy/l0_per_token.csv",
-    "hierarchy.probe_scores": "analysis/hierarchy/probe_scores.csv",
-    "hierarchy.metrics": "analysis/hierarchy/metrics.json",
-    "synthetic.scores": "analysis/synthetic/scores.csv", "synthetic.metrics": "analysis/synthetic/metrics.json",
-}
 
 
 @dataclass
@@ -59,64 +33,101 @@ class FiguresParams:
             raise ValueError("figures: need fps >= 1 and n_bins >= 2")
 
 
-def option_tag(options) -> str:
-    """Recipe variant label of a run's options: {} -> "default", {"aux_k": false} -> "no_aux_k"."""
-    opts = json.loads(options) if isinstance(options, str) and options else {}
-    if not opts:
-        return "default"
-    return "+".join(f"no_{k}" if v is False else f"{k}{v}" for k, v in sorted(opts.items()))
+@dataclass(frozen=True)
+class Spec:
+    draw: Callable                 # treesae.figures function: (*args, path, **kwargs) -> path
+    tables: tuple[str, ...]        # what it reads
+    args: Callable[[dict], tuple]  # the loaded tables -> its positional arguments
+    kwargs: Callable[[dict], dict] = lambda t: {}   # the loaded tables -> keyword arguments
+    params: tuple[str, ...] = ()   # FiguresParams fields passed as keyword arguments too
+    suffix: str = ".png"
+    paper: bool = True             # shown in the paper (paper/template.md calls figure(slug, ...))
 
 
-def frontier(metrics: pd.DataFrame) -> pd.DataFrame:
-    """The frontier runs on the base corpus / layer / size / seed (one row per architecture and k)."""
-    b = common.base_run(metrics)
-    f = common.pick(metrics, ["base", "frontier"], corpus=b.corpus, layer=b.layer, d_sae=b.d_sae, seed=b.seed)
-    return f[f.options.map(option_tag) == "default"] if "options" in f else f
+def _frontier(t):
+    return (frontier_seeds(t["metrics"]).reset_index(),)
 
 
-def frontier_seeds(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Every seed of the frontier's configurations (same corpus / layer / size / recipe as the base run), for
-    the frontier figures' error bars; ``frontier`` keeps the base seed only."""
-    f, b = frontier(metrics), common.base_run(metrics)
-    r = common.pick(metrics, None, corpus=b.corpus, layer=b.layer, d_sae=b.d_sae)
-    r = r[r.options.map(option_tag) == "default"] if "options" in r else r
-    keys = set(zip(f.architecture, f.k))
-    return r[[(a, k) in keys for a, k in zip(r.architecture, r.k)]]
+def _l0_at_base_k(t):
+    l0 = t["hierarchy.l0_per_token"]
+    return (l0[l0.k == int(base_run(t["metrics"]).k)][["architecture", "l0", "count"]],)
 
 
-def recipe_runs(metrics: pd.DataFrame) -> pd.DataFrame:
-    """The base run and the recipe ablations of its architecture, with a ``variant`` column."""
-    b = common.base_run(metrics)
-    r = common.pick(metrics, ["base", "recipe"], architecture=b.architecture)
-    return r.assign(variant=[option_tag(o) for o in r.options])
+def _lm_vs_sae(condition: Callable[[dict], str]):
+    def args(t):
+        tok = t["position.lm_vs_sae_tokens"]
+        return (tok[tok.condition == condition(t)],)
+    return args
+
+
+SPECS: dict[str, Spec] = {
+    "frontier_nmse_l0": Spec(F.frontier_nmse_l0, ("metrics",), _frontier),
+    "frontier_ce_l0": Spec(F.frontier_ce_l0, ("metrics",), _frontier),
+    "dead_latents_training": Spec(F.dead_latents_training, ("curves",),
+                                  lambda t: (t["curves"][["variant", "tokens", "dead_fraction", "architecture"]],)),
+    "l0_distribution": Spec(F.l0_distribution, ("hierarchy.l0_per_token", "metrics"), _l0_at_base_k),
+    "treesae_levels": Spec(F.treesae_levels, ("hierarchy.levels",), lambda t: (
+        t["hierarchy.levels"][t["hierarchy.levels"].variant.isin(names(multi_level=True))],)),
+    "hierarchy_correlation": Spec(F.hierarchy_correlation, ("hierarchy.coactivation", "hierarchy.decoder_cosine"),
+                                  lambda t: (t["hierarchy.coactivation"], t["hierarchy.decoder_cosine"])),
+    "position_activation_layers": Spec(F.position_activation_layers, ("position.profile",),
+                                       lambda t: (t["position.profile"],)),
+    "position_deciles": Spec(F.position_deciles, ("position.deciles",), lambda t: (t["position.deciles"],)),
+    "position_intervention": Spec(F.position_intervention, ("position.intervention",),
+                                  lambda t: (t["position.intervention"],)),
+    "lm_vs_sae_loss": Spec(F.lm_vs_sae_loss, ("position.lm_vs_sae_tokens",), _lm_vs_sae(lambda t: "clean"),
+                           params=("n_bins",)),
+    "lm_vs_sae_loss_no_position": Spec(F.lm_vs_sae_loss, ("position.lm_vs_sae_tokens", "position.metrics"),
+                                       _lm_vs_sae(lambda t: t["position.metrics"]["remove_mode"]), params=("n_bins",)),
+    "matching_enc_vs_dec": Spec(F.matching_enc_vs_dec, ("matching.pair_features", "matching.metrics"),
+                                lambda t: (t["matching.pair_features"],),
+                                kwargs=lambda t: {"threshold": t["matching.metrics"]["threshold"]}),
+    "matching_by_factor": Spec(F.matching_by_factor, ("matching.factors",), lambda t: (t["matching.factors"],)),
+    "matching_layers": Spec(F.matching_layers, ("matching.layer_pairs",), lambda t: (t["matching.layer_pairs"],)),
+    "matching_all_pairs": Spec(F.matching_all_pairs, ("matching.pairs",), lambda t: (t["matching.pairs"],)),
+    "decoder_umap": Spec(F.decoder_umap, ("matching.embedding_umap",), lambda t: (t["matching.embedding_umap"],)),
+    "decoder_tsne": Spec(F.decoder_umap, ("matching.embedding_tsne",), lambda t: (t["matching.embedding_tsne"],),
+                         kwargs=lambda t: {"title": "Decoder directions (t-SNE, cosine)"}, paper=False),
+    "decoder_umap_layers": Spec(F.decoder_umap_animation, ("matching.embedding_umap",),
+                                lambda t: (t["matching.embedding_umap"],), kwargs=lambda t: {"frame": "layer"}, params=("fps",),
+                                suffix=".gif", paper=False),
+    "synthetic_benchmark": Spec(F.synthetic_benchmark, ("synthetic.scores",), lambda t: (t["synthetic.scores"],)),
+}
+
+
+def slugs() -> list[str]:
+    """Every file stage 06 draws, in ``SPECS``' order."""
+    return list(SPECS)
+
+
+def paper_slugs() -> list[str]:
+    return [s for s, sp in SPECS.items() if sp.paper]
 
 
 # --- stage 06, one call per notebook cell ---
 
-def setup(figures: dict, train: dict, profile: str = "default") -> dict:
+def setup(figures: dict) -> dict:
     fp = config.parse(FiguresParams, figures, "figures")
     out = paths.root() / "figures"
     out.mkdir(parents=True, exist_ok=True)
-    keep = {f"{s}{x}" for s in slugs() for x in (".png", ".gif")}
+    keep = {f"{s}{sp.suffix}" for s, sp in SPECS.items()}
     for f in out.iterdir():  # figures/ belongs to this stage: drop what an earlier version drew
         if f.is_file() and f.suffix in (".png", ".gif") and f.name not in keep:
             f.unlink()
-    return dict(figures=fp, train=train, profile=profile, out=out, numbers=paths.root() / "paper" / "numbers.json")
+    return dict(figures=fp, out=out)
 
 
-def load_tables(setup: dict) -> dict:
-    """Every table stage 06 reads (``TABLES``) plus the training curves of the recipe runs."""
-    t = {}
-    for name, rel in TABLES.items():
-        p = paths.data(rel)
-        t[name] = common.read_json(p) if p.suffix == ".json" else (
-            common.read_metrics(p) if name == "metrics" else common.read_table(p))
+def load_tables(setup: dict | None = None) -> dict:
+    """Every table a spec reads: ``metrics`` (stage 02's runs table), ``curves`` (the recipe runs' training
+    curves, with their ``variant``) and the ``common.TABLES`` the specs name."""
+    t = {"metrics": read_metrics()}
     curves = []
     for run, r in recipe_runs(t["metrics"]).iterrows():
         c = common.read_table(paths.data("train", "curves", f"{run}.csv"))
         curves.append(c.assign(run=run, variant=r.variant, architecture=r.architecture))
     t["curves"] = pd.concat(curves, ignore_index=True)
-    return t
+    wanted = dict.fromkeys(n for sp in SPECS.values() for n in sp.tables if n in common.TABLES)
+    return t | common.load_tables(wanted)
 
 
 def inputs(setup: dict, tables: dict) -> pd.DataFrame:
@@ -126,60 +137,9 @@ def inputs(setup: dict, tables: dict) -> pd.DataFrame:
     return t.astype({"rows": "Int64", "keys": "Int64"})
 
 
-def figure_args(tables: dict, slug: str) -> tuple:
-    """The tables one figure takes (and extra keyword arguments), from the loaded tables."""
-    t = tables
-    m = t["metrics"]
-    if slug in ("frontier_nmse_l0", "frontier_ce_l0"):
-        return (frontier_seeds(m).reset_index(),), {}
-    if slug == "dead_latents_training":
-        return (t["curves"][["variant", "tokens", "dead_fraction", "architecture"]],), {}
-    if slug == "treesae_levels":
-        lv = t["hierarchy.levels"]
-        return (lv[lv.variant.isin(names(multi_level=True))],), {}
-    if slug == "hierarchy_correlation":
-        return (t["hierarchy.coactivation"], t["hierarchy.decoder_cosine"]), {}
-    if slug == "position_activation_layers":
-        return (t["position.profile"],), {}
-    if slug == "position_deciles":
-        return (t["position.deciles"],), {}
-    if slug == "position_intervention":
-        return (t["position.intervention"],), {}
-    if slug == "matching_enc_vs_dec":
-        return (t["matching.pair_features"],), {"threshold": t["matching.metrics"]["threshold"]}
-    if slug == "matching_by_factor":
-        return (t["matching.factors"],), {}
-    if slug == "matching_layers":
-        return (t["matching.layer_pairs"],), {}
-    if slug == "matching_all_pairs":
-        return (t["matching.pairs"],), {}
-    if slug == "decoder_umap":
-        return (t["matching.embedding_umap"],), {}
-    if slug == "decoder_tsne":
-        return (t["matching.embedding_tsne"],), {"title": "Decoder directions (t-SNE, cosine)"}
-    if slug in ("lm_vs_sae_loss", "lm_vs_sae_loss_no_position"):
-        tok = t["position.lm_vs_sae_tokens"]
-        cond = "clean" if slug == "lm_vs_sae_loss" else t["position.metrics"]["remove_mode"]
-        return (tok[tok.condition == cond],), {}
-    if slug == "l0_distribution":
-        l0 = t["hierarchy.l0_per_token"]
-        return (l0[l0.k == int(common.base_run(m).k)][["architecture", "l0", "count"]],), {}
-    if slug == "decoder_umap_layers":
-        return (t["matching.embedding_umap"],), {"frame": "layer"}
-    if slug == "synthetic_benchmark":
-        return (t["synthetic.scores"],), {}
-    raise KeyError(f"no figure {slug!r}")
-
-
-def slugs() -> list[str]:
-    """Every file stage 06 draws: the FIGURES registry, the extra stills, the animations."""
-    return list(F.FIGURES) + list(EXTRA) + list(F.ANIMATIONS)
-
-
 def has_data(tables: dict, slug: str) -> bool:
     """Whether this profile trained what a figure shows (e.g. no TreeSAE variant: no ``treesae_levels``)."""
-    args, _ = figure_args(tables, slug)
-    return all(len(a) for a in args)
+    return all(len(a) for a in SPECS[slug].args(tables))
 
 
 def draw(setup: dict, tables: dict, slug: str):
@@ -188,334 +148,20 @@ def draw(setup: dict, tables: dict, slug: str):
     from IPython.display import Image
     if not has_data(tables, slug):
         return None
-    args, kw = figure_args(tables, slug)
-    fp = setup["figures"]
-    if slug in F.ANIMATIONS:
-        path = F.ANIMATIONS[slug](*args, setup["out"] / f"{slug}.gif", fps=fp.fps, **kw)
-    elif slug == "decoder_tsne":
-        path = F.decoder_umap(*args, setup["out"] / f"{slug}.png", **kw)
-    elif slug in ("lm_vs_sae_loss", "lm_vs_sae_loss_no_position"):
-        path = F.lm_vs_sae_loss(*args, setup["out"] / f"{slug}.png", n_bins=fp.n_bins, **kw)
-    else:
-        path = F.FIGURES[slug](*args, setup["out"] / f"{slug}.png", **kw)
-    return Image(filename=str(path))
+    sp = SPECS[slug]
+    kw = sp.kwargs(tables) | {p: getattr(setup["figures"], p) for p in sp.params}
+    return Image(filename=str(sp.draw(*sp.args(tables), setup["out"] / f"{slug}{sp.suffix}", **kw)))
 
 
 def listing(setup: dict, tables: dict) -> pd.DataFrame:
     """Every figure with data in this profile: file, size and sha256 (a missing one is an error)."""
     rows = []
     for slug in slugs():
-        f = next((setup["out"] / f"{slug}{s}" for s in (".png", ".gif") if (setup["out"] / f"{slug}{s}").exists()), None)
+        f = setup["out"] / f"{slug}{SPECS[slug].suffix}"
         if not has_data(tables, slug):
-            if f is not None:
-                f.unlink()
+            f.unlink(missing_ok=True)
             continue
-        if f is None:
+        if not f.exists():
             raise FileNotFoundError(f"figure {slug} was not drawn")
         rows.append(dict(file=f.name, bytes=f.stat().st_size, sha256=hashlib.sha256(f.read_bytes()).hexdigest()[:16]))
     return pd.DataFrame(rows)
-
-
-CURVES = ("tokens", "nmse", "l0", "dead_fraction")  # paper/training_curves.csv: dvc.yaml's top-level plots
-
-
-def write_runs(setup: dict, tables: dict) -> pd.DataFrame:
-    """paper/runs.csv: stage 02's table (one row per SAE: factors, held-out metrics, convergence diagnostics and
-    verdict), and paper/training_curves.csv: every SAE's training curve (``CURVES``) in one long table, published
-    beside the paper so a clone shows every SAE's numbers without the data (and ``dvc plots show`` overlays them)."""
-    m = tables["metrics"]
-    common.write_table(m, setup["numbers"].parent / "runs.csv", index=True)
-    curves = [common.read_table(paths.data("train", "curves", f"{run}.csv"))[list(CURVES)].assign(run=run, architecture=r.architecture)
-              for run, r in m.iterrows()]
-    common.write_table(pd.concat(curves, ignore_index=True)[["run", "architecture", *CURVES]],
-                       setup["numbers"].parent / "training_curves.csv")
-    cols = ["architecture", "corpus", "layer", "d_sae", "k", "seed", "fvu", "l0", "converged"]
-    return m[[c for c in cols if c in m]]
-
-
-HEADLINE = ("base.fvu", "base.l0", "base.ce_increase", "base.dead_fraction", "train.converged_fraction",
-            "matching.seed_shared_ratio", "synth.topk.f1", "synth.batchtopk.f1", "synth.matryoshka.f1", "synth.tree.f1",
-            "synth.topk.explained_variance", "synth.tree.explained_variance", "synth.tree.absorption",
-            "synth.tree.hierarchy_recovery")
-
-
-def write_numbers(setup: dict, tables: dict) -> pd.DataFrame:
-    """paper/numbers.json (``numbers``) and paper/headline.json (its ``HEADLINE`` keys that this profile has: what
-    ``dvc metrics show`` / ``diff`` print); returns numbers.json as a two-column table to read."""
-    n = common.tidy(numbers(tables, dict(train=setup["train"], profile=setup["profile"])))
-    setup["numbers"].parent.mkdir(parents=True, exist_ok=True)
-    common.write_metrics(setup["numbers"], n)
-    common.write_metrics(setup["numbers"].parent / "headline.json", {k: n[k] for k in HEADLINE if k in n})
-    return pd.DataFrame({"key": list(n), "value": [json.dumps(v) for v in n.values()]}).sort_values("key", ignore_index=True)
-
-
-# ---------------------------------------------------------------------------------------- numbers
-def _put(out: dict, key: str, value):
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
-        return
-    out[key] = value
-
-
-def nmse_at_l0(l0, nmse, target: float) -> float:
-    """nMSE at L0 = ``target`` on one architecture's frontier, interpolated linearly in log-log between
-    its measured points; NaN outside their L0 range (no extrapolation)."""
-    ok = (np.asarray(l0) > 0) & (np.asarray(nmse) > 0)
-    x, y = np.log(np.asarray(l0, float)[ok]), np.log(np.asarray(nmse, float)[ok])
-    if not len(x) or not x.min() <= np.log(target) <= x.max():
-        return float("nan")
-    o = np.argsort(x)
-    return float(np.exp(np.interp(np.log(target), x[o], y[o])))
-
-
-def numbers(tables: dict, params: dict | None = None) -> dict:
-    """Every number the paper quotes, under stable keys (floats rounded to 6 significant digits when
-    written by ``write_numbers``; NaN / missing values are left out). Sections are computed when their
-    tables are present in ``tables`` (``load_tables``' names); only "metrics" is required.
-
-    Set-up (params train section, stage 03's corpora.csv):
-      profile                                   params profile name (smoke / default)
-      model, model.n_layers, model.d_model      the language model
-      harvest.corpora, harvest.layers, harvest.layers_text ("3, 9, 15, 21"), harvest.context_len
-      harvest.{corpus}.{n_tokens,n_contexts,n_train_tokens,n_heldout_tokens,n_documents}
-      n_tokens_harvested                        sum of n_tokens over corpora
-      train.tokens_per_sae, train.batch_size, train.lr, train.lr_end, train.dead_window_tokens
-    Runs (data/train/metrics.csv; metric M in nmse, fvu, explained_variance, l0, l0_p10, l0_p50, l0_p90,
-    dead_fraction, ce_increase, ce_increase_se (standard error over contexts), ce_score, kl_score):
-      n_saes, n_architectures
-      train.n_converged, train.converged_fraction, train.not_converged (run names; convergence.THRESHOLDS),
-      train.{dec_stability,fvu_gain_last_quarter,init_frac_above,fvu_gap}_median   over all SAEs
-      eval.heldout_tokens, eval.dead_window_tokens, eval.downstream_predictions, eval.downstream_contexts,
-      eval.ce_clean, eval.ce_zero
-      base.{run,architecture,corpus,layer,d_sae,k,seed}, base.{M}
-      run.{run name}.{M}                        every SAE
-      frontier.architectures, frontier.ks, frontier.{arch}.k{k}.{M}
-      frontier.{arch}.k{k}.nmse_vs_topk, .ce_increase_vs_topk   ratios to TopK at the same k
-      frontier.best_nmse.k{k}, frontier.best_ce.k{k}             architecture with the lowest value
-      treesae.best_variant, treesae.best_variant_ce              lowest mean nMSE / CE increase over k
-      treesae.best_variant_nmse_vs_topk                          its mean nMSE ratio to TopK
-      frontier.{arch}.l0_{k}.nmse, .nmse_vs_topk   nMSE at L0 = k (``nmse_at_l0``), its ratio to TopK at k
-      frontier.best_nmse.l0_{k}                  architecture with the lowest nMSE at L0 = k
-      treesae.best_variant_at_l0, treesae.best_variant_at_l0_nmse_vs_topk   the same comparison at matched L0
-      levels.{arch}.k{k}.level{i}.{l0,dead_fraction,nmse_cumulative}   multi-level frontier SAEs
-      dead.{arch}.{variant}                     held-out dead fraction of the base architecture's recipe
-                                                runs: default, no_aux_k, no_tied_init, no_geometric_median_init
-      dead_training.{arch}.{variant}.{final,max}   dead fraction over training (curves)
-      recipe.{variant}.{M}                      the same recipe runs, every metric
-      seed.s{s}.{M}, corpus.{corpus}.{M}, size.d{d_sae}.{M}, layer.L{layer}.{M}   the other grids (+ base)
-      seed.nmse_std                             std of nMSE over seeds
-    Analyses: every key of the stage metrics files, prefixed position., matching., hierarchy., synth.
-    (see stages.position.summarize, stages.matching.summarize, stages.hierarchy.summarize,
-    stages.synthetic.summarize).
-    Verdicts (``claims``, ``verdicts``): verdict.{claim} (supported / contradicted / no detectable difference /
-    not testable here) and verdict.{claim}.{basis, part.estimate, part.lo, part.hi, ...}.
-    """
-    params = params or {}
-    out: dict = {}
-    m = tables["metrics"]
-    b = common.base_run(m)
-    _setup_numbers(out, tables, params)
-    cols = [c for c in METRIC_COLS if c in m]
-    _run_numbers(out, m, b, cols)
-    _frontier_numbers(out, m, cols)
-    _recipe_numbers(out, m, tables.get("curves"), cols)
-    _grid_numbers(out, m, b, cols)
-
-    for a in ANALYSES:
-        for k, v in (tables.get(f"{a}.metrics") or {}).items():
-            out[f"{a}.{k}"] = v
-    for k, v in (tables.get("synthetic.metrics") or {}).items():
-        out[f"synth.{k}"] = v
-    out.update(V.flatten(claims(tables)))
-    return out
-
-
-def _setup_numbers(out: dict, tables: dict, params: dict) -> None:
-    """profile, model.*, harvest.*, train.* (``numbers``' docstring)."""
-    _put(out, "profile", params.get("profile"))
-    if "position.corpora" in tables:
-        c = tables["position.corpora"]
-        out["model"] = str(c.model.iloc[0])
-        out["model.n_layers"], out["model.d_model"] = int(c.n_layers.iloc[0]), int(c.d_model.iloc[0])
-        layers = [int(x) for x in str(c.layers.iloc[0]).split(",")]
-        out["harvest.layers"], out["harvest.layers_text"] = layers, ", ".join(map(str, layers))
-        out["harvest.corpora"], out["harvest.context_len"] = list(c.corpus), int(c.context_len.iloc[0])
-        for _, r in c.iterrows():
-            for k in ("n_tokens", "n_contexts", "n_train_tokens", "n_heldout_tokens", "n_documents"):
-                out[f"harvest.{r.corpus}.{k}"] = int(r[k])
-        out["n_tokens_harvested"] = int(c.n_tokens.sum())
-    optim = (params.get("train") or {}).get("optim") or {}
-    if optim:
-        cfg = TrainConfig(**{k: v for k, v in optim.items() if k in TrainConfig.__dataclass_fields__})
-        out.update({"train.batch_size": cfg.batch_size, "train.lr": cfg.lr, "train.lr_end": cfg.lr_end,
-                    "train.dead_window_tokens": cfg.dead_after_tokens})
-    if "curves" in tables and len(tables["curves"]):
-        out["train.tokens_per_sae"] = int(tables["curves"].tokens.max())
-    elif optim:
-        out["train.tokens_per_sae"] = int(optim.get("n_tokens"))
-
-
-def _run_numbers(out: dict, m: pd.DataFrame, b: pd.Series, cols: list) -> None:
-    """n_saes, train.n_converged and the convergence medians, eval.*, base.*, run.*."""
-    out["n_saes"], out["n_architectures"] = len(m), int(m.architecture.nunique())
-    if "converged" in m:  # convergence.THRESHOLDS; an SAE without diagnostics counts as not converged
-        ok = V.flag(m.converged)
-        out["train.n_converged"], out["train.converged_fraction"] = int(ok.sum()), float(ok.mean())
-        out["train.not_converged"] = list(m.index[~ok])
-        for c in ("dec_stability", "fvu_gain_last_quarter", "init_frac_above", "fvu_gap"):
-            if c in m and m[c].notna().any():
-                _put(out, f"train.{c}_median", float(m[c].median()))
-    for k, col in (("eval.heldout_tokens", "n_tokens"), ("eval.dead_window_tokens", "dead_window_tokens"),
-                   ("eval.downstream_predictions", "n_predictions"), ("eval.downstream_contexts", "n_contexts"),
-                   ("eval.ce_clean", "ce_clean"),
-                   ("eval.ce_zero", "ce_zero")):
-        if col in m:
-            _put(out, k, b[col].item() if hasattr(b[col], "item") else b[col])
-    out["base.run"] = b.name
-    for k in ("architecture", "corpus", "layer", "d_sae", "k", "seed"):
-        out[f"base.{k}"] = b[k].item() if hasattr(b[k], "item") else b[k]
-    for c in cols:
-        _put(out, f"base.{c}", float(b[c]))
-    for name, r in m.iterrows():
-        for c in cols:
-            _put(out, f"run.{name}.{c}", float(r[c]))
-
-
-def _frontier_numbers(out: dict, m: pd.DataFrame, cols: list) -> None:
-    """frontier.*, levels.*, treesae.* (at matched k and at matched L0)."""
-    f = frontier(m)
-    archs = [a for a in names() if a in set(f.architecture)]
-    archs += sorted(set(f.architecture) - set(archs))
-    ks = sorted(int(k) for k in f.k.unique())
-    out["frontier.architectures"], out["frontier.ks"] = archs, ks
-    fi = f.set_index(["architecture", "k"])
-    for (a, k), r in fi.iterrows():
-        for c in cols:
-            _put(out, f"frontier.{a}.k{int(k)}.{c}", float(r[c]))
-        if ("topk", k) in fi.index:
-            t = fi.loc[("topk", k)]
-            for c in ("nmse", "ce_increase"):
-                if c in fi and t[c] != 0:
-                    _put(out, f"frontier.{a}.k{int(k)}.{c}_vs_topk", float(r[c] / t[c]))
-        for i in range(8):
-            for c in ("l0", "dead_fraction", "nmse_cumulative"):
-                col = f"{c}_level{i}"
-                if col in r and pd.notna(r[col]):
-                    out[f"levels.{a}.k{int(k)}.level{i}.{c}"] = float(r[col])
-    for k in ks:
-        g = f[f.k == k]
-        out[f"frontier.best_nmse.k{k}"] = g.architecture.iloc[int(np.argmin(g.nmse.to_numpy()))]
-        if "ce_increase" in g and g.ce_increase.notna().any():
-            out[f"frontier.best_ce.k{k}"] = g.architecture.iloc[int(np.nanargmin(g.ce_increase.to_numpy()))]
-    # at matched L0 (measured L0 often misses the target k): at[k][arch] = nMSE at L0 = k, where defined
-    topk = f[f.architecture == "topk"].set_index("k").nmse
-    at = {k: {a: v for a in archs if np.isfinite(v := nmse_at_l0(f.l0[f.architecture == a], f.nmse[f.architecture == a], k))}
-          for k in ks}
-    vs_topk = {k: {a: v / topk[k] for a, v in at[k].items()} for k in ks if k in topk.index}
-    for k in ks:
-        for a, v in at[k].items():
-            out[f"frontier.{a}.l0_{k}.nmse"] = v
-            _put(out, f"frontier.{a}.l0_{k}.nmse_vs_topk", vs_topk.get(k, {}).get(a))
-        if at[k]:
-            out[f"frontier.best_nmse.l0_{k}"] = min(at[k], key=at[k].get)
-    tree = f[f.architecture.isin(names(hierarchical=True))]
-    if len(tree):
-        mean_nmse = tree.groupby("architecture").nmse.mean()
-        out["treesae.best_variant"] = mean_nmse.idxmin()
-        if "ce_increase" in tree and tree.ce_increase.notna().any():
-            out["treesae.best_variant_ce"] = tree.groupby("architecture").ce_increase.mean().idxmin()
-        top = f[f.architecture == "topk"].set_index("k").nmse
-        best = tree[tree.architecture == mean_nmse.idxmin()].set_index("k").nmse
-        common_k = best.index.intersection(top.index)
-        if len(common_k):
-            _put(out, "treesae.best_variant_nmse_vs_topk", float((best[common_k] / top[common_k]).mean()))
-        ratios = {a: [r[a] for r in vs_topk.values() if a in r] for a in sorted(set(tree.architecture))}
-        at_l0 = {a: float(np.mean(r)) for a, r in ratios.items() if r}
-        if at_l0:
-            best_l0 = min(at_l0, key=at_l0.get)
-            out["treesae.best_variant_at_l0"] = best_l0
-            _put(out, "treesae.best_variant_at_l0_nmse_vs_topk", at_l0[best_l0])
-
-
-def _recipe_numbers(out: dict, m: pd.DataFrame, curves: pd.DataFrame | None, cols: list) -> None:
-    """dead.*, recipe.*, dead_training.*: the recipe ablations."""
-    rec = recipe_runs(m)
-    for name, r in rec.iterrows():
-        _put(out, f"dead.{r.architecture}.{r.variant}", float(r.dead_fraction))
-        for c in cols:
-            _put(out, f"recipe.{r.variant}.{c}", float(r[c]))
-    if curves is not None:
-        for (a, v), g in curves.groupby(["architecture", "variant"], sort=False):
-            g = g.sort_values("tokens")
-            _put(out, f"dead_training.{a}.{v}.final", float(g.dead_fraction.iloc[-1]))
-            _put(out, f"dead_training.{a}.{v}.max", float(g.dead_fraction.max()))
-
-
-def _grid_numbers(out: dict, m: pd.DataFrame, b: pd.Series, cols: list) -> None:
-    """seed.*, corpus.*, size.*, layer.*: each grid's runs with the base."""
-    def grid(name, field, fmt):
-        rows = pd.concat([m.loc[[b.name]], common.pick(m, [name])])
-        rows = rows[~rows.index.duplicated()]
-        for _, r in rows.iterrows():
-            for c in cols:
-                _put(out, f"{name}.{fmt(r[field])}.{c}", float(r[c]))
-        return rows
-    if common.pick(m, ["seed"]).shape[0]:
-        s = grid("seed", "seed", lambda v: f"s{int(v)}")
-        if len(s) > 1:
-            out["seed.nmse_std"] = float(s.nmse.std(ddof=0))
-    if common.pick(m, ["corpus"]).shape[0]:
-        grid("corpus", "corpus", str)
-    if common.pick(m, ["size"]).shape[0]:
-        grid("size", "d_sae", lambda v: f"d{int(v)}")
-    if common.pick(m, ["layer"]).shape[0]:
-        grid("layer", "layer", lambda v: f"L{int(v)}")
-
-
-def claims(tables: dict) -> dict[str, dict]:
-    """The claims of ``verdicts.CLAIMS``, each with its verdict, estimates and intervals, from
-    converged SAEs only (``metrics.converged``): a comparison that involves an SAE that is not converged
-    does not count, so with none converged every claim is "not testable here"."""
-    m, t = tables["metrics"], tables
-    b = common.base_run(m)
-    ok = V.flag(m.converged) if "converged" in m else pd.Series(False, index=m.index)
-    c = m[ok]
-    why = f"{int(ok.sum())} of {len(m)} SAEs converged"
-    same = c[(c.corpus == b.corpus) & (c.layer == b.layer) & (c.d_sae == b.d_sae)]
-    out = {"treesae_ranking": V.treesae_ranking(same, int(b.k), names(hierarchical=True)),
-           "aux_k_tied_init_reduce_dead": V.aux_k_tied_init_reduce_dead(c, b)}
-    mm = t.get("matching.metrics") or {}
-    thr = mm.get("threshold", 0.7)
-    if "matching.pairs" in t:
-        p = t["matching.pairs"]
-        p = p[p.a.isin(c.index) & p.b.isin(c.index)]
-        col = f"dec_shared_{round(thr * 100)}"
-        eff, boot = factor_effects(p, c, factors=tuple(f for f in FACTORS if f in c.columns),
-                                   column=col if col in p else "dec_shared")
-        out["corpus_matters_most"] = V.corpus_matters_most(eff, boot, thr)
-    else:
-        out["corpus_matters_most"] = {"verdict": V.NOT_TESTABLE, "basis": "no matching analysis"}
-    pf = t.get("matching.pair_features")
-    out["encoder_decoder_disagree"] = (
-        V.encoder_decoder_disagree(pf, thr) if pf is not None and len(pf) and pf.a.iloc[0] in c.index and pf.b.iloc[0] in c.index
-        else {"verdict": V.NOT_TESTABLE, "basis": "the representative pair is not converged or not matched"})
-    pm = t.get("position.metrics") or {}
-    frac, n_lat = {}, {}
-    for L in pm.get("layers", []):
-        run = pm.get(f"sae_layer{L}")
-        if run in c.index and f"layer{L}.frac_position_features" in pm:
-            frac[int(L)], n_lat[int(L)] = float(pm[f"layer{L}.frac_position_features"]), int(c.at[run, "d_sae"])
-    out["position_early_layers"] = V.position_early_layers(frac, n_lat)
-    pr = t.get("hierarchy.probe_scores")
-    out["treesae_hierarchy_lm"] = V.treesae_hierarchy(pr[(pr["mode"] == "mcs") & pr.run.isin(c.index)] if pr is not None
-                                                      else pd.DataFrame(columns=["architecture", "score"]),
-                                                      names(hierarchical=True))
-    for d in out.values():
-        d["basis"] = f"{d.get('basis', '')}; {why}".lstrip("; ")
-    s = t.get("synthetic.scores")
-    if s is not None and len(s):  # every synthetic SAE trains to the plateau measured in docs/DESIGN.md
-        k = int(t["synthetic.metrics"]["k"])
-        s = s[s.source == "ours"].assign(fvu=lambda d: 1 - d.explained_variance, k=k)
-        out["treesae_ranking_ground_truth"] = V.treesae_ranking(s, k, names(hierarchical=True))
-    else:
-        out["treesae_ranking_ground_truth"] = {"verdict": V.NOT_TESTABLE, "basis": "stage 08 not run"}
-    return out

@@ -8,12 +8,12 @@ import pandas as pd
 
 from .. import config, corpora, paths
 from ..harvest import harvest as harvest_corpus
-from ..model import load_model
+from ..model import load_model, runtime
 
 
 def setup(model: dict, harvest: dict):
     """Validate the params.yaml sections, pin threads, stay offline (unless HF_HUB_OFFLINE=0 is set)."""
-    return config.runtime(model), config.parse(config.HarvestParams, harvest, "harvest")
+    return runtime(model), config.parse(config.HarvestParams, harvest, "harvest")
 
 
 def load(params):

@@ -36,7 +36,9 @@ from ..analysis import hierarchy as H
 from ..cache import ActivationCache
 from ..corpora import safe_name
 from ..metrics import reconstruction_metrics
-from ..saes import names
+from ..model import runtime
+from ..runs import base_run, frontier, hierarchy_runs, probe_runs, read_metrics
+from ..saes import load_saes as read_saes, names
 from ..tensors import dense
 from . import common
 
@@ -65,39 +67,6 @@ class HierarchyParams:
                              "0 <= probe_implication <= 1")
 
 
-def hierarchy_runs(metrics: pd.DataFrame, architectures) -> pd.DataFrame:
-    """The frontier runs at the base run's k, corpus, layer, d_sae and seed, one per architecture (in
-    the order of ``architectures``; those not trained are skipped)."""
-    base = common.base_run(metrics)
-    rows = common.pick(metrics, ["base", "frontier"], architecture=list(architectures), k=base.k,
-                       corpus=base.corpus, layer=base.layer, d_sae=base.d_sae, seed=base.seed)
-    rows = rows[rows.options.fillna("{}").astype(str).isin(["{}", ""])] if "options" in rows else rows
-    rows = rows[~rows.architecture.duplicated()]
-    order = {a: i for i, a in enumerate(architectures)}
-    rows = rows.iloc[np.argsort([order[a] for a in rows.architecture], kind="stable")]
-    if rows.empty:
-        raise ValueError(f"no frontier SAE of {list(architectures)} at the base k={base.k} in metrics.csv.")
-    return rows
-
-
-def probe_runs(metrics: pd.DataFrame, architectures) -> pd.DataFrame:
-    """Every seed of the hierarchy runs' configuration (base corpus, layer, size and k, default options): the
-    probe test's replicates, in the order of ``architectures`` then seed."""
-    base = common.base_run(metrics)
-    rows = common.pick(metrics, None, architecture=list(architectures), k=base.k, corpus=base.corpus,
-                       layer=base.layer, d_sae=base.d_sae)
-    rows = rows[rows.options.fillna("{}").astype(str).isin(["{}", ""])] if "options" in rows else rows
-    order = {a: i for i, a in enumerate(architectures)}
-    return rows.assign(_o=[order[a] for a in rows.architecture]).sort_values(["_o", "seed"], kind="stable").drop(columns="_o")
-
-
-def frontier_runs(metrics: pd.DataFrame) -> pd.DataFrame:
-    """All frontier runs (every architecture and k) on the base corpus / layer / size / seed."""
-    base = common.base_run(metrics)
-    return common.pick(metrics, ["base", "frontier"], corpus=base.corpus, layer=base.layer, d_sae=base.d_sae,
-                       seed=base.seed)
-
-
 def variant_label(architecture: str, mode: str) -> str:
     """Figure label: the architecture (inferred parents) or e.g. "tree (given)"."""
     return architecture if mode == "inferred" else f"{architecture} ({mode})"
@@ -114,14 +83,13 @@ def _bar(desc: str, progress: bool, unit: str = "sae", **kw):
 def setup(model: dict, hierarchy: dict, train: dict | None = None) -> dict:
     """Validate the sections, pin threads, pick the SAEs. ``train``: its held-out draw (``eval.seed``) and
     ``sink_ratio``, so the codes are computed on tokens the SAEs' metrics also use."""
-    mp, hp = config.parse(config.ModelParams, model, "model"), config.parse(HierarchyParams, hierarchy, "hierarchy")
-    config.pin_threads(mp.threads)
-    metrics = common.read_metrics()
+    mp, hp = runtime(model), config.parse(HierarchyParams, hierarchy, "hierarchy")
+    metrics = read_metrics()
     train = train or {}
-    return dict(model=mp, hierarchy=hp, metrics=metrics, base=common.base_run(metrics),
+    return dict(model=mp, hierarchy=hp, metrics=metrics, base=base_run(metrics),
                 sink_ratio=train.get("sink_ratio"), heldout_seed=(train.get("eval") or {}).get("seed"),
                 runs=hierarchy_runs(metrics, hp.architectures), probe_runs=probe_runs(metrics, hp.architectures),
-                frontier=frontier_runs(metrics), out=common.out_dir(NAME))
+                frontier=frontier(metrics), out=common.out_dir(NAME))
 
 
 def runs(setup: dict) -> pd.DataFrame:
@@ -140,7 +108,7 @@ def activations(setup: dict):
 
 def load_saes(setup: dict) -> dict:
     """{architecture: SAE} of the hierarchy runs."""
-    saes = common.load_saes(setup["runs"].index)
+    saes = read_saes(setup["runs"].index)
     return {r.architecture: saes[n] for n, r in setup["runs"].iterrows()}
 
 
@@ -239,10 +207,10 @@ def probe(setup: dict, X, progress: bool = True) -> pd.DataFrame:
     "mcs", children by masked cosine similarity on ungated codes (a tree's gate lifted, ``encode_ungated``; the
     other SAEs' own codes): like for like, and a gate cannot pass it (the headline); for trees also
     "mcs_gated" (their codes) and "given" (their own children), which a gate passes by construction
-    (docs/DESIGN.md). Writes probe_pairs.csv (every pair) and probe_scores.csv (per SAE and mode)."""
+    (docs/LOG.md, "A hierarchy score a gate cannot pass"). Writes probe_pairs.csv (every pair) and probe_scores.csv (per SAE and mode)."""
     hp, pairs, rows = setup["hierarchy"], [], []
     for name, r in _bar("probe test", progress, iterable=list(setup["probe_runs"].iterrows())):
-        sae = common.load_saes([name])[name]
+        sae = read_saes([name])[name]
         Z = H.codes(sae, X, hp.batch_size, ungated=True)
         tests = [("mcs", Z, None)]
         if hasattr(sae, "encode_ungated"):
@@ -284,7 +252,7 @@ def l0_per_token(setup: dict, X, progress: bool = True) -> pd.DataFrame:
     rows, B = [], setup["hierarchy"].batch_size
     with _bar("l0 per token", progress, "tok", total=len(setup["frontier"]) * len(X)) as bar, torch.no_grad():
         for name, r in setup["frontier"].iterrows():
-            sae = common.load_saes([name])[name]
+            sae = read_saes([name])[name]
             counts = []
             for i in range(0, len(X), B):
                 z = sae.encode(X[i:i + B])

@@ -2,7 +2,7 @@
 
 Every SAE of stage 02 enters. ``pairs: all`` (the default) matches every unordered pair of SAEs;
 ``pairs: planned`` only those the factor and layer analyses need: pairs that differ in exactly one
-training factor (``analysis.matching.single_factor_pairs``) plus SAEs of adjacent harvested layers
+training factor (``analysis.factors.single_factor_pairs``) plus SAEs of adjacent harvested layers
 (``layer_pairs``), a fifth of all pairs in the default sweep. Per pair, latents are matched one-to-one
 by the cosine of their decoder rows and, separately, of their encoder columns (Hungarian assignment); a
 latent is *shared* when its matched cosine exceeds ``threshold`` (0.7), and the shared ratio is over the
@@ -46,13 +46,17 @@ import pandas as pd
 from tqdm import tqdm
 
 from .. import config, paths
+from ..analysis import factors as F
 from ..analysis import matching as M
 from ..analysis.matching import PAIR_COLUMNS
+from ..convergence import cosine_to_init
 from ..io import JsonStore
+from ..model import runtime
+from ..runs import FACTORS, base_run, pick, read_metrics
+from ..saes import load_saes as read_saes
 from . import common
 
 NAME = "matching"
-FACTORS = ["corpus", "seed", "architecture", "k", "d_sae", "b_dec_init", "tied_init", "aux_k", "layer"]
 
 
 @dataclass
@@ -71,8 +75,9 @@ class MatchingParams:
     seed: int = 0
 
     def __post_init__(self):
-        if not 0 < self.threshold < 1:
-            raise ValueError(f"matching.threshold must be in (0, 1), got {self.threshold}")
+        if not any(math.isclose(self.threshold, t) for t in M.THRESHOLDS):  # the pairs table's dec_shared_<t> columns
+            raise ValueError(f"matching.threshold must be one of {list(M.THRESHOLDS)} (the cosines at which every pair's "
+                             f"sharing is recorded), got {self.threshold}")
         if self.pairs not in ("all", "planned"):
             raise ValueError(f"matching.pairs must be all or planned, got {self.pairs!r}")
         if self.method not in ("auto", "sparse", "scipy"):
@@ -92,7 +97,7 @@ def meta_table(metrics: pd.DataFrame, factors) -> pd.DataFrame:
 def adjacent_layer_pairs(meta: pd.DataFrame, factors) -> list[tuple]:
     """SAEs at consecutive harvested layers that agree on every other factor, (lower, upper); none when the
     profile's matching.factors leave out layer."""
-    return M.layer_pairs(meta, tuple(factors)) if "layer" in factors else []
+    return F.layer_pairs(meta, tuple(factors)) if "layer" in factors else []
 
 
 def plan_pairs(meta: pd.DataFrame, factors, which: str = "planned") -> list[tuple]:
@@ -103,8 +108,8 @@ def plan_pairs(meta: pd.DataFrame, factors, which: str = "planned") -> list[tupl
     rest = list(itertools.combinations(meta.index, 2)) if which == "all" else []
     no_seed = tuple(f for f in factors if f != "seed")
     seed_and_one = [(a, b) for a, b in itertools.combinations(meta.index, 2)
-                    if meta.at[a, "seed"] != meta.at[b, "seed"] and M.differing_factor(meta, a, b, no_seed) is not None]
-    for a, b in M.single_factor_pairs(meta, tuple(factors)) + adjacent_layer_pairs(meta, factors) + seed_and_one + rest:
+                    if meta.at[a, "seed"] != meta.at[b, "seed"] and F.differing_factor(meta, a, b, no_seed) is not None]
+    for a, b in F.single_factor_pairs(meta, tuple(factors)) + adjacent_layer_pairs(meta, factors) + seed_and_one + rest:
         key = frozenset((a, b))
         if key not in seen:
             seen.add(key)
@@ -114,9 +119,9 @@ def plan_pairs(meta: pd.DataFrame, factors, which: str = "planned") -> list[tupl
 
 def representative_pair(metrics: pd.DataFrame, meta: pd.DataFrame, factor: str, factors) -> tuple:
     """(base run, the first run that differs from it only in ``factor``)."""
-    base = common.base_run(metrics).name
+    base = base_run(metrics).name
     for other in meta.index:
-        if other != base and M.differing_factor(meta, base, other, tuple(factors)) == factor:
+        if other != base and F.differing_factor(meta, base, other, tuple(factors)) == factor:
             return base, other
     raise ValueError(f"no SAE differs from the base run {base} in {factor!r} alone; set matching.pair_factor to a "
                      f"factor with a grid (e.g. seed, corpus, k).")
@@ -153,9 +158,8 @@ class CountedCache:
 
 def setup(model: dict, matching: dict) -> dict:
     """Validate the section, pin threads, choose the pairs to match."""
-    mp, mt = config.parse(config.ModelParams, model, "model"), config.parse(MatchingParams, matching, "matching")
-    config.pin_threads(mp.threads)
-    metrics = common.read_metrics()
+    mp, mt = runtime(model), config.parse(MatchingParams, matching, "matching")
+    metrics = read_metrics()
     meta = meta_table(metrics, mt.factors)
     pairs = plan_pairs(meta, mt.factors, mt.pairs)
     if not pairs:
@@ -168,13 +172,13 @@ def setup(model: dict, matching: dict) -> dict:
 def plan(setup: dict) -> pd.DataFrame:
     """The pairs to match and the factor each differs in."""
     f = tuple(setup["matching"].factors)
-    return pd.DataFrame([dict(a=a, b=b, factor=M.differing_factor(setup["meta"], a, b, f)) for a, b in setup["pairs"]])
+    return pd.DataFrame([dict(a=a, b=b, factor=F.differing_factor(setup["meta"], a, b, f)) for a, b in setup["pairs"]])
 
 
 def load_saes(setup: dict) -> dict:
     """{run name: SAE} for every SAE in a pair or in the embedding."""
     names = list(dict.fromkeys([n for p in setup["pairs"] for n in p] + list(embedding_runs(setup).index)))
-    return common.load_saes(names)
+    return read_saes(names)
 
 
 def _bar(desc: str, progress: bool, **kw):
@@ -197,7 +201,7 @@ def annotate_pairs(t: pd.DataFrame, meta: pd.DataFrame, metrics: pd.DataFrame, f
     """Insert after a, b: the one factor the pair differs in (None for several or none), its two values,
     and both architectures."""
     t = t.copy()
-    f = [M.differing_factor(meta, a, b, tuple(factors)) for a, b in zip(t.a, t.b)]
+    f = [F.differing_factor(meta, a, b, tuple(factors)) for a, b in zip(t.a, t.b)]
     t.insert(2, "factor", f)
     for i, side in ((3, "a"), (4, "b")):
         t.insert(i, f"value_{side}", [meta.at[x, g] if g in meta.columns else None for x, g in zip(t[side], f)])
@@ -208,7 +212,7 @@ def annotate_pairs(t: pd.DataFrame, meta: pd.DataFrame, metrics: pd.DataFrame, f
 
 def factors(setup: dict, pairs: pd.DataFrame) -> pd.DataFrame:
     """Shared ratio by the one factor that differs (ascending: the factor that changes features most first)."""
-    t = M.factor_table(pairs, setup["meta"], tuple(setup["matching"].factors))
+    t = F.factor_table(pairs, setup["meta"], tuple(setup["matching"].factors))
     common.write_table(t, setup["out"] / "factors.csv")
     return t
 
@@ -220,7 +224,7 @@ def effects(setup: dict, pairs: pd.DataFrame) -> pd.DataFrame:
     for contrasts between factors)."""
     mt, rows = setup["matching"], []
     for t in M.THRESHOLDS:
-        e, boot = M.factor_effects(pairs, setup["meta"], tuple(mt.factors), column=f"dec_shared_{round(t * 100)}",
+        e, boot = F.factor_effects(pairs, setup["meta"], tuple(mt.factors), column=f"dec_shared_{round(t * 100)}",
                                    seed=mt.seed)
         rows.append(e.assign(threshold=t))
         if math.isclose(t, mt.threshold):
@@ -250,7 +254,7 @@ def top2(setup: dict, saes: dict, progress: bool = True) -> pd.DataFrame:
     and the fraction above the threshold (each run's own init, ``runs.Run.init_seed``)."""
     thr, rows = setup["matching"].threshold, []
     for n in _bar("top2", progress, iterable=list(dict.fromkeys(x for p in setup["pairs"] for x in p)), unit="sae"):
-        c, i = M.within_sae_top2(M.directions(saes[n], "decoder")), M.cosine_to_init(saes[n])
+        c, i = M.within_sae_top2(M.directions(saes[n], "decoder")), cosine_to_init(saes[n])
         rows.append(dict(name=n, architecture=setup["metrics"].at[n, "architecture"], n_latents=len(c),
                          top2_mean=c.mean(), top2_median=np.median(c), top2_p90=np.quantile(c, 0.9),
                          frac_above=(c > thr).mean(), init_median=np.median(i), init_frac_above=(i > thr).mean()))
@@ -275,7 +279,7 @@ def layers(setup: dict, pairs: pd.DataFrame) -> pd.DataFrame:
 def embedding_runs(setup: dict) -> pd.DataFrame:
     """The SAEs of the decoder map: runs in ``embedding_grids`` with the base run's architecture."""
     m = setup["metrics"]
-    return common.pick(m, setup["matching"].embedding_grids, architecture=common.base_run(m).architecture)
+    return pick(m, setup["matching"].embedding_grids, architecture=base_run(m).architecture)
 
 
 def embedding(setup: dict, saes: dict, method: str, progress: bool = True) -> pd.DataFrame:
@@ -321,7 +325,7 @@ def summarize(setup: dict) -> dict:
       layers.L{a}_L{b}.{dec_shared,enc_shared,dec_mean_cos}
       embedding.n_saes, embedding.points_per_sae
     """
-    out, mt, base = setup["out"], setup["matching"], common.base_run(setup["metrics"]).name
+    out, mt, base = setup["out"], setup["matching"], base_run(setup["metrics"]).name
     pairs, fac, feats = (common.read_table(out / n) for n in ("pairs.csv", "factors.csv", "pair_features.csv"))
     t2, lay, emb = (common.read_table(out / n) for n in ("top2.csv", "layer_pairs.csv", "embedding_umap.csv"))
     thr = mt.threshold
@@ -346,7 +350,7 @@ def summarize(setup: dict) -> dict:
             m[f"{tag}.{r.factor}.{c}"] = r[c]
     head = eff[np.isclose(eff.threshold, thr)].sort_values("effect", ascending=False)
     m["effect.factors"] = list(head.factor)  # the factor that changes the features most first
-    cs = M.cross_seed_sharing(pairs, setup["meta"], base, tuple(mt.factors), seed=mt.seed)
+    cs = F.cross_seed_sharing(pairs, setup["meta"], base, tuple(mt.factors), seed=mt.seed)
     m.update({"seed_shared_ratio": cs["mean"], "seed_shared_ratio.lo": cs["lo"], "seed_shared_ratio.hi": cs["hi"],
               "seed_shared_ratio.n_pairs": cs["n_pairs"]})
     a, b = setup["pair"]

@@ -37,7 +37,9 @@ from .. import config, paths
 from ..analysis import position as P
 from ..cache import ActivationCache
 from ..corpora import safe_name
-from ..model import DEFAULT_MODEL, load_model as load_lm, set_offline
+from ..model import load_model as load_lm, runtime
+from ..runs import layer_runs, read_metrics
+from ..saes import load_saes as read_saes
 from . import common
 
 NAME = "position"
@@ -68,14 +70,11 @@ class PositionParams:
 
 def setup(model: dict, harvest: dict, position: dict) -> dict:
     """Validate the sections, pin threads, stay offline for the default model; pick one SAE per layer."""
-    mp, hp = config.parse(config.ModelParams, model, "model"), config.parse(config.HarvestParams, harvest, "harvest")
+    mp, hp = runtime(model), config.parse(config.HarvestParams, harvest, "harvest")
     pp = config.parse(PositionParams, position, "position")
-    config.pin_threads(mp.threads)
-    if mp.name == DEFAULT_MODEL:
-        set_offline()
     if pp.corpus not in hp.corpora:
         raise ValueError(f"position.corpus {pp.corpus!r} is not harvested (harvest.corpora: {hp.corpora}).")
-    runs = common.layer_runs(common.read_metrics(), pp.architecture, pp.corpus)
+    runs = layer_runs(read_metrics(), pp.architecture, pp.corpus)
     caches = {c: ActivationCache.open(paths.data("activations", safe_name(c)), expect={"model": mp.name})
               for c in hp.corpora}
     cache = caches[pp.corpus]
@@ -96,7 +95,7 @@ def runs(setup: dict) -> pd.DataFrame:
 
 def load_saes(setup: dict) -> dict:
     """{layer: SAE}."""
-    saes = common.load_saes(setup["runs"].index)
+    saes = read_saes(setup["runs"].index)
     return {int(r.layer): saes[n] for n, r in setup["runs"].iterrows()}
 
 

@@ -14,7 +14,7 @@ Writes to data/analysis/synthetic/:
 * ``metrics.json``: per architecture, the mean over seeds and its standard deviation of every score
   (``<architecture>.<score>`` and ``.sd``; sae-lens' references under ``saelens.<architecture>.``, the
   flat control world's SAEs under ``flat.<architecture>.``); differences of means with +- 2 standard errors
-  (``.lo``, ``.hi``; ``verdicts.mean_difference``): ``<architecture>.vs_topk.<score>``, for the TreeSAE
+  (``.lo``, ``.hi``; ``stats.mean_difference``): ``<architecture>.vs_topk.<score>``, for the TreeSAE
   variants also ``.vs_batchtopk.`` and ``.vs_matryoshka.`` (the goals: BatchTopK's F1, Matryoshka's
   absorption), and ``matryoshka_vs_saelens.<score>`` (ours minus sae-lens' Matryoshka: does ours train as
   theirs does?). A tree SAE also reports its own edges (``tree_edges``, ``tree_precision`` and its chance).
@@ -39,9 +39,10 @@ from tqdm import tqdm
 from .. import config
 from .. import synthetic as S
 from ..io import write_json
-from ..saes import ARCHITECTURES, TreeConfig, architecture, names
+from ..model import runtime
+from ..saes import ARCHITECTURES, TreeConfig, names, traits
 from ..train import pinned_torch
-from ..verdicts import mean_difference
+from ..stats import mean_difference
 from . import common
 
 NAME = "synthetic"
@@ -108,8 +109,8 @@ class SyntheticParams:
 def setup(model: dict, synthetic: dict) -> dict:
     """Validate the section, pin threads, build the world and its flat control (the same features firing
     independently, as often), each with its training set and held-out set."""
-    mp, sp = config.parse(config.ModelParams, model, "model"), config.parse(SyntheticParams, synthetic, "synthetic")
-    config.pin_threads(mp.threads)
+    runtime(model)
+    sp = config.parse(SyntheticParams, synthetic, "synthetic")
     out = common.out_dir(NAME)
     (out / "runs").mkdir(exist_ok=True)
     worlds = {}
@@ -241,7 +242,7 @@ def summarize(setup: dict, scores: pd.DataFrame) -> dict:
                 out.update({f"{key}.{c}": d, f"{key}.{c}.lo": lo, f"{key}.{c}.hi": hi})
     mine = scores[scores.source == "ours"]
     for arch in sp.architectures:  # every architecture against TopK; the TreeSAE variants also against the goals
-        for ref in ("topk",) + (("batchtopk", "matryoshka") if architecture(arch).hierarchical else ()):
+        for ref in ("topk",) + (("batchtopk", "matryoshka") if traits(arch).hierarchical else ()):
             if arch != ref and ref in sp.architectures:
                 diff(f"{arch}.vs_{ref}", mine[mine.architecture == arch], mine[mine.architecture == ref])
     ours, ref = (scores[(scores.source == src) & (scores.architecture == "matryoshka")] for src in ("ours", "saelens"))

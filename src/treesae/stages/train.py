@@ -23,9 +23,9 @@ from ..cache import ActivationCache, hook_name
 from ..convergence import Monitor, converged, finalize
 from ..corpora import safe_name
 from ..io import JsonStore, write_bytes_atomic, write_json
-from ..model import load_model, origin
-from ..runs import Run, build, expand, grids_of
-from ..saes import ARCHITECTURES, load_sae, names, save_sae
+from ..model import load_model, origin, pin_threads, runtime
+from ..runs import Run, expand, grids_of
+from ..saes import ARCHITECTURES, build_run, load_sae, names, save_sae
 from ..saes.base import weights_digest
 from ..stream import ActivationStream
 from ..train import TrainConfig, train_sweep
@@ -86,7 +86,7 @@ def check(model, harvest, train: dict) -> dict:
         if run.layer not in harvest.layers:
             raise ValueError(f"run {run.name}: layer {run.layer} is not harvested (harvest.layers: {harvest.layers}).")
         try:
-            build(run, 8, tp.architectures)  # config validation (k vs d_sae, unknown fields) on a tiny d_in
+            build_run(run, 8, tp.architectures)  # config validation (k vs d_sae, unknown fields) on a tiny d_in
         except (ValueError, TypeError) as e:
             raise ValueError(f"params.yaml: run {run.name} (train.base / grids / architectures.{run.architecture}): {e}") from None
     optim = config.parse(TrainConfig, {"threads": model.threads, **tp.optim}, "train.optim")
@@ -95,7 +95,7 @@ def check(model, harvest, train: dict) -> dict:
 
 def setup(model: dict, harvest: dict, train: dict):
     """Validate everything and build every SAE before any training starts (fast failure)."""
-    mp, hp = config.runtime(model), config.parse(config.HarvestParams, harvest, "harvest")
+    mp, hp = runtime(model), config.parse(config.HarvestParams, harvest, "harvest")
     c = check(mp, hp, train)
     return dict(model=mp, harvest=hp, train=c["train"], runs=c["runs"], optim=c["optim"])
 
@@ -140,7 +140,7 @@ def train_all(setup: dict, progress: bool = True) -> dict:
                                     shard_contexts=hp.shard_contexts, device=dev)
             full = data.whole  # one buffer: every train token, as the cache would give them
         n_train = len(full) if full is not None else data.epoch_tokens
-        saes = {r.name: build(r, cache.meta["d_model"], tp.architectures).to(dev) for r in runs}
+        saes = {r.name: build_run(r, cache.meta["d_model"], tp.architectures).to(dev) for r in runs}
         if progress:
             print(f"{corpus} layer {layer}: {len(saes)} SAEs on {n_train:,} tokens ({cfg.n_tokens:,} tokens each)"
                   + ("" if cache.meta.get("train_cached", True) else ", streamed from the model"))
@@ -176,7 +176,7 @@ def train_all(setup: dict, progress: bool = True) -> dict:
 
 
 def _train_rank(setup: dict, progress: bool) -> None:
-    config.pin_threads(setup["optim"].threads)
+    pin_threads(setup["optim"].threads)
     train_all(setup, progress=progress and dist.is_main())
 
 
@@ -204,7 +204,8 @@ def eval_key(run: Run, sae, cache_meta: dict, setup: dict, downstream: bool) -> 
 
 def evaluate(setup: dict, saes: dict, lm=None, progress: bool = True) -> pd.DataFrame:
     """Held-out metrics of every SAE: reconstruction (nMSE, FVU, L0, dead, per level) and, with the
-    model, downstream CE / KL with the reconstruction spliced in. Writes data/train/metrics.csv.
+    model, downstream CE / KL with the reconstruction spliced in. Writes data/train/metrics.csv, metrics.json and
+    config.json (``resolved_config``).
     Each row is kept in data/.partial/eval as soon as it is computed (``eval_key``): a rerun after an
     interruption evaluates only the missing SAEs and writes the same table. Under torchrun, rank 0 evaluates;
     the other ranks wait for it and read its table."""
@@ -245,8 +246,17 @@ def evaluate(setup: dict, saes: dict, lm=None, progress: bool = True) -> pd.Data
     keep = ("nmse", "fvu", "l0", "dead_fraction", "ce_increase", "ce_score", "kl_score", "dec_stability", "converged")
     write_json(out / "metrics.json", {n: {k: (bool(v) if k == "converged" else round(float(v), 6)) for k, v in r.items()
                                           if k in keep and v == v} for n, r in table.iterrows()})
+    write_json(out / "config.json", resolved_config(s))
     dist.barrier()
     return table
+
+
+def resolved_config(setup: dict) -> dict:
+    """data/train/config.json: the training config every SAE was trained with (``TrainConfig.determining``: its
+    defaults and derived fields filled in), held-out evaluation and token filters: what the numbers stage quotes."""
+    tp = setup["train"]
+    return dict(optim=setup["optim"].determining(), eval=dataclasses.asdict(tp.eval), drop_first=tp.drop_first,
+                sink_ratio=tp.sink_ratio)
 
 
 def convergence_table(setup: dict) -> pd.DataFrame:

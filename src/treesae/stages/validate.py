@@ -13,7 +13,8 @@ from ..saes import ARCHITECTURES
 from .browser import BrowserParams
 from .figures import FiguresParams
 from .hierarchy import HierarchyParams
-from .matching import FACTORS, MatchingParams
+from ..runs import FACTORS
+from .matching import MatchingParams
 from .position import PositionParams
 from .synthetic import SyntheticParams
 from .train import check

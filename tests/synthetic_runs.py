@@ -1,6 +1,6 @@
 """A synthetic stage-02 runs table (data/train/metrics.csv) built with the real sweep expansion.
 
-    from synthetic_runs import metrics_table      # tests/stages is on sys.path for tests in it
+    from synthetic_runs import metrics_table      # tests/ is on sys.path (its conftest.py)
 """
 import numpy as np
 import pandas as pd
