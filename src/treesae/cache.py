@@ -22,6 +22,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from .io import sha256_file
@@ -171,7 +172,6 @@ class ActivationCache:
         f = self.path / "summary.csv"
         if not f.exists():
             return None
-        import pandas as pd
         s = pd.read_csv(f)
         v = s[(s.layer == layer) & (s.position >= 1)].norm_median.median()
         return float(v) if v == v and not math.isinf(v) else None

@@ -15,6 +15,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from . import paths
+from .corpora import SOURCES
 
 
 def _plain(x):
@@ -133,7 +134,6 @@ class HarvestParams:
     disk_budget_gb: float | None = None  # when every layer of every context would not fit: cache held-out only, stream train
 
     def __post_init__(self):
-        from .corpora import SOURCES
         _check(len(self.corpora) > 0, "harvest.corpora is empty: name at least one corpus (brown, pydocs or hf:<dataset>)")
         for c in self.corpora:
             _check(c in SOURCES or c.startswith("hf:") and len(c) > 3,

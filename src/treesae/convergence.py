@@ -20,6 +20,7 @@ training removes that part; memorising the training tokens adds to it.
 one is not in the usual list: a run of a few steps under a decaying learning rate also stops improving
 and stops moving, so only its distance from the init tells it from a converged one (tests/test_convergence.py).
 """
+import copy
 import io
 import math
 from pathlib import Path
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 
 from .io import write_bytes_atomic
+from .metrics import reconstruction_metrics
 from .tensors import normalize_rows
 
 THRESHOLDS = dict(fvu_gain_last_quarter=0.02,  # held-out FVU improves by less than 2% over the last quarter
@@ -40,7 +42,6 @@ INIT_THRESHOLD = 0.7
 
 def _fvu(sae, x, fired: bool = False):
     """Held-out FVU (and, with ``fired``, the mask of latents that fire on ``x``)."""
-    from .metrics import reconstruction_metrics
     m = reconstruction_metrics(sae, x, fired=fired)
     return (float(m["fvu"]), m["fired"]) if fired else float(m["fvu"])
 
@@ -111,7 +112,6 @@ def finalized(sae, train_sample):
     """``sae`` as it would be after ``finalize`` (a copy when that changes it), in eval mode."""
     if train_sample is None or not hasattr(sae, "calibrate_threshold"):
         return sae
-    import copy
     out = copy.deepcopy(sae).eval()
     finalize(out, train_sample)
     return out

@@ -91,7 +91,7 @@ def read_hf(spec: str) -> list[Document]:
     if offline():
         raise RuntimeError(f"Corpus {spec!r} is a Hugging Face dataset, but this run is offline (HF_HUB_OFFLINE=1). "
                            "Use the offline corpora 'brown' or 'pydocs', or run online with HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0.")
-    import datasets
+    import datasets  # noqa: PLC0415  (only a hub corpus needs it; its import costs seconds)
     ds = datasets.load_dataset(name, split=split)
     return [Document(f"{i:07d}", row[field], name) for i, row in enumerate(ds)]
 

@@ -22,6 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib import patheffects  # noqa: E402
+from matplotlib.animation import FuncAnimation, PillowWriter  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
@@ -237,7 +239,6 @@ def hierarchy_correlation(coact: pd.DataFrame, cosine: pd.DataFrame, path) -> Pa
     quartiles, whiskers 1.5 IQR, no outliers; parent-child in the architecture's colour, shuffled grey.
     Columns: coact: variant, p_parent_given_child, p_parent_given_child_shuffled (``coactivation``);
     cosine: variant, cos, cos_shuffled (``cross_level_decoder_cosine``)."""
-    from matplotlib import patheffects
     _need(coact, "variant", "p_parent_given_child", "p_parent_given_child_shuffled", name="coact")
     _need(cosine, "variant", "cos", "cos_shuffled", name="cosine")
     order = _order(list(coact.variant) + list(cosine.variant))
@@ -486,7 +487,6 @@ def decoder_umap(emb: pd.DataFrame, path, title: str = "Decoder directions (UMAP
 def decoder_umap_animation(emb: pd.DataFrame, path, frame: str = "layer", fps: int = 2) -> Path:
     """The layer-by-layer decoder map as a GIF: one frame per value of ``frame`` (x, y shared axes), one
     colour per SAE. Columns: x, y, sae, <frame>."""
-    from matplotlib.animation import FuncAnimation, PillowWriter
     _need(emb, "x", "y", "sae", frame, name="embedding")
     frames = sorted(emb[frame].unique())
     order = _order(emb.sae, [])

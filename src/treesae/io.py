@@ -1,6 +1,7 @@
 """Atomic file and directory writes, checksums, deterministic JSON, and pinned packages fetched by their clients."""
 import contextlib
 import hashlib
+import io as _io
 import json
 import os
 import shutil
@@ -8,6 +9,8 @@ import subprocess
 import tempfile
 import urllib.request
 from pathlib import Path
+
+import numpy as np
 
 
 def sha256_file(path, chunk=1 << 22) -> str:
@@ -95,7 +98,6 @@ class ArrayStore:
         self.root = Path(root)
 
     def get(self, key):
-        import numpy as np
         try:
             with np.load(self.root / f"{key}.npz", allow_pickle=False) as z:
                 return {k: (z[k].item() if z[k].ndim == 0 else z[k]) for k in z.files}
@@ -103,9 +105,6 @@ class ArrayStore:
             return None
 
     def __setitem__(self, key, arrays: dict):
-        import io as _io
-
-        import numpy as np
         buf = _io.BytesIO()
         np.savez(buf, **arrays)
         write_bytes_atomic(self.root / f"{key}.npz", buf.getvalue())

@@ -65,7 +65,7 @@ def gguf_path() -> Path:
 
 def hf_smollm2():
     """(hf_model, tokenizer) in fp32, from the fp32 cache or, the first time, from the GGUF."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415  (heavy: loaded with a model only)
     cache = paths.models_dir() / "smollm2-135m-fp32"
     if not (cache / "config.json").exists():
         src = gguf_path()
@@ -88,7 +88,7 @@ def hf_smollm2():
 
 
 def hooked_config(hf_cfg):
-    from transformer_lens import HookedTransformerConfig
+    from transformer_lens import HookedTransformerConfig  # noqa: PLC0415  (heavy: loaded with a model only)
     return HookedTransformerConfig(
         model_name=DEFAULT_MODEL, d_model=hf_cfg.hidden_size, d_head=hf_cfg.hidden_size // hf_cfg.num_attention_heads,
         n_heads=hf_cfg.num_attention_heads, n_key_value_heads=hf_cfg.num_key_value_heads, d_mlp=hf_cfg.intermediate_size,
@@ -109,8 +109,8 @@ def _rope_theta(hf_cfg):
 def load_model(name: str = DEFAULT_MODEL, device: str = "cpu"):
     """A HookedTransformer with its tokenizer attached (``model.tokenizer``)."""
     if name in LOCAL_MODELS:
-        from transformer_lens import HookedTransformer
-        from transformer_lens.pretrained.weight_conversions import convert_llama_weights
+        from transformer_lens import HookedTransformer  # noqa: PLC0415  (heavy: loaded with a model only)
+        from transformer_lens.pretrained.weight_conversions import convert_llama_weights  # noqa: PLC0415  (heavy: loaded with a model only)
         hf, tok = hf_smollm2()
         cfg = hooked_config(hf.config)
         cfg.device = device
@@ -123,7 +123,7 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "cpu"):
             f"Model {name!r} must come from the Hugging Face hub, but this run is offline (HF_HUB_OFFLINE=1). "
             f"Use the offline default model: {DEFAULT_MODEL!r}, or run online with HF_HUB_OFFLINE=0 "
             "TRANSFORMERS_OFFLINE=0 (e.g. `make paper HF_HUB_OFFLINE=0` after setting model: gpt2 in params.yaml).")
-    from transformer_lens import HookedTransformer
+    from transformer_lens import HookedTransformer  # noqa: PLC0415  (heavy: loaded with a model only)
     return HookedTransformer.from_pretrained(name, device=device).eval()
 
 

@@ -47,7 +47,7 @@ def run(notebook) -> Path:
 
 def install_kernel(prefix=sys.prefix) -> Path:
     """Register this interpreter as the Jupyter kernel ``treesae`` under ``prefix``; rerunning replaces it."""
-    from ipykernel.kernelspec import install
+    from ipykernel.kernelspec import install  # noqa: PLC0415  (make setup only)
     return Path(install(kernel_name=KERNEL, display_name="Python (treesae)", prefix=str(prefix)))
 
 

@@ -31,6 +31,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
+from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import version
 from pathlib import Path
 
 import lapjv
@@ -246,7 +248,6 @@ def match_pair(sae_a, sae_b, method: str = "auto") -> pd.DataFrame:
 @functools.cache
 def _code_digest() -> bytes:
     """This module's source and the solvers' versions: a change to either invalidates cached pair rows."""
-    from importlib.metadata import version
     libs = " ".join(version(p) for p in ("numpy", "scipy", "torch", "lapjv"))
     return hashlib.sha256(Path(__file__).read_bytes() + libs.encode()).digest()
 
@@ -286,7 +287,6 @@ def compare_saes(saes: dict, pairs=None, threshold: float = THRESHOLD, method: s
     (features=True recomputes all: per-latent tables are not cached); each computed row is stored as soon as
     its pair finishes, so an interrupted call loses only the pairs in flight. The table is the same either way.
     """
-    from concurrent.futures import ThreadPoolExecutor
     names = list(saes)
     pairs = list(itertools.combinations(names, 2)) if pairs is None else [tuple(p) for p in pairs]
     used = list(dict.fromkeys(n for p in pairs for n in p))
@@ -357,11 +357,11 @@ def decoder_embedding(saes: dict, method: str = "umap", seed: int = 0, max_per_s
         tags.append(pd.DataFrame({"sae": name, "feature": idx}))
     X = np.concatenate(X)
     if method == "umap":
-        import umap
+        import umap  # noqa: PLC0415  (its first import compiles numba code: ~15 s a stage without a UMAP should not pay)
         emb = umap.UMAP(n_neighbors=min(n_neighbors, len(X) - 1), min_dist=min_dist, metric="cosine",
                         random_state=seed, n_jobs=1).fit_transform(X)
     elif method == "tsne":
-        from sklearn.manifold import TSNE
+        from sklearn.manifold import TSNE  # noqa: PLC0415  (as umap: only when a t-SNE is asked for)
         emb = TSNE(2, perplexity=min(perplexity, (len(X) - 1) / 3), metric="cosine", init="pca",
                    random_state=seed).fit_transform(X)
     else:

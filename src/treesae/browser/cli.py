@@ -7,11 +7,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import time
 from pathlib import Path
 
 import pandas as pd
+
+from .. import paths
 
 NAME_COLUMNS = ("name", "run", "sae")
 
@@ -24,9 +27,9 @@ def load_inputs(saes_dir, meta_csv, activations_dir, name_column: str | None = N
     / "name" / "run" / "sae" that is a column, restricted to the SAEs found; it needs ``corpus`` and
     ``layer`` (``layer`` is read from the SAE's sae-lens ``hook_name`` metadata when missing).
     """
-    from ..cache import ActivationCache
-    from ..corpora import safe_name
-    from ..saes import load_sae
+    from ..cache import ActivationCache  # noqa: PLC0415  (torch, as in main)
+    from ..corpora import safe_name  # noqa: PLC0415
+    from ..saes import load_sae  # noqa: PLC0415
 
     saes_dir, activations_dir = Path(saes_dir), Path(activations_dir)
     dirs = sorted(p for p in saes_dir.iterdir() if (p / "treesae.json").exists()) if saes_dir.is_dir() else []
@@ -52,7 +55,6 @@ def load_inputs(saes_dir, meta_csv, activations_dir, name_column: str | None = N
 
 
 def _layer_from_cfg(path: Path):
-    import json
     cfg = json.loads((path / "cfg.json").read_text()) if (path / "cfg.json").exists() else {}
     hook = (cfg.get("metadata") or {}).get("hook_name") or cfg.get("hook_name") or ""
     m = re.search(r"blocks\.(\d+)\.", hook)
@@ -76,14 +78,13 @@ def main(argv=None):
     ap.add_argument("--match-group", default=None, help="meta column: only match SAEs sharing its value (e.g. layer)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
-    from .. import paths
     for k in ("saes", "meta", "activations", "out"):  # relative paths resolve from the project root
         setattr(args, k, paths.root() / getattr(args, k))
 
-    import torch
+    import torch  # noqa: PLC0415  (here and below: `--help` answers without loading torch and the model code)
 
-    from ..model import DEFAULT_MODEL, load_model, set_offline
-    from . import extract, write_site
+    from ..model import DEFAULT_MODEL, load_model, set_offline  # noqa: PLC0415
+    from . import extract, write_site  # noqa: PLC0415
     set_offline()
     torch.set_num_threads(args.threads)
     t = time.perf_counter()

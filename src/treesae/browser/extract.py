@@ -33,6 +33,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tqdm import tqdm
+
+from ..saes.base import weights_digest
 from ..tensors import dense, eval_mode
 
 FORMAT_VERSION = 1
@@ -320,7 +323,6 @@ def _token_strings(tokenizer, ids) -> dict[int, str]:
 
 
 def _stats_key(sae, tkey, source_key, salt, model, *settings) -> str:
-    from ..saes.base import weights_digest
     h = hashlib.sha256(Path(__file__).read_bytes() + weights_digest(sae))
     h.update(repr((tkey, source_key, salt, getattr(getattr(model, "cfg", None), "model_name", None), settings)).encode())
     return h.hexdigest()
@@ -364,7 +366,6 @@ def extract(saes: Mapping[str, Any], meta: pd.DataFrame, caches, model=None, *, 
     source_of: dict[Any, int] = {}
     it = order
     if progress:
-        from tqdm import tqdm
         it = tqdm(order, desc="browser", mininterval=10)
     for n in it:
         key, src = resolved[n]

@@ -11,6 +11,7 @@ layers and models whatever the activation norm.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -153,7 +154,6 @@ def auxk_reconstruction(pre: Tensor, dead_mask: Tensor, k_aux: int, columns, val
 
 def weights_digest(sae: nn.Module) -> bytes:
     """sha256 of every tensor of ``sae.state_dict()`` (names, dtypes, shapes, bytes): keys cached results."""
-    import hashlib
     h = hashlib.sha256()
     for name, t in sorted(sae.state_dict().items()):
         h.update(f"{name}{t.dtype}{tuple(t.shape)}".encode())

@@ -32,6 +32,8 @@ from sae_lens import SAE
 from sae_lens.constants import SAE_WEIGHTS_FILENAME
 from sae_lens.saes.sae import SAEMetadata
 
+from .. import paths
+from ..io import atomic_dir
 from .base import BaseSAE
 
 TREESAE_FILENAME = "treesae.json"
@@ -57,7 +59,6 @@ def to_sae_lens(sae: BaseSAE, metadata: dict[str, Any] | None = None) -> SAE:
 def save_sae(sae: BaseSAE, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
     """Write ``path/{cfg.json, sae_weights.safetensors, treesae.json}`` (atomically: a reader sees the old
     SAE or the new one, never a mix); returns ``path``."""
-    from ..io import atomic_dir
     path = Path(path)
     with atomic_dir(path) as tmp:
         to_sae_lens(sae, metadata).save_model(tmp)
@@ -69,7 +70,7 @@ def save_sae(sae: BaseSAE, path: str | Path, metadata: dict[str, Any] | None = N
 
 def load_sae(path: str | Path) -> BaseSAE:
     """Rebuild our module (eval mode, CPU) from a directory written by ``save_sae``."""
-    from . import build
+    from . import build  # noqa: PLC0415  (treesae.saes imports this module: a cycle at import time)
 
     path = Path(path)
     if not (path / TREESAE_FILENAME).exists():
@@ -92,7 +93,6 @@ def load_sae(path: str | Path) -> BaseSAE:
 
 def load_saes(names) -> dict:
     """{run name: SAE} from stage 02's data/saes/<run>/ (eval mode, CPU)."""
-    from .. import paths
     out = {}
     for n in names:
         p = paths.data("saes", n)

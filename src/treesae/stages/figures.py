@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import pandas as pd
+from IPython.display import Image
 
 from .. import config, paths
 from .. import figures as F
@@ -145,7 +146,6 @@ def has_data(tables: dict, slug: str) -> bool:
 def draw(setup: dict, tables: dict, slug: str):
     """Draw one figure to figures/<slug>.png (.gif for animations); returns it for display, or None (and
     draws nothing) when the profile has no data for it."""
-    from IPython.display import Image
     if not has_data(tables, slug):
         return None
     sp = SPECS[slug]
