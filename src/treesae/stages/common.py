@@ -15,6 +15,7 @@ import pandas as pd
 
 from .. import paths
 from ..io import write_bytes_atomic, write_json
+from ..runs import recipe_runs
 
 FLOAT_FORMAT = "%.6g"
 SIG_DIGITS = 6
@@ -100,3 +101,11 @@ def read_json(path) -> dict:
 def load_tables(names) -> dict:
     """{name: DataFrame (CSV) or dict (JSON)} of ``TABLES``' ``names``."""
     return {n: (read_json if TABLES[n].endswith(".json") else read_table)(paths.data(TABLES[n])) for n in names}
+
+
+def recipe_curves(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The training curves (data/train/curves/) of the base run and its recipe ablations (``runs.recipe_runs``), with
+    their run, ``variant`` and architecture."""
+    return pd.concat([read_table(paths.data("train", "curves", f"{run}.csv")).assign(
+        run=run, variant=r.variant, architecture=r.architecture) for run, r in recipe_runs(metrics).iterrows()],
+        ignore_index=True)

@@ -20,7 +20,7 @@ from IPython.display import Image
 from .. import config, paths
 from .. import figures as F
 from ..registry import names
-from ..runs import base_run, frontier_seeds, read_metrics, recipe_runs
+from ..runs import base_run, frontier_seeds, read_metrics
 from . import common
 
 
@@ -121,14 +121,9 @@ def setup(figures: dict) -> dict:
 def load_tables(setup: dict | None = None) -> dict:
     """Every table a spec reads: ``metrics`` (stage 02's runs table), ``curves`` (the recipe runs' training
     curves, with their ``variant``) and the ``common.TABLES`` the specs name."""
-    t = {"metrics": read_metrics()}
-    curves = []
-    for run, r in recipe_runs(t["metrics"]).iterrows():
-        c = common.read_table(paths.data("train", "curves", f"{run}.csv"))
-        curves.append(c.assign(run=run, variant=r.variant, architecture=r.architecture))
-    t["curves"] = pd.concat(curves, ignore_index=True)
+    m = read_metrics()
     wanted = dict.fromkeys(n for sp in SPECS.values() for n in sp.tables if n in common.TABLES)
-    return t | common.load_tables(wanted)
+    return {"metrics": m, "curves": common.recipe_curves(m), **common.load_tables(wanted)}
 
 
 def inputs(setup: dict, tables: dict) -> pd.DataFrame:

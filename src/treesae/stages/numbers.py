@@ -31,12 +31,8 @@ TABLES = ("train.config", "position.corpora", "position.metrics", "matching.pair
 def load_tables(matching_factors=None) -> dict:
     """The runs table, the recipe runs' training curves and ``TABLES`` (``common.TABLES``' names), as ``numbers``
     takes them; ``matching_factors``: params.yaml's matching.factors (claim (b) compares these)."""
-    t = {"metrics": read_metrics(), **common.load_tables(TABLES)}
-    curves = []
-    for run, r in recipe_runs(t["metrics"]).iterrows():
-        c = common.read_table(paths.data("train", "curves", f"{run}.csv"))
-        curves.append(c.assign(run=run, variant=r.variant, architecture=r.architecture))
-    t["curves"] = pd.concat(curves, ignore_index=True)
+    m = read_metrics()
+    t = {"metrics": m, "curves": common.recipe_curves(m), **common.load_tables(TABLES)}
     if matching_factors is not None:
         t["matching.factors"] = list(matching_factors)
     return t
