@@ -130,3 +130,5 @@ def test_pdf_is_bit_identical_from_run_to_run(tmp_path):
         pytest.skip("no Chromium")
     assert b"/CreationDate (D:20000101000000" in a["pdf"].read_bytes()
     assert a["pdf"].read_bytes() == b["pdf"].read_bytes()
+    assert b"file://" not in a["pdf"].read_bytes()  # no link to this machine's files: copies of a workspace print the same
+    assert not list(tmp_path.glob("*/.*.tmp"))  # written atomically, nothing left beside it

@@ -116,19 +116,20 @@ def render(numbers: dict, template: Path | None = None, out_dir: Path | None = N
 
 
 def print_pdf(page: Path, pdf: Path) -> Path | None:
-    """Chromium's print-to-PDF, when Chromium is installed (the browser tests install it)."""
+    """Chromium's print-to-PDF, when Chromium is installed (the browser tests install it), written atomically."""
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
         return None
-    with tempfile.TemporaryDirectory() as profile:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "paper.pdf"
         subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                        "--disable-component-update", "--no-first-run", f"--user-data-dir={profile}",
-                        "--no-pdf-header-footer", f"--print-to-pdf={pdf}", page.resolve().as_uri()],
+                        "--disable-component-update", "--no-first-run", f"--user-data-dir={Path(tmp) / 'profile'}",
+                        "--no-pdf-header-footer", f"--print-to-pdf={out}", page.resolve().as_uri()],
                        check=True, capture_output=True, timeout=120)
+        data = out.read_bytes()
     # Chromium stamps the time of printing; a fixed stamp of the same length keeps the xref offsets valid and
     # the file bit-identical from run to run
-    data = re.sub(rb"/(CreationDate|ModDate) \(D:\d{14}", rb"/\1 (D:20000101000000", pdf.read_bytes())
-    pdf.write_bytes(data)
+    write_bytes_atomic(pdf, re.sub(rb"/(CreationDate|ModDate) \(D:\d{14}", rb"/\1 (D:20000101000000", data))
     return pdf
 
 
