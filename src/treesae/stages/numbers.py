@@ -10,7 +10,6 @@ table it comes from.
 """
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 
@@ -41,7 +40,7 @@ def load_tables(matching_factors=None) -> dict:
 CURVES = ("tokens", "nmse", "l0", "dead_fraction")  # paper/training_curves.csv: dvc.yaml's top-level plots
 
 
-def write_runs(tables: dict, out) -> pd.DataFrame:
+def write_runs(tables: dict, out) -> None:
     """paper/runs.csv: stage 02's table (one row per SAE: factors, held-out metrics, convergence diagnostics and
     verdict), and paper/training_curves.csv: every SAE's training curve (``CURVES``) in one long table, published
     beside the paper so a clone shows every SAE's numbers without the data (and ``dvc plots show`` overlays them)."""
@@ -51,8 +50,6 @@ def write_runs(tables: dict, out) -> pd.DataFrame:
               for run, r in m.iterrows()]
     common.write_table(pd.concat(curves, ignore_index=True)[["run", "architecture", *CURVES]],
                        out / "training_curves.csv")
-    cols = ["architecture", "corpus", "layer", "d_sae", "k", "seed", "fvu", "l0", "converged"]
-    return m[[c for c in cols if c in m]]
 
 
 HEADLINE = ("base.fvu", "base.l0", "base.ce_increase", "base.dead_fraction", "train.converged_fraction",
