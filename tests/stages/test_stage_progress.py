@@ -70,7 +70,7 @@ def test_position(tmp_path, tiny_model, capsys):
 def test_hierarchy(tmp_path, monkeypatch, capsys):
     torch.manual_seed(0)
     saes = {"topk": build("topk", d_in=16, d_sae=24, k=3), "tree": build("tree", d_in=16, widths=[8, 16], k=2)}
-    monkeypatch.setattr(hierarchy.common, "load_saes", lambda names: {n: saes[n] for n in names})
+    monkeypatch.setattr(hierarchy, "read_saes", lambda names: {n: saes[n] for n in names})
     X = torch.randn(500, 16)
     setup = dict(hierarchy=hierarchy.HierarchyParams(batch_size=128, min_count=1), out=tmp_path,
                  runs=pd.DataFrame({"architecture": list(saes)}, index=list(saes)),
