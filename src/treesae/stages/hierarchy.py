@@ -267,7 +267,7 @@ def l0_per_token(setup: dict, X, progress: bool = True) -> pd.DataFrame:
 
 
 def summarize(setup: dict) -> dict:
-    """Headline numbers, written to metrics.json (stage 06 prefixes "hierarchy.").
+    """Headline numbers, written to metrics.json (the numbers stage prefixes "hierarchy.").
 
     Keys (A: an architecture of the stage; l: a level; K: a frontier k):
       n_tokens, k, d_sae, layer, corpus, min_count, architectures, probe_{top,children,min_count,implication}

@@ -301,7 +301,7 @@ def embedding(setup: dict, saes: dict, method: str, progress: bool = True) -> pd
 
 
 def summarize(setup: dict) -> dict:
-    """Headline numbers, written to metrics.json (stage 06 prefixes "matching.").
+    """Headline numbers, written to metrics.json (the numbers stage prefixes "matching.").
 
     Keys (F: a differing factor; La_Lb: adjacent layers; R: a run name):
       threshold, n_saes, n_pairs, all_pairs (bool), factors (factors with pairs, most feature-changing first)

@@ -20,7 +20,7 @@ held-out contexts of one corpus (``cache.layer(L)[rows]``, [n_ctx, T, d], positi
 * ``residual_norm.csv``, ``sink.csv``, ``lm_loss_by_position.csv``: residual norm by position for
   every layer of the model, the attention-sink ratio per layer and the LM loss by position, from the
   harvest's ``data/activations/<corpus>/summary.csv`` (every corpus).
-* ``corpora.csv``: what was harvested (model, layers, tokens per corpus), for stage 06.
+* ``corpora.csv``: what was harvested (model, layers, tokens per corpus), for the numbers stage.
 * ``metrics.json``: the headline numbers (keys in ``summarize``).
 
 Every step that reads contexts shows a progress bar on stderr (contexts done, rate, ETA; ``progress=False``: none).
@@ -287,7 +287,7 @@ def sink_table(norms: pd.DataFrame) -> pd.DataFrame:
 
 
 def corpora(setup: dict) -> pd.DataFrame:
-    """What was harvested, per corpus (read by stage 06 for the paper's numbers)."""
+    """What was harvested, per corpus (read by the numbers stage)."""
     rows = []
     for c, k in setup["caches"].items():
         m = k.meta
@@ -303,7 +303,7 @@ def corpora(setup: dict) -> pd.DataFrame:
 
 
 def summarize(setup: dict) -> dict:
-    """Headline numbers from the tables above, written to metrics.json (stage 06 prefixes "position.").
+    """Headline numbers from the tables above, written to metrics.json (the numbers stage prefixes "position.").
 
     Keys (L: a layer with an SAE; S: every layer of the summary; M: an intervention mode; C: clean or
     the position-removing mode):
