@@ -233,18 +233,21 @@ def test_learned_tree_adopts_true_parents(world):
     assert m["n_edges"] >= 5 and m["tree_precision"] >= 0.3 and m["tree_precision"] > 10 * m["tree_precision_chance"]
 
 
-def test_our_matryoshka_trains_like_sae_lens_on_a_small_world():
-    """Same world, batches, width, k and budget: our Matryoshka and sae-lens' agree within the stated tolerance
-    (mean over two seeds: F1 within 0.1, explained variance within 0.05, L0 within 5% of each other). The
-    published run measures the difference at full size with its interval (paper section 7)."""
+@pytest.mark.parametrize("arch", ["batchtopk", "matryoshka"])
+def test_ours_trains_as_well_as_sae_lens_on_a_small_world(arch):
+    """Same world, batches, width, k and budget, three seeds each: our F1 and MCC are no worse than sae-lens'
+    beyond seed noise (mean difference above -2 standard errors, or -0.02 when the seeds agree closely), and
+    explained variance and L0 agree (within 0.05 and 5%). Stage 08 measures the difference at full size."""
     w = S.make_world(S.WorldConfig(d_in=32, n_features=96, n_roots=4, target_l0=5.0))
     data, held = S.train_data(w, 16384), S.sample(w, 4096, 0, split="eval")
     kw = dict(data=data, batch_size=512, lr=3e-3, lr_end=3e-4)
-    ours, ref = [], []
-    for seed in (0, 1):
-        ours.append(S.evaluate(S.train_ours("matryoshka", w, 64, 5, 300_000, seed, **kw), w, 4096, 0, eval_data=held))
-        ref.append(S.evaluate(S.train_reference("matryoshka", w, 64, 5, 300_000, seed, **kw), w, 4096, 0, eval_data=held))
-    mean = lambda rows, k: float(np.mean([r[k] for r in rows]))
-    assert abs(mean(ours, "f1") - mean(ref, "f1")) < 0.1
-    assert abs(mean(ours, "explained_variance") - mean(ref, "explained_variance")) < 0.05
-    assert mean(ours, "l0") == pytest.approx(mean(ref, "l0"), rel=0.05)
+    seeds = (0, 1, 2)
+    ours = [S.evaluate(S.train_ours(arch, w, 64, 5, 300_000, s, **kw), w, 4096, 0, eval_data=held) for s in seeds]
+    ref = [S.evaluate(S.train_reference(arch, w, 64, 5, 300_000, s, **kw), w, 4096, 0, eval_data=held) for s in seeds]
+    col = lambda rows, k: np.array([r[k] for r in rows])
+    for k in ("f1", "mcc"):
+        a, b = col(ours, k), col(ref, k)
+        se = np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+        assert a.mean() - b.mean() > -max(2 * se, 0.02), (k, a, b)
+    assert abs(col(ours, "explained_variance").mean() - col(ref, "explained_variance").mean()) < 0.05
+    assert col(ours, "l0").mean() == pytest.approx(col(ref, "l0").mean(), rel=0.05)

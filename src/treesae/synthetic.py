@@ -362,11 +362,11 @@ def _finalize_sample(data: torch.Tensor, n: int = 32768) -> torch.Tensor:
 
 def train_ours(architecture: str, world, d_sae: int, k: int, n_tokens: int, seed: int, *, data=None,
                train_tokens: int = 65536, batch_size: int = 1024, lr: float = 3e-3, lr_end: float = 3e-4,
-               extra: dict | None = None, out_dir=None, **train_cfg):
+               extra: dict | None = None, out_dir=None, calibrate: bool = True, **train_cfg):
     """A treesae SAE built as stage 02 builds run (architecture, "synthetic", layer 0, d_sae, k, seed) with
     ``extra`` (default ``EXTRA``) as ``train.architectures``, trained by ``train_sweep`` for ``n_tokens`` on
     ``data`` (default ``train_data(world, train_tokens)``; several epochs) with batch order seed ``seed``,
-    finalized (BatchTopK threshold), exported with ``save_sae`` to ``out_dir`` (a temporary directory if
+    finalized (BatchTopK threshold; ``calibrate=False`` keeps the running estimate), exported with ``save_sae`` to ``out_dir`` (a temporary directory if
     None) and returned as loaded back by ``sae_lens.SAE.load_from_disk``."""
 
     data = train_data(world, train_tokens) if data is None else data
@@ -375,7 +375,8 @@ def train_ours(architecture: str, world, d_sae: int, k: int, n_tokens: int, seed
     cfg = TrainConfig(**{**dict(n_tokens=n_tokens, batch_size=batch_size, lr=lr, lr_end=lr_end, threads=1,
                                 checkpoint_every=0, seed=seed, log_every=10 ** 9), **train_cfg})
     train_sweep({run.name: sae}, data, cfg, progress=False)
-    finalize(sae, _finalize_sample(data))
+    if calibrate:
+        finalize(sae, _finalize_sample(data))
     with tempfile.TemporaryDirectory() as tmp:
         path = save_sae(sae, Path(out_dir or tmp) / run.name)
         return SAE.load_from_disk(str(path))
@@ -397,16 +398,17 @@ class _Batches:
 
 def train_reference(kind: str, world, d_sae: int, k: int, n_tokens: int, seed: int, *, data=None,
                     train_tokens: int = 65536, batch_size: int = 1024, lr: float = 3e-3, lr_end: float = 3e-4,
-                    lr_decay_frac: float = 0.2, out_dir=None):
+                    lr_decay_frac: float = 0.2, out_dir=None, **sae_cfg):
     """sae-lens' own BatchTopK (``kind="batchtopk"``) or Matryoshka BatchTopK (``"matryoshka"``, prefixes as
     ours: d_sae/16, /8, /4, /2, d_sae) with sae-lens defaults, trained by ``SAETrainer`` on the batches
     ``train_ours`` sees, Adam at ``lr``, linear decay over the last ``lr_decay_frac`` of the steps (sae-lens
-    decays to 0, not ``lr_end``); init seeded by ``hashed_seed(REFERENCE_INIT_TAG, ...)``. Returned as the
+    decays to 0, not ``lr_end``); ``sae_cfg`` overrides fields of sae-lens' training config (e.g.
+    ``rescale_acts_by_decoder_norm``, ``decoder_init_norm``); init seeded by ``hashed_seed(REFERENCE_INIT_TAG, ...)``. Returned as the
     inference SAE (JumpReLU at sae-lens' running threshold) loaded by ``sae_lens.SAE.load_from_disk``."""
     if kind not in REFERENCES:
         raise ValueError(f"unknown sae-lens reference {kind!r}; known: {', '.join(REFERENCES)}")
     data = train_data(world, train_tokens) if data is None else data
-    common = dict(d_in=world.cfg.hidden_dim, d_sae=d_sae, k=k, dtype="float32", device="cpu")
+    common = dict(d_in=world.cfg.hidden_dim, d_sae=d_sae, k=k, dtype="float32", device="cpu", **sae_cfg)
     if kind == "matryoshka":
         widths = MatryoshkaConfig(d_in=1, d_sae=d_sae, k=min(k, d_sae)).prefix_sizes
         cls, cfg = MatryoshkaBatchTopKTrainingSAE, MatryoshkaBatchTopKTrainingSAEConfig(**common, matryoshka_widths=widths)

@@ -36,10 +36,11 @@ def test_threshold_is_a_running_min_and_used_in_eval(x_small):
     torch.testing.assert_close(z, pre.relu() * (pre > sae.threshold))
 
 
-def test_sparse_and_dense_paths_agree(sparse_vs_dense, x_small):
+@pytest.mark.parametrize("extra", [{}, dict(normalize_decoder=False, rescale_acts_by_decoder_norm=True)])
+def test_sparse_and_dense_paths_agree(sparse_vs_dense, x_small, extra):
     dead = torch.zeros(40, dtype=torch.bool)
     dead[5:20] = True
-    sparse_vs_dense("batchtopk", x_small, dead, d_in=12, d_sae=40, k=3, k_aux=4)
+    sparse_vs_dense("batchtopk", x_small, dead, d_in=12, d_sae=40, k=3, k_aux=4, **extra)
 
 
 def test_inference_threshold_is_unbiased_after_few_steps():
@@ -59,8 +60,9 @@ def test_inference_threshold_is_unbiased_after_few_steps():
     assert 4 < l0 < 16, l0
 
 
-@pytest.mark.parametrize("arch", ["batchtopk", "matryoshka"])
-def test_calibrated_threshold_gives_l0_k_on_held_out_data(arch):
+@pytest.mark.parametrize("arch, extra", [("batchtopk", {}), ("matryoshka", {}), (
+    "batchtopk", dict(normalize_decoder=False, rescale_acts_by_decoder_norm=True, decoder_init_norm=0.1))])
+def test_calibrated_threshold_gives_l0_k_on_held_out_data(arch, extra):
     """calibrate_threshold on training activations sets the threshold so that held-out L0 is within 5% of
     k, from whatever the running estimate was (here forced too low and too high: L0 far off k)."""
     import sys
@@ -70,7 +72,7 @@ def test_calibrated_threshold_gives_l0_k_on_held_out_data(arch):
     from treesae.train import TrainConfig, train_sweep
     X, _, _ = planted_dictionary(d_in=32, n_features=96, k=6, n_samples=40_000, seed=0)
     train, held = X[:32_000], X[32_000:]
-    sae = build(arch, d_in=32, d_sae=96, k=8, seed=5)
+    sae = build(arch, d_in=32, d_sae=96, k=8, seed=5, **extra)
     train_sweep({"a": sae}, train, TrainConfig(n_tokens=100_000, batch_size=512, lr=3e-3, checkpoint_every=0,
                                                 threads=1), progress=False)
     l0 = lambda x: (sae.encode(x) != 0).sum(1).float().mean().item()

@@ -6,11 +6,15 @@ from sae_lens import SAE
 
 from treesae.saes import build, load_sae, names, save_sae
 
+RESCALE = dict(normalize_decoder=False, rescale_acts_by_decoder_norm=True, decoder_init_norm=0.1)
 CASES = {
     "topk": ("topk", dict(d_sae=40, k=4)),
     "batchtopk": ("jumprelu", dict(d_sae=40, k=4)),
     "matryoshka": ("jumprelu", dict(d_sae=40, k=4, prefixes=[5, 15])),
     "matryoshka_topk": ("topk", dict(d_sae=40, k=4, prefixes=[5, 15], selection="topk")),
+    "topk_rescaled": ("topk", dict(d_sae=40, k=4, **RESCALE)),
+    "batchtopk_rescaled": ("jumprelu", dict(d_sae=40, k=4, **RESCALE)),
+    "matryoshka_rescaled": ("jumprelu", dict(d_sae=40, k=4, prefixes=[5, 15], **RESCALE)),
     "relu": ("standard", dict(d_sae=40, apply_b_dec_to_input=True)),
     "stacked": ("treesae_stacked", dict(widths=[6, 12, 24], k=2, level_residual=True)),
     "stacked_plain": ("treesae_stacked", dict(widths=[6, 12], k=3, layer_norm=False)),
@@ -63,6 +67,10 @@ def test_round_trip_through_sae_lens(case, x_small, tmp_path):
 
         back = load_sae(tmp_path)
         assert type(back) is type(sae) and back.cfg == sae.cfg and not back.training
+        if "rescaled" in case:  # the export folds the decoder norms into the encoder: unit rows, same SAE
+            torch.testing.assert_close(back.W_dec.norm(dim=1), torch.ones(sae.d_sae))
+            torch.testing.assert_close(back(x_small), ours, rtol=1e-5, atol=1e-5)
+            return
         for name, t in sae.state_dict().items():
             if name not in sae.training_only:  # training-only counters, not exported
                 assert torch.equal(back.state_dict()[name], t), name

@@ -30,6 +30,36 @@ def test_codes_are_topk_of_relu(x_small):
     torch.testing.assert_close(z, ref)
 
 
+def test_rescaled_topk_is_sae_lens_topk(x_small):
+    """rescale_acts_by_decoder_norm: codes and reconstructions equal sae-lens' TopK with the same flag and weights
+    (decoder rows of unequal norms), and our nMSE's gradients are its MSE's up to the constant between the two."""
+    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+    with pytest.raises(ValueError, match="rescale_acts_by_decoder_norm needs normalize_decoder=False"):
+        TopKConfig(d_in=12, d_sae=32, k=5, rescale_acts_by_decoder_norm=True)
+    gen = torch.Generator().manual_seed(0)
+    sae = build("topk", d_in=12, d_sae=32, k=5, normalize_decoder=False, rescale_acts_by_decoder_norm=True, tied_init=False)
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.rand(32, 1, generator=gen) * 3 + 0.05)
+        sae.b_dec.copy_(torch.randn(12, generator=gen) * 0.1)
+    sl = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=12, d_sae=32, k=5, rescale_acts_by_decoder_norm=True))
+    with torch.no_grad():
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            getattr(sl, name).copy_(getattr(sae, name))
+    z = sae.encode(x_small)
+    torch.testing.assert_close(z, sl.encode(x_small).detach())
+    torch.testing.assert_close(sae(x_small), sl(x_small).detach())
+    plain = build("topk", d_in=12, d_sae=32, k=5, normalize_decoder=False, tied_init=False)
+    plain.load_state_dict(sae.state_dict())
+    assert not torch.equal(plain.encode(x_small) > 0, z > 0)  # the control: the norms change which latents fire
+    loss, _, _ = sae.training_loss(x_small)
+    loss.backward()
+    acts, _ = sl.encode_with_hidden_pre(x_small)
+    ((sl.decode(acts) - x_small) ** 2).sum(-1).mean().backward()
+    scale = x_small.pow(2).sum() / len(x_small)  # MSE = nMSE * sum ||x||^2 / B
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        torch.testing.assert_close(getattr(sae, name).grad * scale, getattr(sl, name).grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_tied_init():
     sae = build("topk", d_in=12, d_sae=32, k=4)
     assert torch.equal(sae.W_enc, sae.W_dec.t())

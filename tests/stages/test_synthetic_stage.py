@@ -20,6 +20,13 @@ TINY = dict(world=dict(d_in=32, n_features=96, n_roots=4, target_l0=5.0), archit
     (dict(k=64), "must be below d_sae"),
     (dict(n_tokens=100), "at least one batch"),
     (dict(world=dict(n_roots=99)), "lower n_roots"),
+    (dict(recipes=dict(flat=dict(architectures=["topk"], config={}))), "reserved"),
+    (dict(recipes=dict(free=dict(normalize_decoder=False))), "must be {architectures"),
+    (dict(recipes=dict(free=dict(architectures=["relu"], config={}))), "['relu'] not in synthetic.architectures"),
+    (dict(recipes=dict(fold=dict(architectures=["tree"], config=dict(rescale_acts_by_decoder_norm=True)))),
+     "synthetic.recipes.fold.config for tree: TreeConfig has no field(s) ['rescale_acts_by_decoder_norm']"),
+    (dict(recipes=dict(fold=dict(architectures=["topk"], config=dict(rescale_acts_by_decoder_norm=True)))),
+     "rescale_acts_by_decoder_norm needs normalize_decoder=False"),
 ])
 def test_bad_parameters_name_the_problem(bad, words):
     with pytest.raises(ValueError, match=None) as e:
@@ -56,6 +63,26 @@ def test_scores_each_sae_once_and_resumes(tmp_path, monkeypatch, capsys):
             "true_l0"} <= set(out)
     assert abs(out["flat.tree.hierarchy_recovery"]) < 0.1  # the flat control is at chance
     assert "seconds" not in stage.summary(again).columns  # outputs hold no timings (determinism)
+
+
+def test_a_recipe_trains_its_architectures_again_with_its_fields(tmp_path, monkeypatch):
+    """The recipe factor: a recipe's SAEs differ from the default's only in the recipe's config fields, and the
+    summary reports them beside the default with the difference's interval; a null recipe is dropped."""
+    monkeypatch.setenv("TREESAE_ROOT", str(tmp_path))
+    fields = dict(normalize_decoder=False, rescale_acts_by_decoder_norm=True, decoder_init_norm=0.1, geometric_median_init=False)
+    p = {**TINY, "references": [], "controls": [], "recipes": {"fold": dict(architectures=["topk"], config=fields), "free": None}, "workers": 1}
+    s = stage.setup(dict(threads=1), p)
+    assert list(s["synthetic"].recipes) == ["fold"]
+    seen = []
+    real = S.train_ours
+    monkeypatch.setattr(S, "train_ours", lambda *a, **k: seen.append((a[0], k["extra"].get(a[0]))) or real(*a, **k))
+    scores = stage.train(s, progress=False)
+    assert sorted(zip(scores.source, scores.architecture)) == sorted([("ours", "topk"), ("ours", "tree")] * 2 + [("fold", "topk")] * 2)
+    assert sorted((e or {}).get("rescale_acts_by_decoder_norm", False) for a, e in seen if a == "topk") == [False, False, True, True]
+    out = stage.summarize(s, scores)
+    assert {"recipe.fold.topk.f1", "recipe.fold.topk.vs_default.f1.lo", "recipe_default.normalize_decoder"} <= set(out)
+    assert out["recipe_default.normalize_decoder"] is True and out["recipes"] == {"fold": fields}
+    assert out["recipe.fold.topk.f1"] != out["topk.f1"]
 
 
 def test_a_scored_sae_is_reused_only_with_the_same_parameters_and_code(monkeypatch):

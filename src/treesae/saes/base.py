@@ -131,12 +131,13 @@ def aux_nmse(e_hat: Tensor, e: Tensor) -> Tensor:
 
 
 def auxk_reconstruction(pre: Tensor, dead_mask: Tensor, k_aux: int, columns, value_at, W_dec: Tensor,
-                        offset: int, kernels: Kernels) -> Tensor | None:
+                        offset: int, kernels: Kernels, scale: Tensor | None = None) -> Tensor | None:
     """AuxK's ``e_hat`` [B, d_in] (no bias) from the top-``k_aux`` dead latents of one dictionary level.
 
-    pre: [B, w] pre-activations (selection only); dead_mask: bool [w]; columns(cols) -> [B, len(cols)]
-    and value_at(rows, cols) -> [n]: differentiable pre-activations; the level's latents are rows
-    ``offset + j`` of ``W_dec``. None when no latent is dead.
+    pre: [B, w] selection scores (pre-activations, times ``scale`` when given); dead_mask: bool [w];
+    columns(cols) -> [B, len(cols)] and value_at(rows, cols) -> [n]: differentiable pre-activations; the
+    level's latents are rows ``offset + j`` of ``W_dec``; scale: [w] per-latent selection weights (decoder
+    norms) or None. None when no latent is dead.
     """
     dead = dead_mask.nonzero().squeeze(1)
     k = min(k_aux, dead.numel())
@@ -145,7 +146,8 @@ def auxk_reconstruction(pre: Tensor, dead_mask: Tensor, k_aux: int, columns, val
     if dead.numel() <= AUX_DENSE_RATIO * k:
         a = columns(dead)
         if k < dead.numel():
-            a = a * torch.zeros_like(a, dtype=torch.bool).scatter_(1, a.detach().topk(k, dim=1, sorted=False).indices, True)
+            sel = a.detach() if scale is None else a.detach() * scale[dead]
+            a = a * torch.zeros_like(a, dtype=torch.bool).scatter_(1, sel.topk(k, dim=1, sorted=False).indices, True)
         return a.relu() @ W_dec[dead + offset]
     rows, cols, offsets = aux_select(pre.detach(), dead_mask, k)
     codes = Codes(value_at(rows, cols).relu(), rows, cols + offset, offsets, (pre.shape[0], W_dec.shape[0]))

@@ -76,7 +76,7 @@ class BatchTopKSAE(TopKSAE):
     def sae_lens_spec(self, state):
         """sae-lens' ``jumprelu`` with our scalar inference threshold on every latent."""
         state["threshold"] = state["threshold"].expand(self.d_sae).clone()
-        return JumpReLUSAE, JumpReLUSAEConfig, {}, state
+        return JumpReLUSAE, JumpReLUSAEConfig, {}, self._fold(state)
 
     def _select(self, pre):
         if self.training:
@@ -90,9 +90,9 @@ class BatchTopKSAE(TopKSAE):
         running estimate alone gives a held-out L0 well below k."""
         if getattr(self.cfg, "selection", "batchtopk") != "batchtopk":
             return
-        x = self._prep(x)
-        pre = (self.kernels.linear(x[i:i + batch_size], self.b_dec, self.W_enc, self.b_enc).flatten()
-               for i in range(0, len(x), batch_size))
+        x, n = self._prep(x), self._dec_norm()
+        pre = ((lin if n is None else lin * n).flatten() for lin in
+               (self.kernels.linear(x[i:i + batch_size], self.b_dec, self.W_enc, self.b_enc) for i in range(0, len(x), batch_size)))
         self.threshold.fill_(kth_largest_positive(pre, self.cfg.k * len(x)))
 
     @torch.no_grad()

@@ -11,6 +11,10 @@ TopK is taken on ``pre`` and ReLU applied to the k selected values: the same cod
 Each piece of OpenAI's recipe is a config switch so its effect can be measured: ``tied_init``,
 ``aux_k`` (top-``k_aux`` dead latents reconstruct the error, coefficient ``aux_coef``),
 ``normalize_decoder`` (unit-norm rows, parallel gradient removed) and ``geometric_median_init``.
+``rescale_acts_by_decoder_norm`` (sae-lens' default; needs ``normalize_decoder=False``) leaves the decoder free
+and selects by each latent's contribution ``pre_i * ||W_dec_i||``: codes are ``ReLU(pre) * ||W_dec||`` and the
+decoder reads them through unit rows, so ``x_hat = sum_i ReLU(pre_i) W_dec_i`` over the selected latents. The
+export folds the norms into the encoder (exact).
 
 With ``sparse=True`` (default) the only dense work is the encoder GEMM and the TopK; the decoder and
 every backward pass use the sparse kernels of ``treesae.saes.sparse``.
@@ -30,16 +34,20 @@ from .sparse import Codes, topk_select
 
 @dataclass(kw_only=True)
 class TopKConfig(FlatConfig, AuxKConfig):
-    """k: active latents per token. See ``SAEConfig`` and ``AuxKConfig`` for the other fields."""
+    """k: active latents per token. rescale_acts_by_decoder_norm: select by ``pre * ||W_dec||`` with a free decoder
+    (module docstring). See ``SAEConfig`` and ``AuxKConfig`` for the other fields."""
 
     architecture: ClassVar[str] = "topk"
 
     k: int = 32
+    rescale_acts_by_decoder_norm: bool = False
 
     def __post_init__(self):
         super().__post_init__()
         self._check_aux()
         self._check_int("k", self.k)
+        self._check(not (self.rescale_acts_by_decoder_norm and self.normalize_decoder),
+                    "rescale_acts_by_decoder_norm needs normalize_decoder=False (unit rows leave nothing to rescale)")
         self._check(self.k <= self.d_sae,
                     f"k={self.k} is larger than the dictionary (d_sae={self.d_sae}); choose k <= d_sae")
 
@@ -59,47 +67,73 @@ class TopKSAE(BaseSAE):
         self._init_flat_weights()
 
     def sae_lens_spec(self, state):
-        """sae-lens' ``topk``: the same weights, without rescaling by decoder norms."""
+        """sae-lens' ``topk``: the same weights (decoder norms folded in), without rescaling by decoder norms."""
         state.pop("threshold", None)
-        return SLTopKSAE, SLTopKConfig, dict(k=self.cfg.k, rescale_acts_by_decoder_norm=False), state
+        return SLTopKSAE, SLTopKConfig, dict(k=self.cfg.k, rescale_acts_by_decoder_norm=False), self._fold(state)
+
+    def _fold(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Under ``rescale_acts_by_decoder_norm``: decoder norms moved into the encoder (unit decoder rows, the same
+        codes and reconstructions)."""
+        if self.cfg.rescale_acts_by_decoder_norm:
+            n = state["W_dec"].norm(dim=1)
+            state |= dict(W_enc=state["W_enc"] * n, b_enc=state["b_enc"] * n, W_dec=state["W_dec"] / n[:, None])
+        return state
+
+    def _dec_norm(self) -> Tensor | None:
+        return self.W_dec.detach().norm(dim=1) if self.cfg.rescale_acts_by_decoder_norm else None
 
     def _select(self, pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return topk_select(pre, self.cfg.k)
 
-    def _codes(self, x: Tensor) -> tuple[Codes, Tensor]:
-        """Sparse codes (values differentiable) and the pre-activations they were selected from
-        (a scratch buffer on the sparse path: valid until the next call)."""
+    def _codes(self, x: Tensor) -> tuple[Codes, Tensor, Tensor, Tensor | None]:
+        """Sparse codes ``ReLU(pre)`` (values differentiable; decode them with ``W_dec`` as it is), the
+        pre-activations (a scratch buffer on the sparse path: valid until the next call), the selection scores
+        (``pre``, times the decoder norms under ``rescale_acts_by_decoder_norm``) and those norms (or None)."""
         pre = self.kernels.linear(x, self.b_dec, self.W_enc, self.b_enc)
-        rows, cols, offsets = self._select(pre.detach())
+        n = self._dec_norm()
+        score = pre.detach() if n is None else pre.detach() * n
+        rows, cols, offsets = self._select(score)
         vals = self.kernels.gather(pre, x, self.b_dec, self.W_enc, self.b_enc, rows, cols).relu()
-        return Codes(vals, rows, cols, offsets, (x.shape[0], self.d_sae)), pre
+        return Codes(vals, rows, cols, offsets, (x.shape[0], self.d_sae)), pre, score, n
+
+    @staticmethod
+    def _scaled(codes: Codes, n: Tensor | None) -> Codes:
+        """Detached codes in the units an inference SAE reports (times the decoder norms when rescaling)."""
+        vals = codes.vals.detach()
+        return codes._replace(vals=vals if n is None else vals * n[codes.cols])
 
     def encode(self, x: Tensor) -> Tensor:
-        return self._codes(self._prep(x))[0].dense()
+        codes, _, _, n = self._codes(self._prep(x))
+        return self._scaled(codes, n).dense()
+
+    def decode(self, z: Tensor) -> Tensor:
+        n = self._dec_norm()
+        return (z if n is None else z / n) @ self.W_dec + self.b_dec
 
     def reconstructions(self, codes: Codes) -> list[Tensor]:
         """Reconstructions the loss is averaged over (the last is the SAE's output)."""
         return [self.kernels.decode(codes, self.W_dec) + self.b_dec]
 
-    def aux_loss(self, x: Tensor, x_hat: Tensor, pre: Tensor, dead_mask: Tensor | None) -> Tensor:
-        """AuxK: the top ``k_aux`` dead latents reconstruct the detached error ``x - x_hat``."""
+    def aux_loss(self, x: Tensor, x_hat: Tensor, pre: Tensor, dead_mask: Tensor | None, score: Tensor,
+                 n: Tensor | None) -> Tensor:
+        """AuxK: the top ``k_aux`` dead latents (by ``score``) reconstruct the detached error ``x - x_hat``."""
         e_hat = None
         if self.cfg.aux_k and dead_mask is not None:
             e_hat = auxk_reconstruction(
-                pre, dead_mask, self.cfg.k_aux_eff,
+                score, dead_mask, self.cfg.k_aux_eff,
                 lambda cols: torch.addmm(self.b_enc[cols], x - self.b_dec, self.W_enc[:, cols]),
                 lambda rows, cols: self.kernels.gather(pre, x, self.b_dec, self.W_enc, self.b_enc, rows, cols),
-                self.W_dec, 0, self.kernels)
+                self.W_dec, 0, self.kernels, n)
         return x.new_zeros(()) if e_hat is None else aux_nmse(e_hat, (x - x_hat).detach())
 
     def training_loss(self, x, dead_mask=None, *, dense_z=True):
         x = self._prep(x)
-        codes, pre = self._codes(x)
+        codes, pre, score, n = self._codes(x)
         recons = self.reconstructions(codes)
         x_hat = recons[-1]
         level_nmse = [nmse(r, x) for r in recons]
         recon = torch.stack(level_nmse).mean()
-        aux = self.aux_loss(x, x_hat, pre, dead_mask)
+        aux = self.aux_loss(x, x_hat, pre, dead_mask, score, n)
         loss = recon + self.cfg.aux_coef * aux
         B = x.shape[0]
         active = codes.vals.detach() > 0
@@ -110,8 +144,9 @@ class TopKSAE(BaseSAE):
                 in_level = (codes.cols >= sl.start) & (codes.cols < sl.stop)
                 logs[f"level{i}/l0"] = ((active & in_level).sum() / B).detach()
                 logs[f"level{i}/nmse"] = v.detach()
-        self._after_batch(codes)
-        return loss, logs, self._z_out(codes, dense_z)
+        scaled = self._scaled(codes, n)
+        self._after_batch(scaled)
+        return loss, logs, self._z_out(scaled, dense_z)
 
     def _after_batch(self, codes: Codes) -> None:
         pass

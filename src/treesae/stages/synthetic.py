@@ -20,6 +20,10 @@ Writes to data/analysis/synthetic/:
   theirs does?). A tree SAE also reports its own edges (``tree_edges``, ``tree_precision`` and its chance).
   ``probe``: Cao et al.'s probe test with a tree's gate lifted, stage 05's headline on the language model, here
   where the truth is known (``probe_gated``, ``probe_given``: with the gate; ``synthetic.evaluate``).
+  ``batchtopk_vs_saelens.<score>``: the same for BatchTopK. The recipe factor (``recipes``: per name, SAE config
+  fields, e.g. the decoder's norm handling and init, and the architectures trained with them): source
+  ``<recipe>``, keys ``recipe.<recipe>.<architecture>.<score>`` and ``recipe.<recipe>.<architecture>.vs_default.<score>``
+  (the recipe minus the default recipe, the architectures' rows above).
 """
 from __future__ import annotations
 
@@ -40,7 +44,8 @@ from .. import config
 from .. import synthetic as S
 from ..io import write_json
 from ..model import runtime
-from ..saes import ARCHITECTURES, TreeConfig, names, traits
+from ..runs import Run
+from ..saes import ARCHITECTURES, TreeConfig, build_run, names, traits
 from ..train import pinned_torch
 from ..stats import mean_difference
 from . import common
@@ -70,6 +75,8 @@ class SyntheticParams:
     lr: float = 3e-3
     lr_end: float = 3e-4
     extra: dict = field(default_factory=lambda: dict(S.EXTRA))  # per-architecture SAE config fields
+    recipes: dict = field(default_factory=dict)  # name -> {architectures: [...], config: {SAE config fields on top of
+    #                                                   extra}}; a profile drops one by setting it to null
     workers: int = 2                            # SAEs trained at once, one single-thread process each
 
     def __post_init__(self):
@@ -94,6 +101,29 @@ class SyntheticParams:
             raise ValueError(f"synthetic: need lr > 0 and 0 <= lr_end <= lr, got {self.lr}, {self.lr_end}")
         if self.k >= self.d_sae:
             raise ValueError(f"synthetic.k ({self.k}) must be below d_sae ({self.d_sae})")
+        object.__setattr__(self, "recipes", {r: v for r, v in self.recipes.items() if v is not None})  # null: dropped
+        for r, spec in self.recipes.items():
+            where = f"synthetic.recipes.{r}"
+            if r in ("ours", "saelens", "flat") or not str(r).isidentifier():
+                raise ValueError(f"{where}: the name is reserved or not an identifier; choose e.g. 'free'")
+            if not isinstance(spec, dict) or set(spec) != {"architectures", "config"}:
+                raise ValueError(f"{where} must be {{architectures: [...], config: {{field: value}}}}, got {spec!r}")
+            bad = [a for a in spec["architectures"] if a not in self.architectures]
+            if bad:
+                raise ValueError(f"{where}.architectures: {bad} not in synthetic.architectures")
+            for a in spec["architectures"]:
+                try:
+                    build_run(Run(architecture=a, corpus="synthetic", layer=0, d_sae=self.d_sae, k=self.k, seed=0),
+                              self.world.get("d_in", S.WorldConfig.d_in), self.recipe_extra(r))
+                except (TypeError, ValueError) as e:
+                    raise ValueError(f"{where}.config for {a}: {e}") from None
+
+    def recipe_extra(self, recipe: str | None) -> dict:
+        """``extra`` with the recipe's config fields added to every architecture's (None: ``extra`` itself)."""
+        if recipe is None:
+            return self.extra
+        spec = self.recipes[recipe]
+        return {a: {**(self.extra.get(a) or {}), **(spec["config"] or {})} for a in set(self.extra) | set(spec["architectures"])}
 
     def fingerprint(self) -> str:
         """These parameters (but ``workers``: results do not depend on it) and the code that trains and scores the SAEs: what a resumed SAE must share."""
@@ -138,7 +168,8 @@ def jobs(setup: dict) -> list[tuple[str, str, int]]:
     sp = setup["synthetic"]
     return [("ours", a, s) for s in sp.seeds for a in sp.architectures] + \
            [("saelens", r, s) for s in sp.seeds for r in sp.references] + \
-           [("flat", a, s) for s in sp.seeds for a in sp.controls]
+           [("flat", a, s) for s in sp.seeds for a in sp.controls] + \
+           [(r, a, s) for r, spec in sp.recipes.items() for s in sp.seeds for a in spec["architectures"]]
 
 
 def _job_file(setup: dict, job: tuple[str, str, int]) -> Path:
@@ -156,12 +187,13 @@ def _done(setup: dict, job, fingerprint: str) -> dict:
 def run_job(setup: dict, job: tuple[str, str, int]) -> dict:
     """Train and score one SAE on one thread (so its numbers do not depend on ``workers``); write its runs/ file."""
     sp, (source, arch, seed) = setup["synthetic"], job
-    w = setup["worlds"][source]
+    w = setup["worlds"].get(source, setup["worlds"]["ours"])  # a recipe trains on the planted world
     kw = dict(data=w["data"], batch_size=sp.batch_size, lr=sp.lr, lr_end=sp.lr_end)
     with pinned_torch(1, torch.are_deterministic_algorithms_enabled()):
         t = time.perf_counter()
         sae = (S.train_reference(arch, w["world"], sp.d_sae, sp.k, sp.n_tokens, seed, **kw) if source == "saelens"
-               else S.train_ours(arch, w["world"], sp.d_sae, sp.k, sp.n_tokens, seed, extra=sp.extra, **kw))
+               else S.train_ours(arch, w["world"], sp.d_sae, sp.k, sp.n_tokens, seed,
+                                 extra=sp.recipe_extra(source if source in sp.recipes else None), **kw))
         seconds = time.perf_counter() - t
         score = S.evaluate(sae, w["world"], sp.eval_tokens, 0, eval_data=w["heldout"])
     done = dict(fingerprint=sp.fingerprint(), source=source, architecture=arch, seed=seed,
@@ -217,6 +249,16 @@ def train(setup: dict, progress: bool = True) -> pd.DataFrame:
     return t
 
 
+RECIPE_FIELDS = ("normalize_decoder", "rescale_acts_by_decoder_norm", "decoder_init_norm", "geometric_median_init")
+
+
+def default_recipe(sp: SyntheticParams) -> dict:
+    """The recipe fields TopK trains with by default here (the config's defaults with ``extra``)."""
+    cfg = build_run(Run(architecture="topk", corpus="synthetic", layer=0, d_sae=sp.d_sae, k=sp.k, seed=0),
+                    sp.world.get("d_in", S.WorldConfig.d_in), sp.extra).cfg
+    return {f: getattr(cfg, f) for f in RECIPE_FIELDS}
+
+
 def summary(scores: pd.DataFrame) -> pd.DataFrame:
     """Mean and standard deviation over seeds per source and architecture (the paper's table)."""
     cols = [c for c in SCORES if c in scores]
@@ -229,7 +271,7 @@ def summarize(setup: dict, scores: pd.DataFrame) -> dict:
     sp, out = setup["synthetic"], {}
     s = summary(scores)
     for (source, arch), r in s.iterrows():
-        key = arch if source == "ours" else f"{source}.{arch}"  # saelens.<arch>, flat.<arch>
+        key = arch if source == "ours" else f"recipe.{source}.{arch}" if source in sp.recipes else f"{source}.{arch}"
         for c in SCORES:
             if c in r and np.isfinite(r[c]):
                 out[f"{key}.{c}"] = float(r[c])
@@ -245,8 +287,16 @@ def summarize(setup: dict, scores: pd.DataFrame) -> dict:
         for ref in ("topk",) + (("batchtopk", "matryoshka") if traits(arch).hierarchical else ()):
             if arch != ref and ref in sp.architectures:
                 diff(f"{arch}.vs_{ref}", mine[mine.architecture == arch], mine[mine.architecture == ref])
-    ours, ref = (scores[(scores.source == src) & (scores.architecture == "matryoshka")] for src in ("ours", "saelens"))
-    diff("matryoshka_vs_saelens", ours, ref)
+    for arch in sp.references:  # does ours train as sae-lens' own trainer does, on the same batches?
+        ours, ref = (scores[(scores.source == src) & (scores.architecture == arch)] for src in ("ours", "saelens"))
+        diff(f"{arch}_vs_saelens", ours, ref)
+    for r, spec in sp.recipes.items():
+        for arch in spec["architectures"]:
+            diff(f"recipe.{r}.{arch}.vs_default", scores[(scores.source == r) & (scores.architecture == arch)],
+                 mine[mine.architecture == arch])
+    out.update({f"recipe_default.{k}": v for k, v in default_recipe(sp).items()})
+    out["recipes"] = {r: dict(spec["config"] or {}) for r, spec in sp.recipes.items()}
+    out["recipe_architectures"] = {r: list(spec["architectures"]) for r, spec in sp.recipes.items()}
     if "tree" in sp.architectures:  # the tree's design as trained here (the paper describes it from these)
         tc = {f.name: f.default for f in fields(TreeConfig)} | (sp.extra.get("tree") or {})
         out.update({f"tree_config.{k}": tc[k] for k in ("parent_rule", "budget", "adopt_every", "adopt_coverage")})
