@@ -104,6 +104,7 @@ def test_extract_contents(data, saes, meta, heldout):
     np.testing.assert_array_equal(tree["parent_of"], saes["tree"].parent_of.numpy())
     assert tree["info"]["tree"] and tree["info"]["levels"] == [[0, 6], [6, 18], [18, 42]]
     assert data["saes"]["topk_s0"]["parent_of"] is None
+    assert {"parent_given", "parent_cos"} <= set(tree["stats"]) and "parent_given" not in data["saes"]["topk_s0"]["stats"]
     # one shared source (same held-out tokens for every SAE), with the cache row ids
     assert len(data["sources"]) == 1
     np.testing.assert_array_equal(data["sources"][0]["ctx_ids"], rows)
@@ -114,6 +115,30 @@ def test_extract_contents(data, saes, meta, heldout):
     assert set(data["matches"]["topk_s0"]) == {"topk s1/k=4", "relu", "tree"}
     lg = data["saes"]["topk_s0"]["logits"]
     assert lg["pos_ids"].shape == (48, 10) and (np.diff(lg["pos_vals"], axis=1) <= 0).all()
+
+
+@pytest.mark.parametrize("drop_first", [True, False])
+def test_parent_stats_brute_force(saes, heldout, drop_first):
+    """P(parent | child) on the codes with the gate lifted and the child/parent decoder cosine, per latent with a
+    parent; with the gate on, every child that fires has its parent firing (the control: 1 by construction)."""
+    acts, tokens, rows = heldout
+    sae = saes["tree"]
+    st = browser.parent_stats(sae, browser.Source(acts, tokens, rows), batch_size=3 * T, drop_first=drop_first)
+    x = acts[:, 1:] if drop_first else acts
+    with torch.no_grad():
+        on = sae.encode_ungated(x.reshape(-1, x.shape[-1])) > 0
+        gated = sae.encode(x.reshape(-1, x.shape[-1])) > 0
+    par = sae.parent_of
+    W = torch.nn.functional.normalize(sae.W_dec.detach(), dim=1)
+    for f in range(sae.d_sae):
+        p = int(par[f])
+        if p < 0 or not on[:, f].any():
+            assert np.isnan(st["parent_given"][f]) and (p >= 0 or np.isnan(st["parent_cos"][f]))
+            continue
+        assert st["parent_given"][f] == pytest.approx(float((on[:, f] & on[:, p]).sum() / on[:, f].sum()))
+        assert st["parent_cos"][f] == pytest.approx(float(W[f] @ W[p]), abs=1e-6)
+        assert not gated[:, f].any() or bool(gated[gated[:, f], p].all())
+    assert np.nanmin(st["parent_given"]) < 1  # lifted, the gate no longer makes every pair imply its parent
 
 
 def test_activation_cache_source(tmp_path, corpus, saes, meta, model):

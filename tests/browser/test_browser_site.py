@@ -51,6 +51,9 @@ def test_layout_and_payloads(site, data, saes):
         assert ("parent" in lst["cols"]) == (name == "tree") and ("level" in lst["cols"]) == (name == "tree")
         if name == "tree":
             assert lst["cols"]["parent"] == sae.parent_of.tolist()
+            for col, key in (("pgiven", "parent_given"), ("pcos", "parent_cos")):
+                got, want = np.array(lst["cols"][col], dtype=float), st[key]
+                np.testing.assert_allclose(got, want, rtol=1e-2, atol=1e-3)  # NaN (no parent, or never fires) as null
         seen = []
         for k in range(s["n_shards"]):
             key, shard = read_js(d / f"f{k}.js")

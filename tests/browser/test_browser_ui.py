@@ -151,6 +151,9 @@ def test_tree_navigation(chrome, site, data, saes):
     assert parent == f"#/sae/tree/feature/{parent_of[g]}"
     children = b.eval("[...document.querySelectorAll('#treepanel a.tlink.child')].map(a => a.getAttribute('href'))")
     assert children == [f"#/sae/tree/feature/{k}" for k in kids]
+    edge = b.eval("document.querySelector('#treepanel a.tlink.parent .edge').textContent")
+    assert edge.startswith("P(parent|child) ") and " · cos " in edge  # the edge's statistics, at the child's side
+    assert b.eval("document.querySelectorAll('#treepanel a.tlink.child .edge').length") == len(kids)
     assert "level 1" in b.eval("document.querySelector('.fsub').textContent")
     b.screenshot(ART / "browser_tree_feature.png")
     go(b, "#treepanel a.tlink.parent", "feature")

@@ -10,8 +10,8 @@ precomputed result is passed as ``matched=``. See ``extract.py`` for what is com
 for the file layout.
 """
 from .cli import load_inputs
-from .extract import HIST_EDGES, LOGIT_CHOICE, Source, extract, feature_stats, logit_effect, matches
+from .extract import HIST_EDGES, LOGIT_CHOICE, Source, extract, feature_stats, logit_effect, matches, parent_stats
 from .site import SHARD_SIZE, write_site
 
-__all__ = ["extract", "matches", "write_site", "load_inputs", "feature_stats", "logit_effect", "Source", "HIST_EDGES",
+__all__ = ["extract", "matches", "write_site", "load_inputs", "feature_stats", "logit_effect", "parent_stats", "Source", "HIST_EDGES",
            "LOGIT_CHOICE", "SHARD_SIZE"]

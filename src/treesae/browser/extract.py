@@ -12,7 +12,10 @@ per latent (feature):
 * the mean activation at every token position (zeros included; position 0 always included), from
   which the list shows the fraction of activation mass at position 0 and the peak position;
 * the direct logit effect of the decoder row (``logit_effect``) and, via ``matches``, the most
-  similar decoder rows in every other SAE of the same ``d_in``.
+  similar decoder rows in every other SAE of the same ``d_in``;
+* for a tree SAE (``parent_of``), per latent with a parent: P(parent fires | latent fires) on the codes with the
+  gate lifted (``encode_ungated``; with the gate it is 1 by construction) and the cosine of the two decoder rows
+  (``parent_stats``).
 
 Position 0 (the attention sink) is excluded from the frequency, mean, maximum, histogram and the
 ranking of top contexts when ``drop_first`` (the default, as for the reconstruction metrics); the
@@ -255,6 +258,35 @@ def logit_effect(model, W_dec: torch.Tensor, top: int = 10, block: int = 1024) -
     return {k: torch.cat(v).cpu().numpy() for k, v in out.items()}
 
 
+@torch.no_grad()
+def parent_stats(sae, src: Source, batch_size: int = 4096, drop_first: bool = True) -> dict[str, np.ndarray]:
+    """Per latent f with a parent p = ``sae.parent_of[f]``: ``parent_given`` = P(p fires | f fires) over the
+    held-out tokens of ``src`` on the codes with the gate lifted (``sae.encode_ungated`` when the SAE has it), and
+    ``parent_cos`` = cos(W_dec[f], W_dec[p]); NaN for latents without a parent or that never fire."""
+    parent = sae.parent_of.detach().cpu().long()
+    F, T = len(parent), src.T
+    start = 1 if drop_first and T > 1 else 0
+    has = parent >= 0
+    child, par = has.nonzero().squeeze(1), parent[has]
+    fired = torch.zeros(F, dtype=torch.float64)
+    both = torch.zeros(len(child), dtype=torch.float64)
+    encode = getattr(sae, "encode_ungated", sae.encode)
+    C = max(1, batch_size // T)
+    with eval_mode(sae):
+        for c0 in range(0, src.n_ctx, C):
+            x = src.chunk(c0, min(c0 + C, src.n_ctx))[:, start:].to(sae.W_dec.device, sae.W_dec.dtype)
+            on = dense(encode(x.reshape(-1, src.d))).detach().cpu() > 0
+            fired += on.sum(0)
+            both += (on[:, child] & on[:, par]).sum(0)
+    given = np.full(F, np.nan)
+    given[child.numpy()] = np.divide(both.numpy(), fired[child].numpy(), out=np.full(len(child), np.nan),
+                                     where=fired[child].numpy() > 0)
+    W = torch.nn.functional.normalize(sae.W_dec.detach().float().cpu(), dim=1)
+    cos = np.full(F, np.nan)
+    cos[child.numpy()] = (W[child] * W[par]).sum(1).numpy()
+    return dict(parent_given=given, parent_cos=cos)
+
+
 # ---------------------------------------------------------------------------------- matches
 @torch.no_grad()
 def matches(saes: Mapping[str, Any], top: int = 3, block: int = 1024,
@@ -386,6 +418,8 @@ def extract(saes: Mapping[str, Any], meta: pd.DataFrame, caches, model=None, *, 
         if kept is None:
             stats = feature_stats(sae, cur_src, n_top=n_top_contexts, batch_size=batch_size, window=window,
                                   drop_first=drop_first)
+            if getattr(sae, "parent_of", None) is not None:
+                stats |= parent_stats(sae, cur_src, batch_size=batch_size, drop_first=drop_first)
             logits = logit_effect(model, sae.W_dec, top=logit_top) if model is not None else None
             if store is not None:
                 store[skey] = {**{f"s.{k}": v for k, v in stats.items()}, **{f"l.{k}": v for k, v in (logits or {}).items()}}

@@ -217,6 +217,9 @@ def _write_tree(data: dict, root: Path, shard_size: int, title: str) -> None:
             cols["level"] = level.tolist()
         if d["parent_of"] is not None:
             cols["parent"] = np.asarray(d["parent_of"]).tolist()
+            for key, col in (("parent_given", "pgiven"), ("parent_cos", "pcos")):
+                if key in st:
+                    cols[col] = _sig(st[key], 3)
         if d["logits"] is not None:
             ids = d["logits"]["pos_ids"][:, :3]
             cols["logit_tok"] = ["\u2003".join(vocab.get(int(t), "") for t in row) for row in ids.tolist()]

@@ -380,7 +380,7 @@
           (k.length ? '<button class="twist" data-f="' + f + '" aria-expanded="' + (open[f] ? 'true' : 'false') + '">' + (open[f] ? '▾' : '▸') + '</button>'
             : '<span class="twist leaf">•</span>') +
           '<a href="' + featHref(name, f) + '">#' + f + '</a><span class="lvl">L' + levelOf(s, f) + '</span>' +
-          '<span class="tfreq">' + pct(c.freq[f]) + '</span><span class="toks">' + chips(c.act_tok[f], 'hl') + '</span></div>';
+          '<span class="tfreq">' + pct(c.freq[f]) + '</span><span class="toks">' + chips(c.act_tok[f], 'hl') + '</span>' + edgeHtml(c, f) + '</div>';
         if (k.length && open[f]) h += '<ul>' + k.map(function (x) { return node(x, depth + 1); }).join('') + '</ul>';
         return h + '</li>';
       }
@@ -459,17 +459,27 @@
     return '<div class="card"><div class="k">' + esc(k) + '</div><div class="v">' + esc(v) + '</div><div class="sub">' + esc(sub) + '</div></div>';
   }
 
+  // P(parent | child) with the gate lifted and the decoder cosine of a child and its parent (both stored at the child)
+  function edgeHtml(c, child) {
+    if (!c.pgiven || c.parent[child] < 0) return '';
+    var p = c.pgiven[child], k = c.pcos[child];
+    return '<span class="edge" title="P(parent fires | child fires), gate lifted · decoder cosine of child and parent">' +
+      'P(parent|child) ' + (p === null ? '–' : fmt(p)) + ' · cos ' + (k === null ? '–' : fmt(k)) + '</span>';
+  }
+
   function treePanel(s, L, f) {
     var c = L.cols, kids = childrenIndex(L)[f] || [], anc = ancestors(L, f);
-    var link = function (x, cls) {
+    var link = function (x, cls, edge) {
       return '<a class="tlink ' + (cls || '') + '" href="' + featHref(s.name, x) + '"><span class="id">#' + x + '</span>' +
-        '<span class="lvl">L' + levelOf(s, x) + '</span>' + '<span class="tfreq">' + pct(c.freq[x]) + '</span>' + chips(c.act_tok[x], 'hl') + '</a>';
+        '<span class="lvl">L' + levelOf(s, x) + '</span>' + '<span class="tfreq">' + pct(c.freq[x]) + '</span>' + chips(c.act_tok[x], 'hl') +
+        (edge === undefined ? '' : edgeHtml(c, edge)) + '</a>';
     };
-    var h = '<section class="panel treepanel" id="treepanel"><h2>Tree <a class="small" href="' + treeHref(s.name, f) + '">open in tree view</a></h2>';
+    var h = '<section class="panel treepanel" id="treepanel"><h2>Tree <a class="small" href="' + treeHref(s.name, f) + '">open in tree view</a>' +
+      (c.pgiven ? ' <span class="muted small">each edge: P(parent fires | child fires) on the codes with the gate lifted, and the decoder cosine</span>' : '') + '</h2>';
     h += '<div class="path"><span class="plabel">parent</span>' + (anc.length ? anc.map(function (a, i) {
-      return (i ? '<span class="arrow">›</span>' : '') + link(a, i === anc.length - 1 ? 'parent' : 'anc');
+      return (i ? '<span class="arrow">›</span>' : '') + (i === anc.length - 1 ? link(a, 'parent', f) : link(a, 'anc'));
     }).join('') : '<span class="muted">none: a root (level-0) feature</span>') + '</div>';
-    h += '<div class="path"><span class="plabel">children</span>' + (kids.length ? kids.map(function (k) { return link(k, 'child'); }).join('')
+    h += '<div class="path"><span class="plabel">children</span>' + (kids.length ? kids.map(function (k) { return link(k, 'child', k); }).join('')
       : '<span class="muted">none: a leaf (last level)</span>') + '</div></section>';
     return h;
   }
