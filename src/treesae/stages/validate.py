@@ -6,6 +6,8 @@ seconds, before DVC has cleared any stage's outputs. ``treesae.notebook`` (the c
 notebook stage) runs the same pass first. Messages name the section, key, bad value and what is
 allowed. Nothing is loaded: no model, no cache, no SAE weights.
 """
+import json
+import math
 import sys
 
 from .. import config, paths
@@ -19,6 +21,8 @@ from .position import PositionParams
 from .synthetic import SyntheticParams
 from .train import check
 
+DEPTHS = {"smollm2-135m": 30}  # transformer blocks of the offline model (its GGUF); other models: their cached HF config
+
 SECTIONS = ("profile", "model", "harvest", "train", "position", "matching", "hierarchy", "synthetic", "figures", "browser")
 
 
@@ -26,6 +30,54 @@ def _subset(where: str, values, allowed, what: str):
     bad = [v for v in values if v not in allowed]
     if bad:
         raise ValueError(f"params.yaml: {where} names unknown {what} {bad}; allowed: {', '.join(map(str, allowed))}.")
+
+
+def _finite(node, where: str) -> None:
+    """Every number anywhere in the parameters is finite (YAML reads .inf and .nan as floats)."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for k, v in items:
+        at = f"{where}.{k}" if isinstance(node, dict) else f"{where}[{k}]"
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"params.yaml: {at} must be a finite number, got {v}.")
+        _finite(v, at)
+
+
+def model_depth(name: str) -> int | None:
+    """Transformer blocks of ``name`` without loading it: the offline model's known depth, else the
+    ``num_hidden_layers`` / ``n_layer`` of a config.json in the local Hugging Face cache; None when unknown."""
+    if name in DEPTHS:
+        return DEPTHS[name]
+    try:
+        from huggingface_hub import try_to_load_from_cache  # noqa: PLC0415  (only for models other than the default)
+        from transformer_lens.loading_from_pretrained import get_official_model_name  # noqa: PLC0415
+        path = try_to_load_from_cache(get_official_model_name(name), "config.json")
+    except Exception:  # noqa: BLE001  (an unknown name: the harvest names it)
+        return None
+    if not isinstance(path, str):
+        return None
+    cfg = json.loads(open(path).read())
+    return cfg.get("num_hidden_layers", cfg.get("n_layer"))
+
+
+def _ranges(params: dict) -> None:
+    """Values that parse but cannot work, checked before anything runs (each names the key, value and range)."""
+    _finite(params, "params")
+    tr, hv = params["train"], params["harvest"]
+
+    def need(ok: bool, where: str, value, allowed: str):
+        if not ok:
+            raise ValueError(f"params.yaml: {where} = {value!r} is out of range; allowed: {allowed}.")
+    sink = tr.get("sink_ratio")
+    need(sink is None or sink > 1, "train.sink_ratio", sink, "null (keep sinks) or a ratio > 1 to the median norm "
+         "(a token at <= 1x the median norm is not a sink; 0 would drop every token)")
+    held, ctx = (tr.get("eval") or {}).get("heldout_tokens"), hv.get("context_len", 128)
+    need(held is None or held >= ctx, "train.eval.heldout_tokens", held,
+         f"null (all) or at least one context, harvest.context_len = {ctx} tokens (the metrics need whole contexts)")
+    depth = model_depth(params["model"]["name"])
+    if depth is not None:
+        bad = [L for L in hv.get("layers", []) if isinstance(L, int) and L >= depth]
+        need(not bad, "harvest.layers", hv.get("layers"),
+             f"indices 0..{depth - 1}: {params['model']['name']} has {depth} blocks ({bad} do not exist)")
 
 
 def validate(params: dict | None = None) -> dict:
@@ -46,6 +98,7 @@ def validate(params: dict | None = None) -> dict:
     out["synthetic"] = config.parse(SyntheticParams, params["synthetic"], "synthetic")
     out["figures"] = config.parse(FiguresParams, params["figures"], "figures")
     out["browser"] = config.parse(BrowserParams, params["browser"], "browser")
+    _ranges(params)
 
     runs, corpora = out["runs"], out["harvest"].corpora
     if len(runs) < 2:
