@@ -35,3 +35,13 @@ def test_page_inlines_vega_and_dvc_uses_it(tmp_path):
     nmse = json.loads(run("dvc", "plots", "show", "--json"))["data"]["training_nmse"][0]["content"]
     assert {v["run"] for v in nmse["data"]["values"]} == {"topk-s0", "tree-s0"}  # both SAEs on one axis
     assert nmse["encoding"]["color"]["field"] == "architecture"
+
+
+def test_help_prints_usage_and_writes_nothing(tmp_path):
+    import os
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "treesae.dvcplots", "--help"], capture_output=True, text=True,
+                       env={**os.environ, "TREESAE_ROOT": str(tmp_path)})
+    assert r.returncode == 0 and r.stdout.startswith("usage: python -m treesae.dvcplots")
+    assert not any(tmp_path.iterdir())  # no page fetched, no DVC config touched

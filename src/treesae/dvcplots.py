@@ -8,8 +8,8 @@ HTML template for DVC with the scripts inlined, and points the repository's loca
 top-level ``plots``: the training curves of every SAE on one axis, coloured by architecture
 (``.dvc/plots/runs.json``, a vega-lite template of our own).
 """
+import argparse
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -55,7 +55,9 @@ def configure(repo: Path, page_path: Path) -> None:
 
 
 if __name__ == "__main__":
-    target = Path(sys.argv[1]) if len(sys.argv) > 1 else paths.REPO
+    ap = argparse.ArgumentParser(prog="python -m treesae.dvcplots", description=__doc__.split("\n\n")[0])
+    ap.add_argument("repo", nargs="?", type=Path, default=paths.REPO, help="repository or workspace (default: this one)")
+    target = ap.parse_args().repo
     p = page()
     configure(target, p)
     print(f"{target}: dvc plots show renders offline ({p}, {p.stat().st_size / 1e6:.1f} MB)")
