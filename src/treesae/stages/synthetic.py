@@ -303,6 +303,6 @@ def summarize(setup: dict, scores: pd.DataFrame) -> dict:
     out["controls"] = list(sp.controls)
     out.update({"world." + k: v for k, v in asdict(S.WorldConfig(**sp.world)).items()}, d_sae=sp.d_sae, k=sp.k, n_tokens=sp.n_tokens,
                train_tokens=sp.train_tokens, eval_tokens=sp.eval_tokens, n_seeds=len(sp.seeds),
-               true_l0=float(scores.true_l0.mean()), architectures=list(sp.architectures), references=list(sp.references))
+               true_l0=float(mine.true_l0.mean()), architectures=list(sp.architectures), references=list(sp.references))
     common.write_metrics(setup["out"] / "metrics.json", out)
     return out
