@@ -1,9 +1,8 @@
 """Each DVC stage lists exactly the treesae code its command runs: editing a module reruns the stages
 that import it and no other. The code a stage runs is its entry module (``treesae.notebook`` and the
-notebook's code cells, or ``python -m treesae.X``) and every treesae module these import, transitively,
-at module or function level; importing ``a.b`` runs ``a/__init__.py`` too. Found by parsing (``ast``):
-treesae imports no module by a name computed at run time. Only .py files are compared: other files under
-src/ (the browser's static app, read through importlib.resources) are data.
+notebook's code cells, or ``python -m treesae.X``) and what these import (``treesae.imports.closure``). Only
+.py files are compared: other files under src/ (the browser's static app, read through importlib.resources)
+are data.
 """
 import ast
 import json
@@ -12,41 +11,17 @@ from pathlib import Path
 import pytest
 import yaml
 
+from treesae.imports import closure as _closure, imported
+
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
+
+
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
-def source(module: str) -> Path | None:
-    """The file that importing ``module`` runs, if it is ours."""
-    p = SRC / module.replace(".", "/")
-    return next((f for f in (p / "__init__.py", p.with_suffix(".py")) if module and f.exists()), None)
-
-
-def imported(tree: ast.AST, module: str = "") -> set[str]:
-    """Modules that ``tree`` (the code of ``module``) imports, with the packages above them."""
-    package = module if source(module) and source(module).name == "__init__.py" else module.rpartition(".")[0]
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module
-            if node.level:  # relative: from the package, up level - 1
-                up = package.split(".")[: package.count(".") + 2 - node.level]
-                base = ".".join(up + ([node.module] if node.module else []))
-            names |= {base} | {f"{base}.{a.name}" for a in node.names if source(f"{base}.{a.name}")}
-    return {".".join(n.split(".")[:i]) for n in names for i in range(1, n.count(".") + 2)}
-
-
 def closure(roots: set[str], stop: set[str]) -> set[Path]:
-    ours = lambda names: {n for n in names if n.split(".")[0] == "treesae" and source(n)} - stop  # noqa: E731
-    todo, seen = ours(roots), set()
-    while todo:
-        m = todo.pop()
-        seen.add(m)
-        todo |= ours(imported(ast.parse(source(m).read_text()), m)) - seen
-    return {source(m).relative_to(ROOT) for m in seen}
+    return {p.relative_to(ROOT) for p in _closure(roots, frozenset(stop))}
 
 
 def py_files(path: Path) -> set[Path]:

@@ -40,6 +40,17 @@ def test_bad_params_stop_before_the_notebook_runs(root):
     assert not (root / "build" / "notebooks" / "t.ipynb").exists()
 
 
+def test_a_stage_of_one_workspace_refuses_a_root_that_points_at_another(root, tmp_path_factory, monkeypatch):
+    """`dvc repro` in workspace B with TREESAE_ROOT still at A would write A's outputs and record them in B's lock."""
+    other = tmp_path_factory.mktemp("other_workspace")
+    monkeypatch.setenv("DVC_ROOT", str(other))  # what dvc sets for a stage of B's dvc.yaml
+    with pytest.raises(ValueError, match=rf"runs this stage for {other}, but TREESAE_ROOT={root} points at {root}.*Unset TREESAE_ROOT"):
+        notebook.run("notebooks/t.ipynb")
+    assert not (root / "build").exists() and not (other / "build").exists()
+    monkeypatch.setenv("DVC_ROOT", str(root))
+    assert notebook.run("notebooks/t.ipynb").exists()
+
+
 def test_a_failed_run_keeps_the_last_good_notebook(root):
     import papermill
     good = notebook.run("notebooks/t.ipynb").read_bytes()

@@ -1,5 +1,6 @@
 """The smoke workspace that `make test` builds first (`make smoke`): DVC state and real activations."""
 import os
+import shutil
 import subprocess
 
 import numpy as np
@@ -108,13 +109,33 @@ def test_an_interrupted_stage_keeps_its_last_outputs():
     import signal
     import time
     before, status = _outputs(), _status()
-    proc = subprocess.Popen(["dvc", "repro", "-f", "-s", "train"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    time.sleep(20)  # inside the notebook: validation done, kernel up, training under way
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    records, aside = ROOT / "data/.partial/trained", ROOT / "data/.partial/trained.aside"
+    if records.exists():  # else stage 02 would load the SAEs it trained instead of training them
+        records.rename(aside)
+    try:
+        proc = subprocess.Popen(["dvc", "repro", "-f", "-s", "train"], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        time.sleep(20)  # inside the notebook: validation done, kernel up, training under way
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if aside.exists():
+            shutil.rmtree(records, ignore_errors=True)
+            aside.rename(records)
     assert _outputs() == before  # persist: DVC did not delete them, the killed stage never replaced them
     assert _status() == status
+
+
+def test_a_deleted_metrics_table_comes_back_without_training():
+    """Stage 02 reruns for a lost output; it loads the SAEs it trained and takes each evaluation row it kept, so
+    the table comes back byte for byte in seconds and no later stage reruns."""
+    before, status = _outputs(), _status()
+    (ROOT / "data/train/metrics.csv").unlink()
+    res = subprocess.run(["dvc", "repro"], cwd=ROOT, capture_output=True, text=True)
+    log = res.stdout + res.stderr
+    assert res.returncode == 0 and "Running stage 'train'" in log and "loaded, not trained again" in log, log[-3000:]
+    assert "Running stage 'analysis" not in log and "train_sweep" not in log
+    assert _outputs() == before and _status() == status
 
 
 def test_a_second_repro_in_the_same_workspace_is_refused():

@@ -70,6 +70,8 @@ def test_profile_round_trips(tmp_path):
     ("train.base.k", 0, r"train\.base\.k must be >= 1"),
     ("train.processes", 0, r"train\.processes must be >= 1, got 0"),
     ("synthetic.workers", 0, r"synthetic\.workers must be >= 1, got 0"),
+    ("train.optim.batch_size", 0, r"^params\.yaml: train\.optim\.batch_size must be >= 1, got 0$"),
+    ("train.optim.lr_end", 1.0, r"^params\.yaml: train\.optim: need lr > 0 and 0 <= lr_end <= lr"),
     ("train.optim.typo", 1, r"unknown key\(s\) \['typo'\] in train\.optim"),
     ("harvest.corpora", ["brown", "wikitext"], r"harvest\.corpora: unknown corpus 'wikitext'"),
     ("harvest.layers", ["3", 9], r"harvest\.layers must be a list of integers, got \['3', 9\]"),

@@ -199,4 +199,9 @@ def parse(cls, values: dict | None, section: str | None = None):
         if not type_ok(v, hints.get(k, typing.Any)):
             raise ValueError(f"params.yaml: {section}.{k} must be {describe(hints[k])}, got {v!r} "
                              f"({type(v).__name__}).")
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as e:  # a range check of the dataclass itself: say where in params.yaml
+        msg = str(e).replace(f"{cls.__name__}.", f"{section}.")
+        where = "" if msg.startswith("params.yaml") else "params.yaml: " if f"{section}." in msg else f"params.yaml: {section}: "
+        raise ValueError(where + msg) from None

@@ -24,6 +24,12 @@ KERNEL = "treesae"
 
 def run(notebook) -> Path:
     root = paths.root()
+    dvc_root = os.environ.get("DVC_ROOT")  # set by `dvc repro` for every stage command: the dvc.yaml's project
+    if dvc_root and Path(dvc_root).resolve() != root:
+        why = f"TREESAE_ROOT={os.environ['TREESAE_ROOT']}" if "TREESAE_ROOT" in os.environ else "the working directory"
+        raise ValueError(f"`dvc repro` runs this stage for {Path(dvc_root).resolve()}, but {why} points at {root}: the "
+                         f"stage would read and write the other project's data while {dvc_root}'s dvc.lock records it. "
+                         f"Unset TREESAE_ROOT or set it to {Path(dvc_root).resolve()}.")
     nb = root / notebook
     if not nb.exists():
         raise FileNotFoundError(f"{nb} not found; stage notebooks are in {root / 'notebooks'}.")
@@ -61,7 +67,7 @@ if __name__ == "__main__":
     try:
         run(sys.argv[1])
     except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"Invalid parameters, the notebook was not run:\n  {e}")
+        sys.exit(f"{sys.argv[1]} was not run (nothing was written):\n  {e}")
     except papermill.PapermillExecutionError as e:
         sys.exit(f"{sys.argv[1]} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
                  f"(the executed notebook, with the traceback, is build/notebooks/{Path(sys.argv[1]).stem}.failed.ipynb)")

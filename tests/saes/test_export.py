@@ -111,3 +111,19 @@ def test_float64_round_trip(tmp_path, x_small):
 def test_load_sae_needs_treesae_json(tmp_path):
     with pytest.raises(FileNotFoundError, match="has no treesae.json"):
         load_sae(tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "cfg_d_in", "treesae_d_sae"])
+def test_a_damaged_or_edited_sae_is_refused_by_name_with_the_fix(tmp_path, damage):
+    sae = build("topk", d_in=16, d_sae=32, k=4)
+    save_sae(sae, tmp_path)
+    if damage == "truncated":
+        w = tmp_path / "sae_weights.safetensors"
+        w.write_bytes(w.read_bytes()[:50])
+    else:
+        name, key = {"cfg_d_in": ("cfg.json", "d_in"), "treesae_d_sae": ("treesae.json", "d_sae")}[damage]
+        c = json.loads((tmp_path / name).read_text())
+        (c if name == "cfg.json" else c["config"])[key] += 1
+        (tmp_path / name).write_text(json.dumps(c))
+    with pytest.raises(ValueError, match=r"(sae_weights.safetensors: cannot be read|cfg.json says|treesae.json says).*dvc checkout"):
+        load_sae(tmp_path)

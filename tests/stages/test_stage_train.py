@@ -90,3 +90,42 @@ def test_a_streamed_train_split_trains_the_saes_of_the_full_cache(tiny_model, ti
     assert [k for k in out["cached"] if out["cached"][k] != out["streamed"][k]] == []
     # the budget decides: 40 contexts x 16 tokens x 1 layer x 32 dims x 2 bytes
     assert harvesting.cache_gb([tiny_corpus], 1, 32, "float16") * 2 ** 30 == 40 * 16 * 32 * 2
+
+
+def _files(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for d in ("saes", "train/curves")
+            for p in sorted((root / "data" / d).rglob("*")) if p.is_file()}
+
+
+def test_a_rerun_loads_what_this_code_trained_and_trains_only_what_changed(stage, monkeypatch):
+    """Stage 02 reruns (an eval setting, an added run, a deleted metrics.csv) train only runs whose key changed or whose
+    files are not those it recorded; what it retrains comes back byte for byte."""
+    s, _, _ = stage
+    root = sweep.paths.root()
+    sweep.train_all(s, progress=False)
+    ref = _files(root)
+    real, trained = sweep._train, []
+    monkeypatch.setattr(sweep, "_train", lambda setup, progress: trained.append([r.name for r in setup["runs"]])
+                        or real(setup, progress))
+    sweep.train_all(s, progress=False)
+    assert trained == [] and _files(root) == ref
+    victim = s["runs"][1].name
+    (root / "data" / "saes" / victim / "sae_weights.safetensors").write_bytes(b"truncated")  # damaged: retrained
+    import shutil
+    shutil.rmtree(root / "data" / "saes" / s["runs"][2].name)  # deleted: retrained
+    sweep.train_all(s, progress=False)
+    assert trained == [[victim, s["runs"][2].name]] and _files(root) == ref
+    s["optim"] = sweep.dataclasses.replace(s["optim"], lr=s["optim"].lr / 2)  # a setting that changes every SAE
+    sweep.train_all(s, progress=False)
+    assert len(trained[-1]) == 4 and _files(root) != ref
+
+
+def test_the_train_key_covers_the_code_the_stage_runs(stage, monkeypatch):
+    s, _, _ = stage
+    run = s["runs"][0]
+    key = sweep.train_key(s, run)
+    assert key == sweep.train_key(s, s["runs"][0]) != sweep.train_key(s, s["runs"][1])
+    monkeypatch.setattr(sweep.imports, "digest", lambda module: "edited")
+    assert sweep.train_key(s, run) != key
+    assert "treesae/saes/topk.py" in {p.relative_to(sweep.imports.SRC).as_posix()
+                                      for p in sweep.imports.closure({sweep.__name__})}

@@ -38,6 +38,8 @@ from .base import BaseSAE
 
 TREESAE_FILENAME = "treesae.json"
 FORMAT_VERSION = 1
+RESTORE = ("Restore the SAE: `dvc checkout data/saes` (a run whose outputs DVC cached), else `dvc repro train` "
+           "(stage 02 retrains only SAEs whose files differ from what it wrote).")
 
 
 def _dtype_str(sae: BaseSAE) -> str:
@@ -79,7 +81,19 @@ def load_sae(path: str | Path) -> BaseSAE:
     info = json.loads((path / TREESAE_FILENAME).read_text())
     if info.get("format") != FORMAT_VERSION:
         raise ValueError(f"{path / TREESAE_FILENAME}: format {info.get('format')!r}, expected {FORMAT_VERSION}")
-    state = load_file(str(path / SAE_WEIGHTS_FILENAME))
+    weights = path / SAE_WEIGHTS_FILENAME
+    try:
+        state = load_file(str(weights))
+    except Exception as e:  # safetensors' SafetensorError (truncated, damaged), OSError (missing)
+        raise ValueError(f"{weights}: cannot be read ({type(e).__name__}: {e}); the file is missing, truncated or "
+                         f"damaged. {RESTORE}") from None
+    d_sae, d_in = state["W_dec"].shape
+    cfg = json.loads((path / "cfg.json").read_text()) if (path / "cfg.json").exists() else {}
+    for file, c in (("cfg.json", cfg), (TREESAE_FILENAME, info["config"])):
+        bad = {f: c[f] for f, want in (("d_in", d_in), ("d_sae", d_sae)) if f in c and c[f] != want}
+        if bad:  # what sae-lens users load (cfg.json) must describe these weights
+            raise ValueError(f"{path / file} says {bad}, but {SAE_WEIGHTS_FILENAME} holds W_dec of shape "
+                             f"[d_sae={d_sae}, d_in={d_in}]: the file was edited or mixed with another SAE's. {RESTORE}")
     sae = build(info["architecture"], **info["config"]).to(state["W_dec"].dtype)
     if "threshold" in state:
         if state["threshold"].ndim == 1:  # jumprelu: our scalar threshold, repeated on every latent

@@ -17,12 +17,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import config, metrics, paths
+from .. import config, imports, metrics, paths
 from .. import distributed as dist
 from ..cache import ActivationCache, hook_name
 from ..convergence import Monitor, converged, finalize
 from ..corpora import safe_name
-from ..io import JsonStore, write_bytes_atomic, write_json
+from ..io import JsonStore, sha256_file, write_bytes_atomic, write_json
 from ..model import load_model, origin, pin_threads, runtime
 from ..runs import Run, expand, grids_of
 from ..saes import ARCHITECTURES, build_run, load_sae, names, save_sae
@@ -107,17 +107,81 @@ def plan(setup: dict) -> pd.DataFrame:
 
 
 def train_all(setup: dict, progress: bool = True) -> dict:
-    """Train each (corpus, layer) group in one pass over its cached activations; save every SAE. Under torchrun,
-    each rank trains its share of the runs (``treesae.distributed``) and every rank returns them all; with
-    ``train.processes`` > 1 outside torchrun, this process starts that many ranks and returns the SAEs they saved."""
+    """Train each (corpus, layer) group in one pass over its cached activations; save every SAE. A run whose
+    saved SAE this code trained with these settings on this harvest (``train_key``) is loaded, not trained again:
+    a rerun after an evaluation setting changed, a run was added or metrics.csv was deleted trains only what is
+    missing. Under torchrun, each rank trains its share of the runs (``treesae.distributed``) and every rank
+    returns them all; with ``train.processes`` > 1 outside torchrun, this process starts that many ranks."""
+    s = setup
+    dev = dist.device(s["model"].device)  # model.device: the SAEs train where the model runs
+    code = imports.digest(__name__)
+    keys = {r.name: train_key(s, r, code) for r in s["runs"]}
+    todo = [r for r in s["runs"] if not _trained(r, keys[r.name])]
+    if progress and len(todo) < len(s["runs"]):
+        print(f"{len(s['runs']) - len(todo)} of {len(s['runs'])} SAEs were trained by this code with these settings "
+              f"on this harvest (data/.partial/trained): loaded, not trained again")
+    if todo:
+        _train({**s, "runs": todo}, progress)
+    keep = {r.name for r in s["runs"]}  # outputs persist (dvc.yaml): drop SAEs of runs no longer in the sweep
+    sae_dir, curves_dir = paths.data("saes"), paths.data("train", "curves")
+    if dist.is_main():
+        for r in todo:
+            _record(r, keys[r.name])
+        stale = [d for d in sae_dir.iterdir() if d.name not in keep] + [f for f in curves_dir.iterdir() if f.stem not in keep]
+        for f in stale:
+            shutil.rmtree(f) if f.is_dir() else f.unlink()
+    dist.barrier()
+    return {r.name: load_sae(sae_dir / r.name).to(dev) for r in s["runs"]}
+
+
+def train_key(setup: dict, run: Run, code: str | None = None) -> str:
+    """What a run's saved SAE, curve and diagnostics depend on: the run, its architecture's extra config, the
+    optimiser (``TrainConfig.determining``), the token filters, the harvest it trains on (its fingerprint) and
+    the code stage 02 runs (``treesae.imports.digest``, the files dvc.yaml lists for it)."""
+    tp = setup["train"]
+    cache = ActivationCache.open(paths.data("activations", safe_name(run.corpus)))
+    ident = dict(run=run.name, init=run.init_seed(), extra=tp.architectures.get(run.architecture),
+                 optim=setup["optim"].determining(), drop_first=tp.drop_first, sink_ratio=tp.sink_ratio,
+                 stream=None if cache.meta.get("train_cached", True) else tp.stream_buffer_contexts,
+                 data_parallel=tp.data_parallel, harvest=cache.meta["fingerprint"], model=setup["model"].name,
+                 code=code or imports.digest(__name__))
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _outputs(run: Run) -> list[Path]:
+    return sorted(paths.data("saes", run.name).iterdir()) + [paths.data("train", "curves", f"{run.name}.csv")]
+
+
+def _record_file(run: Run) -> Path:
+    return paths.data(".partial", "trained", f"{run.name}.json")
+
+
+def _record(run: Run, key: str) -> None:
+    """Note the key and the sha256 of every file the run's training wrote."""
+    files = {f.relative_to(paths.data()).as_posix(): sha256_file(f) for f in _outputs(run)}
+    write_json(_record_file(run), dict(key=key, files=files))
+
+
+def _trained(run: Run, key: str) -> bool:
+    """True when the run's record has this key and every file it lists is there with its recorded bytes."""
+    f = _record_file(run)
+    rec = json.loads(f.read_text()) if f.exists() else {}
+    if rec.get("key") != key:
+        return False
+    have = {p.relative_to(paths.data()).as_posix() for p in _outputs(run)} if paths.data("saes", run.name).is_dir() else set()
+    return have == set(rec["files"]) and all(sha256_file(paths.data(p)) == h for p, h in rec["files"].items())
+
+
+def _train(setup: dict, progress: bool) -> None:
+    """Train and save ``setup["runs"]`` (see ``train_all``)."""
     s, tp = setup, setup["train"]
     rank, world = dist.rank_world()
-    dev = dist.device(s["model"].device)  # model.device: the SAEs train where the model runs
+    dev = dist.device(s["model"].device)
     if tp.processes > 1 and world == 1:
         threads = max(1, s["optim"].threads // tp.processes)
         share = {**s, "train": dataclasses.replace(tp, processes=1), "optim": dataclasses.replace(s["optim"], threads=threads)}
         dist.spawn(_train_rank, tp.processes, share, progress)
-        return {r.name: load_sae(paths.data("saes", r.name)).to(dev) for r in s["runs"]}
+        return
     dp = tp.data_parallel and world > 1  # else the runs are split over the ranks
     groups = {}
     for run in s["runs"] if dp else dist.share(s["runs"]):
@@ -125,7 +189,7 @@ def train_all(setup: dict, progress: bool = True) -> dict:
     cfg = s["optim"]
     curves_dir, sae_dir = paths.data("train", "curves"), paths.data("saes")
     curves_dir.mkdir(parents=True, exist_ok=True)
-    trained, lm = {}, None
+    lm = None
     for (corpus, layer), runs in groups.items():
         cache = ActivationCache.open(paths.data("activations", safe_name(corpus)),
                                      expect={"model": s["model"].name, "layers": [layer]})
@@ -163,21 +227,15 @@ def train_all(setup: dict, progress: bool = True) -> dict:
             save_sae(saes[r.name], sae_dir / r.name, metadata=sae_metadata(s["model"].name, layer, cache.meta, tp, corpus))
             write_json(sae_dir / r.name / "training.json", diagnostics[r.name])
             write_bytes_atomic(curves_dir / f"{r.name}.csv", curves[r.name].to_csv(index=False, float_format="%.6g").encode())
-        trained.update(saes)
         if not torch.is_tensor(data):
             data.close()
         del data
     dist.barrier()  # every rank's SAEs are saved
-    keep = {r.name for r in s["runs"]}  # outputs persist (dvc.yaml): drop SAEs of runs no longer in the sweep
-    stale = [d for d in sae_dir.iterdir() if d.name not in keep] + [f for f in curves_dir.iterdir() if f.stem not in keep]
-    for f in stale if dist.is_main() else []:
-        shutil.rmtree(f) if f.is_dir() else f.unlink()
-    return {r.name: trained[r.name] if r.name in trained else load_sae(sae_dir / r.name).to(dev) for r in s["runs"]}
 
 
 def _train_rank(setup: dict, progress: bool) -> None:
     pin_threads(setup["optim"].threads)
-    train_all(setup, progress=progress and dist.is_main())
+    _train(setup, progress=progress and dist.is_main())
 
 
 def sae_metadata(model_name: str, layer: int, cache_meta: dict, tp, corpus: str) -> dict:
