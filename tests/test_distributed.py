@@ -8,6 +8,7 @@ import sys
 from types import SimpleNamespace
 
 import pandas as pd
+import pytest
 import torch
 
 from treesae import config, harvest as H
@@ -121,3 +122,20 @@ def test_data_parallel_ranks_agree_and_match_one_process(tmp_path):
     c_one, c_dp = (json.loads((tmp_path / f"{m}.json").read_text()) for m in ("one-0", "dp-0"))
     for name in one:  # batch-level selection within each rank's half: close to one process, not equal
         assert abs(c_dp[name]["nmse"][-1] - c_one[name]["nmse"][-1]) < 0.1 * c_one[name]["nmse"][-1] + 0.02, name
+
+
+
+def test_a_rank_error_reaches_the_user_as_one_line_naming_the_file(monkeypatch):
+    """torch.multiprocessing hands the parent a rank's traceback as text; spawn raises its last line only."""
+    import traceback
+    try:
+        raise ValueError("shard data/x.npy is damaged; rerun the harvest")
+    except ValueError:
+        text = f"\n\n-- Process 1 terminated with the following error:\n{traceback.format_exc()}"  # as torch words it
+
+    def start_processes(*a, **k):
+        raise dist.mp.ProcessRaisedException(text, 1, 4242)
+    monkeypatch.setattr(dist.mp, "start_processes", start_processes)
+    with pytest.raises(dist.RankError) as e:
+        dist.spawn(print, 2)
+    assert str(e.value) == "ValueError: shard data/x.npy is damaged; rerun the harvest (in rank 1 of 2)"

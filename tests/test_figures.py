@@ -95,6 +95,25 @@ def test_animation_and_missing_columns(tmp_path):
         F.frontier_nmse_l0(pd.DataFrame({"architecture": ["topk"], "l0": [3]}), tmp_path / "x.png")
 
 
+@pytest.mark.parametrize("slug, suffix", [("frontier_nmse_l0", ".png"), ("decoder_umap_animation", ".gif")])
+def test_a_full_disk_names_the_figure_and_keeps_the_old_one(slug, suffix, tmp_path, monkeypatch):
+    import errno
+    import os
+    args = tables()["decoder_umap" if slug == "decoder_umap_animation" else slug]
+    draw = getattr(F, slug)
+    out = draw(*args, tmp_path / f"{slug}{suffix}")
+    old = out.read_bytes()
+    real = os.fsync
+
+    def full(fd):  # the disk fills while the new figure is flushed
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match=rf"Could not write {tmp_path}/{slug}\{suffix} \(No space left on device\).*Free disk space"):
+        draw(*args, out)
+    monkeypatch.setattr(os, "fsync", real)
+    assert out.read_bytes() == old and sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+
+
 def _lab(hex_color, sim=np.eye(3)):
     """CIELAB (D65) of an sRGB colour, optionally through a colour-vision simulation on linear RGB."""
     c = np.array([int(hex_color[i:i + 2], 16) for i in (1, 3, 5)]) / 255

@@ -93,7 +93,7 @@ class ActivationCache:
         """Open and validate a cache. ``expect`` (e.g. ``{"model": ..., "layers": [...]}``) must match
         its metadata (for ``layers``: be a subset). ``verify`` re-hashes every shard (slow, thorough)."""
         path = Path(path)
-        rerun = "Re-create it with `dvc repro harvest` (or run notebooks/01_harvest.ipynb)."
+        rerun = "Re-create it with `dvc repro -f -s harvest` (or run notebooks/01_harvest.ipynb)."
         if not (path / "meta.json").exists():
             partial = path.parent.with_name(".partial") / f"{path.parent.name}-{path.name}"
             hint = f" A partial harvest is in {partial}; rerunning the harvest resumes it." if partial.exists() else ""
@@ -138,8 +138,9 @@ class ActivationCache:
         return self.path / "shards" / f"layer{layer}_{index:05d}.npy"
 
     def repair_hint(self) -> str:
-        return (f"Rerun the harvest (`dvc repro harvest`, or notebooks/01_harvest.ipynb): it keeps the intact shards of "
-                f"{self.path} and recomputes only the damaged ones.")
+        return (f"Rerun the harvest: `dvc repro -f -s harvest` (-f: DVC does not re-hash a file whose size and mtime are "
+                f"unchanged, so plain `dvc repro` may find nothing to do), or notebooks/01_harvest.ipynb; it keeps the "
+                f"intact shards of {self.path} and recomputes only the damaged ones.")
 
     def check_layer(self, layer: int):
         """Refuse shards of ``layer`` whose bytes differ from the harvest's (sha256 in meta.json) or whose

@@ -28,7 +28,16 @@ def spawn(fn, n: int, *args) -> None:
     with socket.socket() as s:  # a free port for the group's rendezvous
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.start_processes(_rank_main, args=(n, port, fn, args), nprocs=n, start_method="spawn")
+    try:
+        mp.start_processes(_rank_main, args=(n, port, fn, args), nprocs=n, start_method="spawn")
+    except mp.ProcessRaisedException as e:  # the rank's traceback as text: keep its last line(s), the error itself
+        lines = str(e).rstrip().splitlines()
+        last_frame = max((i for i, l in enumerate(lines) if l.startswith("  ")), default=-1)
+        raise RankError(f"{' '.join(lines[last_frame + 1:])} (in rank {e.error_index} of {n})") from None
+
+
+class RankError(RuntimeError):
+    """What a rank started by ``spawn`` raised, as one line (``<type>: <message>``)."""
 
 
 def _rank_main(rank: int, n: int, port: int, fn, args) -> None:

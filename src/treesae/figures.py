@@ -13,6 +13,7 @@ at, so its text (at least ``MIN_PT`` points) is never shrunk below that; legends
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -28,6 +29,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
+from .io import fsync_replace, write_bytes_atomic, write_error  # noqa: E402
 from .registry import names  # noqa: E402
 
 DPI = 150
@@ -134,10 +136,11 @@ def _int_ticks(ax, values):
 
 
 def _save(fig, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, metadata=METADATA.get(path.suffix.lower(), {}))
+    """Render to memory, then write atomically (a full disk names the file and keeps the old figure)."""
+    path, buf = Path(path), io.BytesIO()
+    fig.savefig(buf, format=path.suffix[1:].lower(), dpi=DPI, metadata=METADATA.get(path.suffix.lower(), {}))
     plt.close(fig)
+    write_bytes_atomic(path, buf.getvalue())
     return path
 
 
@@ -504,9 +507,16 @@ def decoder_umap_animation(emb: pd.DataFrame, path, frame: str = "layer", fps: i
 
     anim = FuncAnimation(fig, draw, frames=len(frames))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    anim.save(path, writer=PillowWriter(fps=fps), dpi=80)
-    plt.close(fig)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # Pillow takes the format from the suffix
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        anim.save(tmp, writer=PillowWriter(fps=fps), dpi=80)
+        fsync_replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, e) from e
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -38,8 +38,13 @@ def write_bytes_atomic(path, data: bytes):
         fsync_replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise OSError(e.errno, f"Could not write {path} ({e.strerror or e}); the previous version, if any, is "
-                               f"unchanged. Free disk space or make {path.parent} writable, then rerun.") from e
+        raise write_error(path, e) from e
+
+
+def write_error(path: Path, e: OSError) -> OSError:
+    """A failed write (full disk, read-only folder) that names the file and the fix."""
+    return OSError(e.errno, f"Could not write {path} ({e.strerror or e}); the previous version, if any, is "
+                            f"unchanged. Free disk space or make {path.parent} writable, then rerun.")
 
 
 def write_json(path, obj):
