@@ -127,3 +127,17 @@ def test_a_damaged_or_edited_sae_is_refused_by_name_with_the_fix(tmp_path, damag
         (tmp_path / name).write_text(json.dumps(c))
     with pytest.raises(ValueError, match=r"(sae_weights.safetensors: cannot be read|cfg.json says|treesae.json says).*dvc checkout"):
         load_sae(tmp_path)
+
+
+def test_load_saes_refuses_an_sae_whose_files_belong_to_another_run(tmp_path, monkeypatch):
+    from treesae.saes import load_saes
+    monkeypatch.setenv("TREESAE_ROOT", str(tmp_path))
+    for name, arch, layer in (("topk-brown-L15-d32-k4-s0", "topk", 15), ("batchtopk-brown-L3-d32-k4-s0", "batchtopk", 3)):
+        save_sae(build(arch, d_in=16, d_sae=32, k=4), tmp_path / "data/saes" / name,
+                 metadata={"hook_name": f"blocks.{layer}.hook_resid_pre"})
+    assert set(load_saes(["topk-brown-L15-d32-k4-s0", "batchtopk-brown-L3-d32-k4-s0"])) == {
+        "topk-brown-L15-d32-k4-s0", "batchtopk-brown-L3-d32-k4-s0"}
+    save_sae(build("topk", d_in=16, d_sae=32, k=4), tmp_path / "data/saes/topk-brown-L3-d32-k4-s0",
+             metadata={"hook_name": "blocks.15.hook_resid_pre"})  # layer 15's SAE under a layer-3 run's name
+    with pytest.raises(ValueError, match=r"holds a topk SAE at blocks\.15\.hook_resid_pre, not run topk-brown-L3-d32-k4-s0's.*dvc checkout"):
+        load_saes(["topk-brown-L3-d32-k4-s0"])

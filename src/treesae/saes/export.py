@@ -112,5 +112,10 @@ def load_saes(names) -> dict:
         p = paths.data("saes", n)
         if not p.exists():
             raise FileNotFoundError(f"{p} not found: metrics.csv lists run {n} but its SAE is missing; rerun `dvc repro train`.")
-        out[n] = load_sae(p)
+        out[n] = sae = load_sae(p)
+        hook = json.loads((p / "cfg.json").read_text()).get("metadata", {}).get("hook_name", "")
+        layer = hook.split(".")[1] if hook.startswith("blocks.") else "?"
+        if not n.startswith(f"{sae.architecture}-") or f"-L{layer}-" not in n:  # the fields of runs.Run.name
+            raise ValueError(f"{p} holds a {sae.architecture} SAE at {hook or 'no hook'}, not run {n}'s (another run's "
+                             f"files copied in?). {RESTORE}")
     return out
