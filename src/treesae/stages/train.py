@@ -86,7 +86,8 @@ def check(model, harvest, train: dict) -> dict:
         if run.layer not in harvest.layers:
             raise ValueError(f"run {run.name}: layer {run.layer} is not harvested (harvest.layers: {harvest.layers}).")
         try:
-            build_run(run, 8, tp.architectures)  # config validation (k vs d_sae, unknown fields) on a tiny d_in
+            with torch.device("meta"):  # config validation (k vs d_sae, unknown fields) on a tiny d_in, no memory
+                build_run(run, 8, tp.architectures)
         except (ValueError, TypeError) as e:
             raise ValueError(f"params.yaml: run {run.name} (train.base / grids / architectures.{run.architecture}): {e}") from None
     optim = config.parse(TrainConfig, {"threads": model.threads, **tp.optim}, "train.optim")
