@@ -44,3 +44,21 @@ def test_workspace_is_a_git_repo_where_dvc_compares(tmp_path):
     assert "lr" in out and "0.001" in out and "0.002" in out
     make("smoke", ws)
     assert len(git("log", "--format=%s").splitlines()) == 1
+
+
+def test_a_workspace_runs_the_code_it_hashes(tmp_path):
+    """An edit to the workspace's copy of the code makes its stage stale (`dvc status`) and is what the stage runs;
+    the repository's code (the editable install) is not."""
+    import os
+    import subprocess
+
+    from treesae.workspace import make
+    ws = make("smoke", tmp_path / "ws")
+    env = {**os.environ, "TREESAE_ROOT": str(ws)}
+    dvc = lambda *a: subprocess.run(["dvc", *a], cwd=ws, env=env, check=True, capture_output=True, text=True).stdout  # noqa: E731
+    dvc("repro", "validate")
+    assert "validate" not in dvc("status", "validate")
+    code = ws / "src/treesae/stages/validate.py"
+    code.write_text(code.read_text() + "\nprint('RAN', __file__)\n")
+    assert "changed deps" in dvc("status", "validate")
+    assert f"RAN {code}" in dvc("repro", "validate")

@@ -2,7 +2,8 @@
 
 ``python -m treesae.workspace smoke build/smoke`` copies dvc.yaml, notebooks/, src/ and the paper template into
 ``build/smoke``, writes the merged params.yaml and runs DVC there with ``TREESAE_ROOT`` set, so the
-smoke pipeline never touches the paper's data. The params.yaml header (``paths.WORKSPACE_HEADER``) marks the
+smoke pipeline never touches the paper's data. Its stages run its own copy of src/ (``own_code``), the code its
+DVC state hashes; ``make smoke`` copies the repository's code in again before each run. The params.yaml header (``paths.WORKSPACE_HEADER``) marks the
 directory as a workspace: a notebook opened inside it uses it without ``TREESAE_ROOT``. A new workspace is its
 own git repository with a first commit (the profile as made), so DVC's comparisons work there: ``dvc params
 diff``, ``dvc metrics diff``, ``dvc exp run -S ...`` / ``dvc exp show``, ``dvc plots diff`` (DVC keeps the
@@ -48,6 +49,7 @@ def make(profile: str, dest) -> Path:
     for f in COPIED_FILES:
         (dest / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(paths.REPO / f, dest / f)
+    own_code(dest / "dvc.yaml")
     config.write_profile(profile, dest / "params.yaml")
     ignore = ["__pycache__/", "*.egg-info/", ".ipynb_checkpoints/", "dvc.lock.before", "/data/.partial/", "/data/raw/",
               "/build/"]  # executed notebooks (and their scratch copies), the browser, params.ok
@@ -64,6 +66,16 @@ def make(profile: str, dest) -> Path:
         run("git", "-c", "user.name=treesae", "-c", "user.email=treesae@localhost", "commit", "-q", "--no-verify",
             "-m", f"workspace for profile {profile}")
     return dest
+
+
+RUN_OWN_CODE = "env PYTHONPATH=src "  # a stage's command in a workspace: its own copy of src/ comes first on sys.path
+
+
+def own_code(dvc_yaml: Path) -> None:
+    """Prefix every stage command with ``RUN_OWN_CODE``, so a workspace runs the code that DVC hashes there (its
+    copy of src/), not the repository's editable install: an edit on either side then agrees with ``dvc status``."""
+    text = Path(dvc_yaml).read_text()
+    Path(dvc_yaml).write_text(text.replace("    cmd: python ", f"    cmd: {RUN_OWN_CODE}python "))
 
 
 def reuse_stage(dest, src, stage: str = "harvest") -> None:
@@ -90,7 +102,8 @@ def reuse_stage(dest, src, stage: str = "harvest") -> None:
             copied.append(o["path"])
     dvc("commit", "--force", stage)  # DVC hashes dest's code, params and outputs into dest's lock (and cache)
     got = yaml.safe_load(lock_path.read_text())["stages"][stage]
-    key = lambda e: {k: sorted(e[k], key=lambda d: d["path"]) if isinstance(e[k], list) else e[k] for k in e}  # noqa: E731
+    key = lambda e: {k: sorted(e[k], key=lambda d: d["path"]) if isinstance(e[k], list) else  # noqa: E731
+                     e[k].removeprefix(RUN_OWN_CODE) if k == "cmd" else e[k] for k in e}  # the repository's: no prefix
     if key(got) != key(entry):
         lock_path.write_text(before) if before is not None else lock_path.unlink()  # as it was
         for p in copied:
