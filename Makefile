@@ -58,7 +58,7 @@ test:
 	$(MAKE) setup
 	ruff check src tests benchmarks notebooks
 	$(MAKE) smoke PROFILE=smoke
-	TREESAE_REQUIRE_BROWSER=1 TREESAE_ROOT=$(abspath $(SMOKE)) python -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider --durations=15
+	TREESAE_REQUIRE_BROWSER=1 TREESAE_ROOT=$(abspath $(SMOKE)) python -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider --durations=30
 
 # Force stages 02-06 of a workspace to rerun; every output's hash in dvc.lock must come back unchanged.
 determinism: smoke
