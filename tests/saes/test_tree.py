@@ -170,3 +170,38 @@ def test_lifting_the_gate_keeps_every_gated_firing_and_frees_the_children(budget
     sae.parent_index.fill_(-1)
     with torch.no_grad():
         assert torch.equal(sae.encode_ungated(x_small), sae.encode(x_small))
+
+
+def test_parent_loss_is_the_squared_excess_of_children_firing_outside_their_parents(x_small):
+    """``parent_loss_coef``: off by default (no loss term, no log); on, it equals coef * sum over (token, child with
+    a parent that did not fire, ungated score above the threshold) of (a_c - theta)^2 / sum ||x||^2, recomputed here
+    from the dense pre-activations, and its gradient lowers exactly those children's scores."""
+    off = planted_tree()
+    off.train()
+    loss_off, logs_off, _ = off.training_loss(x_small)
+    assert "structure" not in logs_off
+    sae = planted_tree(parent_loss_coef=2.0)
+    sae.train()
+    sae.threshold.fill_(0.3)
+    loss, logs, z = sae.training_loss(x_small)
+    theta = float(sae.threshold)  # the running estimate, as this batch moved it
+    x = sae._prep(x_small)
+    pre = torch.cat([(x - sae.b_dec) @ e.W_enc + e.b_enc for e in sae.encoders], 1).detach()
+    p = sae.parent_of
+    fired = torch.cat([z.detach() > 0, torch.ones(len(x), 1, dtype=torch.bool)], 1)
+    par = torch.where(p < 0, len(p), p)
+    bad = (pre > theta) & ~fired[:, par] & (p >= 0)
+    assert bad.any() and 0 < theta
+    want = 2.0 * ((pre - theta)[bad] ** 2).sum() / x.pow(2).sum()
+    torch.testing.assert_close(logs["structure"], want)
+    torch.testing.assert_close(loss.detach(), loss_off.detach() + want)  # same init, same codes: only the new term
+    sae.zero_grad()
+    sae._structure_loss(x, sae._levels(x, sae.b_dec)).backward()
+    g = sae.encoders[1].b_enc.grad
+    cols = bad[:, 4:12].any(0)
+    assert (g[cols] > 0).all() and (g[~cols] == 0).all()  # descent lowers the offending children's scores only
+
+
+def test_parent_loss_coef_is_validated():
+    with pytest.raises(ValueError, match="parent_loss_coef must be >= 0"):
+        TreeConfig(d_in=8, widths=[3, 6], k=2, parent_loss_coef=-1.0)

@@ -298,9 +298,14 @@ class HierarchicalSAE(LevelsMixin, BaseSAE):
                      for l, o in enumerate(outs)]
         aux = torch.stack(level_aux).mean()
         loss = recon + cfg.aux_coef * aux
+        structure = self._structure_loss(x, outs)
+        if structure is not None:
+            loss = loss + structure
         l0s = [(o.codes.vals.detach() > 0).sum() / B for o in outs]
         logs = scalar_logs(loss=loss, mse=(cum[-1] - x).pow(2).sum() / B, nmse=level_nmse[-1],
                            l0=sum(l0s), aux=aux)
+        if structure is not None:
+            logs |= scalar_logs(structure=structure)
         for l in range(len(outs)):
             logs |= scalar_logs(**{f"level{l}/l0": l0s[l], f"level{l}/nmse": level_nmse[l],
                                    f"level{l}/aux": level_aux[l]})
@@ -308,6 +313,10 @@ class HierarchicalSAE(LevelsMixin, BaseSAE):
 
     def _observe(self, outs: list[LevelOut]) -> None:
         """Training statistics a variant keeps from each batch's codes (none by default)."""
+
+    def _structure_loss(self, x: Tensor, outs: list[LevelOut]) -> Tensor | None:
+        """A variant's loss on how its levels relate (none by default; added to the loss and logged as ``structure``)."""
+        return None
 
     def _level_aux(self, l: int, out: LevelOut, x: Tensor, x_hat: Tensor, dead_mask: Tensor | None) -> Tensor:
         e_hat = None
