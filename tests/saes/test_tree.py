@@ -202,6 +202,26 @@ def test_parent_loss_is_the_squared_excess_of_children_firing_outside_their_pare
     assert (g[cols] > 0).all() and (g[~cols] == 0).all()  # descent lowers the offending children's scores only
 
 
-def test_parent_loss_coef_is_validated():
-    with pytest.raises(ValueError, match="parent_loss_coef must be >= 0"):
-        TreeConfig(d_in=8, widths=[3, 6], k=2, parent_loss_coef=-1.0)
+@pytest.mark.parametrize("field", ["parent_loss_coef", "parent_align_coef"])
+def test_structure_coefficients_are_validated(field):
+    with pytest.raises(ValueError, match=f"{field} must be >= 0"):
+        TreeConfig(d_in=8, widths=[3, 6], k=2, **{field: -1.0})
+
+
+def test_parent_align_pulls_children_toward_their_parents_directions(x_small):
+    sae = planted_tree(parent_align_coef=0.5)
+    sae.train()
+    _, logs, _ = sae.training_loss(x_small)
+    p = sae.parent_of
+    kids = (p >= 0).nonzero().squeeze(1)
+    W = sae.W_dec.detach()
+    want = 0.5 * (1 - torch.nn.functional.cosine_similarity(W[kids], W[p[kids]], dim=1)).mean()
+    torch.testing.assert_close(logs["structure"], want)
+    opt = torch.optim.SGD(sae.parameters(), lr=0.5)
+    for _ in range(20):
+        opt.zero_grad()
+        sae._structure_loss(sae._prep(x_small), sae._levels(sae._prep(x_small), sae.b_dec)).backward()
+        opt.step()
+    W = sae.W_dec.detach()
+    after = (1 - torch.nn.functional.cosine_similarity(W[kids], W[p[kids]], dim=1)).mean()
+    assert after < 0.7 * want / 0.5  # descent aligns them (want / 0.5: the misalignment before)

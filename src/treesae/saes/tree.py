@@ -32,7 +32,9 @@ cut on s that keeps a child keeps its parent (whose a >= s > 0): the tree holds 
 ``parent_loss_coef`` (default 0: off) trains the hierarchy into the encoder rather than only the gate: a child whose
 ungated score would fire (a_c above the budget's threshold; 0 for the per-token budgets) on a token where its
 parent did not fire pays coef * (a_c - theta)^2 / sum ||x||^2 (nMSE units), so with the gate lifted
-(``encode_ungated``) children fire inside their parents. Root children pay nothing.
+(``encode_ungated``) children fire inside their parents. Root children pay nothing. ``parent_align_coef``
+(default 0) is a structural constraint in the spirit of HSAE: coef * mean over children with a parent of
+1 - cos(W_dec[c], W_dec[parent(c)]), pulling each child's direction toward its parent's.
 
 AuxK ranks dead latents by their ungated pre-activations, so a dead child of a dead parent still gets a
 gradient. Encoder init: tied to the decoder rows. The original design is ``parent_rule="fixed",
@@ -72,9 +74,11 @@ class TreeConfig(HierarchicalConfig):
     budget: str = "batch"
     threshold_lr: float = 0.01
     parent_loss_coef: float = 0.0
+    parent_align_coef: float = 0.0
 
     def __post_init__(self):
-        self._check(self.parent_loss_coef >= 0, f"parent_loss_coef must be >= 0, got {self.parent_loss_coef}")
+        for f in ("parent_loss_coef", "parent_align_coef"):
+            self._check(getattr(self, f) >= 0, f"{f} must be >= 0, got {getattr(self, f)}")
         self._check(self.budget in BUDGETS, f"budget must be one of {', '.join(BUDGETS)}; got {self.budget!r}")
         self._check(0 < self.threshold_lr <= 1, f"threshold_lr must be in (0, 1], got {self.threshold_lr}")
         self._check_int("branching", self.branching)
@@ -313,22 +317,32 @@ class TreeSAE(TreeCore, HierarchicalSAE):
         self.cofire += F.embedding_bag(bags, coarser, n_bag.cumsum(0) - n_bag, mode="sum").to(self.cofire.dtype)
 
     def _structure_loss(self, x: Tensor, outs: list[LevelOut]) -> Tensor | None:
-        """``parent_loss_coef``: children whose ungated score clears the threshold where their parent did not fire."""
-        if not self.cfg.parent_loss_coef:
+        """``parent_loss_coef``: children whose ungated score clears the threshold where their parent did not fire;
+        ``parent_align_coef``: children's decoder directions away from their parents'."""
+        cfg = self.cfg
+        if not (cfg.parent_loss_coef or cfg.parent_align_coef):
             return None
-        theta = (self.threshold if self.budget == "batch" else x.new_zeros(())).detach()
-        pen = x.new_zeros(())
-        with torch.no_grad():
-            par = self._parents(x.device)
-            fired = fired_dense(outs, self.level_offsets, self.n_latents + 1)  # the last column: the root, always on
-        for l in range(1, len(outs)):
-            o, w = self.level_offsets[l], self.level_widths[l]
+        loss = x.new_zeros(())
+        par = self._parents(x.device)
+        if cfg.parent_loss_coef:
+            theta = (self.threshold if self.budget == "batch" else x.new_zeros(())).detach()
+            pen = x.new_zeros(())
             with torch.no_grad():
-                p = par[o:o + w]
-                rows, cols = ((outs[l].pre > theta) & ~fired[:, torch.where(p < 0, self.n_latents, p)]).nonzero(as_tuple=True)
-            if rows.numel():
-                pen = pen + (outs[l].value_at(rows, cols) - theta).pow(2).sum()
-        return self.cfg.parent_loss_coef * pen / x.pow(2).sum().clamp_min(1e-12)
+                fired = fired_dense(outs, self.level_offsets, self.n_latents + 1)  # the last column: the root, always on
+            for l in range(1, len(outs)):
+                o, w = self.level_offsets[l], self.level_widths[l]
+                with torch.no_grad():
+                    p = par[o:o + w]
+                    bad = (outs[l].pre > theta) & ~fired[:, torch.where(p < 0, self.n_latents, p)]
+                    rows, cols = bad.nonzero(as_tuple=True)
+                if rows.numel():
+                    pen = pen + (outs[l].value_at(rows, cols) - theta).pow(2).sum()
+            loss = loss + cfg.parent_loss_coef * pen / x.pow(2).sum().clamp_min(1e-12)
+        kids = (par >= 0).nonzero().squeeze(1)
+        if cfg.parent_align_coef and kids.numel():
+            cos = F.cosine_similarity(self.W_dec[kids], self.W_dec[par[kids]], dim=1)
+            loss = loss + cfg.parent_align_coef * (1 - cos).mean()
+        return loss
 
     @torch.no_grad()
     def calibrate_threshold(self, x: Tensor, batch_size: int = 4096) -> None:
