@@ -14,7 +14,8 @@ Writes to data/analysis/synthetic/:
 * ``metrics.json``: per architecture, the mean over seeds and its standard deviation of every score
   (``<architecture>.<score>`` and ``.sd``; sae-lens' references under ``saelens.<architecture>.``, the
   flat control world's SAEs under ``flat.<architecture>.``); differences of means with +- 2 standard errors
-  (``.lo``, ``.hi``; ``stats.mean_difference``): ``<architecture>.vs_topk.<score>``, for the TreeSAE
+  (``.lo``, ``.hi``; ``stats.mean_difference``; scores f1, mcc, explained_variance, absorption, hierarchy_recovery,
+  probe): ``<architecture>.vs_topk.<score>``, for the TreeSAE
   variants also ``.vs_batchtopk.`` and ``.vs_matryoshka.`` (the goals: BatchTopK's F1, Matryoshka's
   absorption), and ``matryoshka_vs_saelens.<score>`` (ours minus sae-lens' Matryoshka: does ours train as
   theirs does?). A tree SAE also reports its own edges (``tree_edges``, ``tree_precision`` and its chance).
@@ -23,7 +24,8 @@ Writes to data/analysis/synthetic/:
   ``batchtopk_vs_saelens.<score>``: the same for BatchTopK. The recipe factor (``recipes``: per name, SAE config
   fields, e.g. the decoder's norm handling and init, and the architectures trained with them): source
   ``<recipe>``, keys ``recipe.<recipe>.<architecture>.<score>`` and ``recipe.<recipe>.<architecture>.vs_default.<score>``
-  (the recipe minus the default recipe, the architectures' rows above).
+  (the recipe minus the default recipe, the architectures' rows above). A recipe of the tree alone is a tree design
+  (``TreeConfig``'s switches, e.g. ``parent_loss_coef``), compared with the default tree the same way.
 """
 from __future__ import annotations
 
@@ -278,7 +280,7 @@ def summarize(setup: dict, scores: pd.DataFrame) -> dict:
                 if np.isfinite(r.get(f"{c}_sd", np.nan)):
                     out[f"{key}.{c}.sd"] = float(r[f"{c}_sd"])
     def diff(key, a, b):
-        for c in ("f1", "mcc", "explained_variance", "absorption"):
+        for c in ("f1", "mcc", "explained_variance", "absorption", "hierarchy_recovery", "probe"):
             d, lo, hi = mean_difference(a[c], b[c])
             if np.isfinite(d):
                 out.update({f"{key}.{c}": d, f"{key}.{c}.lo": lo, f"{key}.{c}.hi": hi})
