@@ -129,3 +129,11 @@ def test_the_train_key_covers_the_code_the_stage_runs(stage, monkeypatch):
     assert sweep.train_key(s, run) != key
     assert "treesae/saes/topk.py" in {p.relative_to(sweep.imports.SRC).as_posix()
                                       for p in sweep.imports.closure({sweep.__name__})}
+
+
+def test_evaluation_prints_a_count_and_the_time_left(stage, capsys):
+    s, saes, _ = stage
+    sweep.evaluate(s, saes, progress=True)
+    lines = [l for l in capsys.readouterr().out.splitlines() if "nmse" in l]
+    assert [l.split("]")[0].split(",")[0] for l in lines] == [f"[{i}/4" for i in range(1, 5)]
+    assert all("min left]" in l for l in lines)

@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -275,7 +276,8 @@ def evaluate(setup: dict, saes: dict, lm=None, progress: bool = True) -> pd.Data
     rows, acts, ref = [], {}, None
     store = JsonStore(paths.data(".partial", "eval"))
     downstream = lm is not None and ev.downstream_contexts
-    for run in sorted(s["runs"], key=lambda r: (r.corpus, r.layer)):  # one group's activations in memory at a time
+    t0, todo = time.perf_counter(), sorted(s["runs"], key=lambda r: (r.corpus, r.layer))  # one group's activations at a time
+    for i, run in enumerate(todo, 1):
         key = (run.corpus, run.layer)
         cache = ActivationCache.open(paths.data("activations", safe_name(run.corpus)))
         row_key = eval_key(run, saes[run.name], cache.meta, s, downstream)
@@ -296,9 +298,10 @@ def evaluate(setup: dict, saes: dict, lm=None, progress: bool = True) -> pd.Data
                                                       reference=ref))
             store[row_key] = row
         rows.append(row)
-        if progress:
-            print(f"{run.name}: nmse {row['nmse']:.4f} l0 {row['l0']:.1f} dead {row['dead_fraction']:.3f}"
-                  + (f" ce+ {row['ce_increase']:.3f}" if "ce_increase" in row else ""))
+        if progress:  # count, and the time left at this pace (rows kept from an earlier run count as instant)
+            eta = (time.perf_counter() - t0) / i * (len(todo) - i)
+            print(f"[{i}/{len(todo)}, ~{eta / 60:.1f} min left] {run.name}: nmse {row['nmse']:.4f} l0 {row['l0']:.1f} "
+                  f"dead {row['dead_fraction']:.3f}" + (f" ce+ {row['ce_increase']:.3f}" if "ce_increase" in row else ""))
     table = add_verdicts(plan(s).join(pd.DataFrame(rows).set_index("name")).join(convergence_table(s)))
     out = paths.data("train")
     write_bytes_atomic(out / "metrics.csv", table.to_csv(float_format="%.6g").encode())
