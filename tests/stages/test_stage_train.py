@@ -122,11 +122,12 @@ def test_a_rerun_loads_what_this_code_trained_and_trains_only_what_changed(stage
 
 def test_the_train_key_covers_the_code_the_stage_runs(stage, monkeypatch):
     s, _, _ = stage
-    run = s["runs"][0]
-    key = sweep.train_key(s, run)
-    assert key == sweep.train_key(s, s["runs"][0]) != sweep.train_key(s, s["runs"][1])
+    run, meta = s["runs"][0], sweep.ActivationCache.open(sweep.paths.data("activations", "tiny")).meta
+    key = sweep.train_key(s, run, meta)
+    assert key == sweep.train_key(s, s["runs"][0], meta) != sweep.train_key(s, s["runs"][1], meta)
+    assert sweep.train_key(s, run, {**meta, "fingerprint": "another harvest"}) != key
     monkeypatch.setattr(sweep.imports, "digest", lambda module: "edited")
-    assert sweep.train_key(s, run) != key
+    assert sweep.train_key(s, run, meta) != key
     assert "treesae/saes/topk.py" in {p.relative_to(sweep.imports.SRC).as_posix()
                                       for p in sweep.imports.closure({sweep.__name__})}
 

@@ -117,7 +117,8 @@ def train_all(setup: dict, progress: bool = True) -> dict:
     s = setup
     dev = dist.device(s["model"].device)  # model.device: the SAEs train where the model runs
     code = imports.digest(__name__)
-    keys = {r.name: train_key(s, r, code) for r in s["runs"]}
+    metas = {c: ActivationCache.open(paths.data("activations", safe_name(c))).meta for c in {r.corpus for r in s["runs"]}}
+    keys = {r.name: train_key(s, r, metas[r.corpus], code) for r in s["runs"]}
     todo = [r for r in s["runs"] if not _trained(r, keys[r.name])]
     if progress and len(todo) < len(s["runs"]):
         print(f"{len(s['runs']) - len(todo)} of {len(s['runs'])} SAEs were trained by this code with these settings "
@@ -136,16 +137,15 @@ def train_all(setup: dict, progress: bool = True) -> dict:
     return {r.name: load_sae(sae_dir / r.name).to(dev) for r in s["runs"]}
 
 
-def train_key(setup: dict, run: Run, code: str | None = None) -> str:
+def train_key(setup: dict, run: Run, cache_meta: dict, code: str | None = None) -> str:
     """What a run's saved SAE, curve and diagnostics depend on: the run, its architecture's extra config, the
-    optimiser (``TrainConfig.determining``), the token filters, the harvest it trains on (its fingerprint) and
-    the code stage 02 runs (``treesae.imports.digest``, the files dvc.yaml lists for it)."""
+    optimiser (``TrainConfig.determining``), the token filters, the harvest it trains on (``cache_meta``: its
+    fingerprint) and the code stage 02 runs (``treesae.imports.digest``, the files dvc.yaml lists for it)."""
     tp = setup["train"]
-    cache = ActivationCache.open(paths.data("activations", safe_name(run.corpus)))
     ident = dict(run=run.name, init=run.init_seed(), extra=tp.architectures.get(run.architecture),
                  optim=setup["optim"].determining(), drop_first=tp.drop_first, sink_ratio=tp.sink_ratio,
-                 stream=None if cache.meta.get("train_cached", True) else tp.stream_buffer_contexts,
-                 data_parallel=tp.data_parallel, harvest=cache.meta["fingerprint"], model=setup["model"].name,
+                 stream=None if cache_meta.get("train_cached", True) else tp.stream_buffer_contexts,
+                 data_parallel=tp.data_parallel, harvest=cache_meta["fingerprint"], model=setup["model"].name,
                  code=code or imports.digest(__name__))
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
 
