@@ -17,7 +17,7 @@ DETERMINISM_STAGES := train analysis_position analysis_matching analysis_hierarc
 KERNEL := $(VENV)/share/jupyter/kernels/treesae/kernel.json
 PLOTPAGE := build/dvc_plots_page.html
 
-.PHONY: setup sysdeps paper smoke test determinism bench clean
+.PHONY: setup sysdeps paper experiment smoke test determinism bench clean
 
 setup: sysdeps $(VENV)/.ready $(KERNEL) $(PLOTPAGE)
 
@@ -45,8 +45,19 @@ $(PLOTPAGE): src/treesae/dvcplots.py $(VENV)/.ready
 $(KERNEL): $(VENV)/.ready
 	$(VENV)/bin/python -m treesae.notebook --install-kernel
 
+# `make paper`: the default run, then every experiment of paper.experiments that the code or params changed
+# (python -m treesae.experiments status), then the paper from all of them; `make paper EXP=<name>` reruns that one.
 paper: setup
 	dvc repro
+	for e in $(if $(EXP),$(EXP),$$(python -m treesae.experiments stale)); do $(MAKE) experiment EXP=$$e || exit 1; done
+	dvc repro paper
+
+# One experiment (profiles/$(EXP).yaml) in build/$(EXP), its harvest and stage 08 taken from the default run where
+# they are the same; then its small outputs are published to experiments/$(EXP)/.
+experiment: setup
+	python -m treesae.workspace $(EXP) build/$(EXP) --reuse-from $(CURDIR)
+	cd build/$(EXP) && TREESAE_ROOT=$(abspath build/$(EXP)) dvc repro
+	python -m treesae.experiments publish $(EXP)
 
 # Any profile in its own workspace: `make smoke` (profiles/smoke.yaml), `make smoke PROFILE=<name>`;
 # HARVEST_FROM=<dir> takes that workspace's (or `.`, the repository's) harvest when it is the same.

@@ -1,13 +1,15 @@
 import io
 import json
 import re
+import shutil
+import zipfile
 import zlib
 
 import jinja2
 import numpy as np
 import pytest
 
-from treesae import paths
+from treesae import experiments, paths
 from treesae.stages import paper
 
 
@@ -26,7 +28,7 @@ def _numbers():
 
 def test_template_renders_the_generated_numbers(tmp_path):
     n = _numbers()
-    md = paper.env(paths.REPO / "paper").get_template("template.md").render(n=n)
+    md = paper.env(paths.REPO / "paper").get_template("template.md").render(n=n, x={})
     assert "{{" not in md and "{%" not in md and "nan" not in md.lower().split()
     slugs = re.findall(r"!\[[^\]]+\]\(\.\./figures/([a-z_0-9]+)\.png\)", md)
     assert len(slugs) >= 12 and all((paths.root() / "figures" / f"{s}.png").exists() for s in slugs)
@@ -37,7 +39,7 @@ def test_template_fails_on_a_missing_number():
     n = _numbers()
     del n["matching.init.base.frac_above"]
     with pytest.raises(jinja2.UndefinedError, match="matching.init.base.frac_above"):
-        paper.env(paths.REPO / "paper").get_template("template.md").render(n=n)
+        paper.env(paths.REPO / "paper").get_template("template.md").render(n=n, x={})
 
 
 def _render(tmp_path):
@@ -68,7 +70,6 @@ def test_html_is_self_contained(tmp_path):
 def test_lesswrong_bundle(tmp_path):
     """lesswrong.zip: a README line on pasting, post.md with its images at images/<file> (all inside the zip) and
     no link out of the bundle, the same bytes when rendered again, and images at a URL when asked."""
-    import zipfile
     out = _render(tmp_path)
     z = zipfile.ZipFile(out["bundle"])
     names = set(z.namelist())
@@ -84,6 +85,52 @@ def test_lesswrong_bundle(tmp_path):
     hosted = paper.bundle(out["markdown"].read_text(), "https://example.org/f/")
     hosted = zipfile.ZipFile(io.BytesIO(hosted)).read("post.md")
     assert b"](https://example.org/f/frontier_nmse_l0.png)" in hosted
+
+
+def _as_default_without_trees(n: dict) -> dict:
+    """The smoke run's numbers as a run that trained no TreeSAE variant (the default profile's case)."""
+    own = {k: v for k, v in n.items() if not k.startswith("treesae.")}
+    own["verdict.treesae_hierarchy_lm"] = "not testable here"
+    return own
+
+
+def test_paper_is_assembled_from_an_experiment(tmp_path, monkeypatch):
+    """A run that trained no TreeSAE variant takes sections 3 and 6 and the verdicts it cannot test from the first
+    experiment that can; the post names the experiment, links its figures (embedded in the page, bundled under
+    their own names) and no other section moves. A run with its own TreeSAE variants ignores the experiment."""
+    n = _numbers()
+    root = tmp_path / "root"
+    shutil.copytree(paths.root() / "figures", root / "figures")
+    shutil.copytree(paths.root() / "figures", experiments.folder("lm", root) / "figures")
+    monkeypatch.setenv("TREESAE_ROOT", str(root))
+    exp = dict(n, **{"verdict.treesae_hierarchy_lm": "contradicted"})
+    out = paper.render(_as_default_without_trees(n), template=paths.REPO / "paper" / "template.md",
+                       out_dir=root / "paper", exps={"other": _as_default_without_trees(n), "lm": exp})
+    md = out["markdown"].read_text()
+    sec3, sec6 = md[md.index("## 3."):md.index("## 4.")], md[md.index("## 6."):md.index("## 7.")]
+    assert "experiment [`lm`](../experiments/lm/)" in sec3 and "Not trained in this profile" not in sec3
+    assert "](../experiments/lm/figures/treesae_levels.png)" in sec3
+    assert "](../experiments/lm/figures/hierarchy_correlation.png)" in sec6 and "`lm`" in sec6
+    verdict = next(line for line in md.splitlines() if "Cao et al.'s probe test with the gate lifted" in line)
+    assert "**contradicted**" in verdict and "experiment [`lm`]" in verdict and "`other`" not in md
+    assert "](../figures/frontier_nmse_l0.png)" in md  # the run's own sections stay its own
+    page = out["html"].read_text()
+    assert 'src="../' not in page and page.count('src="data:image/png;base64,') == md.count("![")
+    z = zipfile.ZipFile(out["bundle"])
+    assert "images/lm-treesae_levels.png" in z.namelist() and "images/frontier_nmse_l0.png" in z.namelist()
+    assert "(images/lm-treesae_levels.png)" in z.read("post.md").decode()
+
+    tpl = paths.REPO / "paper" / "template.md"
+    alone = paper.render(n, tpl, tmp_path / "alone", exps={"lm": exp})["markdown"].read_text()
+    assert "experiments/lm/figures" not in alone and "## 3. Three TreeSAE variants\n\nThe SAEs of this section" not in alone
+    plain = paper.render(n, tpl, tmp_path / "b")["markdown"].read_text()
+    assert alone[alone.index("## 1."):] == plain[plain.index("## 1."):]
+
+
+def test_paper_names_an_unpublished_experiment(monkeypatch, tmp_path):
+    monkeypatch.setenv("TREESAE_ROOT", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="make experiment EXP=nope"):
+        paper.load(["nope"])
 
 
 def _pdf_images(pdf: bytes) -> list[tuple[float, int]]:

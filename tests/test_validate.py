@@ -87,6 +87,9 @@ def test_profile_round_trips(tmp_path):
     ("figures.fps", 2.5, r"figures\.fps must be an integer"),
     ("positon", {}, r"unknown section\(s\) \['positon'\]"),
     ("hierarchy", DELETE, r"lacks section\(s\) \['hierarchy'\]"),
+    ("paper.experiments", "treesae", r"paper must be \{experiments: \[names\]\}"),
+    ("paper.experiments", ["treesae", "treesae"], r"distinct names"),
+    ("paper.experiments", ["treesae"], None),
 ])
 def test_bad_parameter_is_named(path, value, message):
     if message is None:  # accepted: the value is valid

@@ -62,3 +62,14 @@ def test_a_workspace_runs_the_code_it_hashes(tmp_path):
     code.write_text(code.read_text() + "\nprint('RAN', __file__)\n")
     assert "changed deps" in dvc("status", "validate")
     assert f"RAN {code}" in dvc("repro", "validate")
+
+
+def test_a_workspace_paper_uses_no_experiments(tmp_path):
+    """The repository's paper is assembled from the experiments of paper.experiments; a workspace's paper (an
+    experiment's own run among them) is its run's alone."""
+    from treesae.workspace import no_experiments
+    p = tmp_path / "params.yaml"
+    p.write_text("# Generated from params.yaml\nprofile: x\npaper:\n  experiments: [treesae, frontier]\n")
+    no_experiments(p)
+    assert p.read_text().splitlines()[0] == "# Generated from params.yaml"
+    assert yaml.safe_load(p.read_text()) == {"profile": "x", "paper": {"experiments": []}}

@@ -11,7 +11,8 @@ cached outputs out of git; commit a finished run to compare the next one against
 the stage outputs whose hash differs between two dvc.lock files (``make determinism``). ``--harvest-from SRC``
 takes the harvest of another workspace (or the repository) whose harvest section and code are the same
 (``reuse_stage``): DVC checks that before anything is kept, so a profile that changes only the later stages
-skips the 26-minute harvest.
+skips the 26-minute harvest. ``--reuse-from SRC`` does the same for each stage of ``REUSABLE`` (the harvest and
+stage 08, which no LM setting changes) where it is the same, and lets the others run.
 """
 import os
 import shutil
@@ -25,7 +26,7 @@ from . import config, dvcplots, paths
 
 
 COPIED_DIRS = ("notebooks", "src")
-COPIED_FILES = ("dvc.yaml", "paper/template.md", "figures/README.md", ".dvc/plots/runs.json")
+COPIED_FILES = ("dvc.yaml", "paper/template.md", "figures/README.md", ".dvc/plots/runs.json", "experiments/README.md")
 MADE = COPIED_DIRS + COPIED_FILES
 
 
@@ -51,6 +52,7 @@ def make(profile: str, dest) -> Path:
         shutil.copy2(paths.REPO / f, dest / f)
     own_code(dest / "dvc.yaml")
     config.write_profile(profile, dest / "params.yaml")
+    no_experiments(dest / "params.yaml")
     ignore = ["__pycache__/", "*.egg-info/", ".ipynb_checkpoints/", "dvc.lock.before", "/data/.partial/", "/data/raw/",
               "/build/"]  # executed notebooks (and their scratch copies), the browser, params.ok
     for p in stage_outputs(dest / "dvc.yaml"):  # an output directory that holds a file made here keeps that file
@@ -66,6 +68,16 @@ def make(profile: str, dest) -> Path:
         run("git", "-c", "user.name=treesae", "-c", "user.email=treesae@localhost", "commit", "-q", "--no-verify",
             "-m", f"workspace for profile {profile}")
     return dest
+
+
+def no_experiments(params_yaml: Path) -> None:
+    """A workspace's paper is its own run's: ``paper.experiments`` (what the repository's paper is assembled from) is
+    emptied, so an experiment's workspace never renders, or depends on, published experiments."""
+    text = Path(params_yaml).read_text()
+    params = yaml.safe_load(text)
+    if (params.get("paper") or {}).get("experiments"):
+        params["paper"]["experiments"] = []
+        Path(params_yaml).write_text(text.splitlines(keepends=True)[0] + config.dump_yaml(params))
 
 
 RUN_OWN_CODE = "env PYTHONPATH=src "  # a stage's command in a workspace: its own copy of src/ comes first on sys.path
@@ -89,9 +101,12 @@ def reuse_stage(dest, src, stage: str = "harvest") -> None:
         raise ValueError(f"{src}/dvc.lock has no '{stage}' stage: run it there first, or drop --harvest-from")
     env = {**os.environ, "TREESAE_ROOT": str(dest)}
     dvc = lambda *a: subprocess.run(["dvc", *a], cwd=dest, env=env, check=True, capture_output=True, text=True)  # noqa: E731
-    names = list(yaml.safe_load((dest / "dvc.yaml").read_text())["stages"])
-    if names.index(stage):  # the stages before it (validate): their outputs are its deps
-        dvc("repro", "--single-item", *names[:names.index(stage)])
+    stages = yaml.safe_load((dest / "dvc.yaml").read_text())["stages"]
+    deps = set(stages[stage].get("deps", []))
+    before = [n for n, st in stages.items() if n != stage and deps & {o if isinstance(o, str) else next(iter(o))
+                                                                       for o in st.get("outs", [])}]
+    if before:  # the stages whose outputs are its deps (validate)
+        dvc("repro", "--single-item", *before)
     lock_path = dest / "dvc.lock"
     before = lock_path.read_text() if lock_path.exists() else None
     copied = []
@@ -111,6 +126,9 @@ def reuse_stage(dest, src, stage: str = "harvest") -> None:
         diff = sorted(k for k in set(got) | set(entry) if key(got).get(k) != key(entry).get(k))
         raise ValueError(f"{src}'s {stage} is not this workspace's ({', '.join(diff)} differ); run the stage here "
                          "instead (dvc repro)")
+
+
+REUSABLE = ("harvest", "synthetic")  # the stages a profile often shares with the default run (--reuse-from)
 
 
 def stage_outputs(dvc_yaml) -> list[str]:
@@ -141,12 +159,21 @@ if __name__ == "__main__":
         diff = changed_outputs(sys.argv[2], sys.argv[3])
         print("\n".join(f"changed: {p}" for p in diff) or "every output came back bit for bit")
         sys.exit(1 if diff else 0)
-    args = sys.argv[1:]
-    src = args[args.index("--harvest-from") + 1] if "--harvest-from" in args[:-1] else None
-    args = [a for a in args if a not in ("--harvest-from", src)]
+    args, opts = sys.argv[1:], {}
+    for flag in ("--harvest-from", "--reuse-from"):
+        if flag in args[:-1]:
+            opts[flag] = args[args.index(flag) + 1]
+            del args[args.index(flag):args.index(flag) + 2]
     if len(args) != 2:
-        sys.exit("usage: python -m treesae.workspace PROFILE DEST [--harvest-from SRC] | --changed BEFORE_LOCK AFTER_LOCK")
+        sys.exit("usage: python -m treesae.workspace PROFILE DEST [--harvest-from SRC | --reuse-from SRC] "
+                 "| --changed BEFORE_LOCK AFTER_LOCK")
     print(make(*args))
-    if src:
-        reuse_stage(args[1], src)
-        print(f"harvest taken from {src} (dvc status: up to date)")
+    if "--harvest-from" in opts:  # the harvest must be the same
+        reuse_stage(args[1], opts["--harvest-from"])
+        print(f"harvest taken from {opts['--harvest-from']} (dvc status: up to date)")
+    for stage in REUSABLE if "--reuse-from" in opts else ():  # each where it is the same, else it runs here
+        try:
+            reuse_stage(args[1], opts["--reuse-from"], stage)
+            print(f"{stage} taken from {opts['--reuse-from']}")
+        except ValueError as e:
+            print(f"{stage} runs here: {e}")

@@ -21,7 +21,8 @@ def tables():
     return {"metrics": m, "curves": curves, "position.corpora": corpora, "train.config": config,
             "position.metrics": {"sink_norm_ratio_layer9": 6.5, "layers": [3, 9, 15, 21]},
             "matching.metrics": {"factor.seed.dec_shared": 0.31, "most_changing_factor": "corpus"},
-            "hierarchy.metrics": {"tree.score": 0.7, "topk.score": 0.1}}
+            "hierarchy.metrics": {"tree.score": 0.7, "topk.score": 0.1},
+            "architectures": {"tree": {"n_levels": 3, "parent_loss_coef": 10.0}, "relu": {"l1_coef_by_k": {16: 0.6}}}}
 
 
 def test_numbers_keys_and_values():
@@ -46,6 +47,7 @@ def test_numbers_keys_and_values():
             "size.d9216.nmse", "layer.L3.ce_increase"} <= set(n)
     assert n["position.sink_norm_ratio_layer9"] == 6.5 and n["matching.factor.seed.dec_shared"] == 0.31
     assert n["hierarchy.tree.score"] == 0.7
+    assert n["arch.tree.parent_loss_coef"] == 10.0 and n["arch.tree.n_levels"] == 3 and "arch.relu.l1_coef_by_k" not in n
     assert f"run.{top32.name}.kl_score" in n
     t = common.tidy(n)
     assert json.dumps(t, sort_keys=True, allow_nan=False) == json.dumps(common.tidy(S.numbers(tables(), "default")),

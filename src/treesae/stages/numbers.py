@@ -91,6 +91,7 @@ def numbers(tables: dict, profile: str | None = None) -> dict:
 
     Set-up (stage 02's config.json, stage 03's corpora.csv):
       profile                                   params profile name (smoke / default)
+      arch.{architecture}.{field}               train.architectures' scalar config fields (tables["architectures"])
       model, model.n_layers, model.d_model      the language model
       harvest.corpora, harvest.layers, harvest.layers_text ("3, 9, 15, 21"), harvest.context_len
       harvest.{corpus}.{n_tokens,n_contexts,n_train_tokens,n_heldout_tokens,n_documents}
@@ -148,6 +149,8 @@ def numbers(tables: dict, profile: str | None = None) -> dict:
 def _setup_numbers(out: dict, tables: dict, profile: str | None) -> None:
     """profile, model.*, harvest.*, train.* (``numbers``' docstring)."""
     _put(out, "profile", profile)
+    for a, extra in (tables.get("architectures") or {}).items():  # train.architectures: e.g. the tree's design
+        out.update({f"arch.{a}.{k}": v for k, v in extra.items() if isinstance(v, (int, float, str, bool))})
     if "position.corpora" in tables:
         c = tables["position.corpora"]
         out["model"] = str(c.model.iloc[0])
@@ -340,6 +343,7 @@ def main() -> dict:
     """Read the tables, write the four files; returns numbers.json as written."""
     profile, matching = config.section("profile"), config.section("matching")
     tables = load_tables(matching.get("factors"))
+    tables["architectures"] = config.section("train")["architectures"]
     out = paths.root() / "paper"
     write_runs(tables, out)
     return write_numbers(tables, out, profile)

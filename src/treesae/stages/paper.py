@@ -7,6 +7,7 @@
 import base64
 import io
 import itertools
+import json
 import re
 import shutil
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 import jinja2
 import markdown
 
-from .. import paths
+from .. import config, paths
 from ..io import write_bytes_atomic
 from ..verdicts import CLAIMS
 
@@ -44,22 +45,25 @@ def _pct(x, digits=1):
     return f"{100 * x:.{digits}f}%"
 
 
-FIGURES = "../figures/"  # where post.md (in paper/) finds the figures
+EXPERIMENTS = "experiments"  # experiments/<name>/: a published experiment (treesae.experiments)
+IMAGES = r"\.\./((?:experiments/[\w.-]+/)?figures/[^)\"]+)"  # a figure's path as post.md (in paper/) links it
 README = ("To post on LessWrong: turn on the Markdown editor (Account Settings, 'Activate Markdown Editor'), paste "
           "post.md into a new post, then upload each file of images/ in place of its ![...](images/...) line; or host "
           "images/ and run `python -m treesae.stages.paper --image-url <URL>` so that post.md links them.\n")
 
 
 def figures():
-    """``figure(slug, caption, alt)`` for the template: a Markdown image of figures/<slug>.png with its alt text
-    and a numbered caption; a note where stage 06 drew none (the profile trained nothing it shows)."""
+    """``figure(slug, caption, alt, exp=None)`` for the template: a Markdown image of figures/<slug>.png (or
+    experiments/<exp>/figures/<slug>.png) with its alt text and a numbered caption; a note where that run drew none
+    (it trained nothing the figure shows)."""
     count = itertools.count(1)
 
-    def figure(slug: str, caption: str, alt: str) -> str:
-        if not (paths.root() / "figures" / f"{slug}.png").exists():
+    def figure(slug: str, caption: str, alt: str, exp: str | None = None) -> str:
+        rel = f"{EXPERIMENTS}/{exp}/figures/{slug}.png" if exp else f"figures/{slug}.png"
+        if not (paths.root() / rel).exists():
             return f"*(Figure `{slug}` is not drawn in this profile: it trained nothing the figure shows.)*\n"
         alt = re.sub(r"\s+", " ", alt).replace("[", "(").replace("]", ")").strip()
-        return f"![{alt}]({FIGURES}{slug}.png)\n\n**Figure {next(count)}.** {caption}\n"  # a paragraph: may follow a figure
+        return f"![{alt}](../{rel})\n\n**Figure {next(count)}.** {caption}\n"  # a paragraph: may follow a figure
     return figure
 
 
@@ -75,20 +79,28 @@ def env(template_dir: Path) -> jinja2.Environment:
 def embed_images(page: str) -> str:
     """Every figure's <img src> becomes a data URI: the page fetches nothing."""
     def data(m):
-        f = paths.root() / "figures" / m.group(1)
+        f = paths.root() / m.group(1)
         return f'src="data:image/{f.suffix[1:]};base64,{base64.b64encode(f.read_bytes()).decode()}"'
-    return re.sub(rf'src="{re.escape(FIGURES)}([^"]+)"', data, page)
+    return re.sub(rf'src="{IMAGES}"', data, page)
+
+
+def unlink(md: str) -> str:
+    """Links into the repository (``[text](../...)``, not images) as plain text: outside the repository (the
+    bundle, the page and the PDF printed from it) they would point at this machine's files."""
+    return re.sub(r"(?<!!)\[([^\]]+)\]\(\.\./[^)]+\)", r"\1", md)
 
 
 def bundle(md: str, image_url: str | None = None) -> bytes:
     """lesswrong.zip: README.md (how to paste), post.md with its images under images/ (or at ``image_url``) and
     those images; links into the repository become plain text; fixed timestamps, so the same post gives the
     same bytes."""
-    names = re.findall(rf"\]\({re.escape(FIGURES)}([^)]+)\)", md)
-    post = md.replace(f"]({FIGURES}", f"]({image_url.rstrip('/') + '/' if image_url else 'images/'}")
-    post = re.sub(r"(?<!!)\[([^\]]+)\]\(\.\./[^)]+\)", r"\1", post)  # links into the repository: plain text
+    flat = lambda rel: rel.removeprefix(f"{EXPERIMENTS}/").replace("/figures/", "-").removeprefix("figures/")  # noqa: E731
+    names = list(dict.fromkeys(re.findall(rf"!\[[^\]]*\]\({IMAGES}\)", md)))
+    where = image_url.rstrip("/") + "/" if image_url else "images/"
+    post = re.sub(rf"(!\[[^\]]*\]\(){IMAGES}\)", lambda m: f"{m.group(1)}{where}{flat(m.group(2))})", md)
+    post = unlink(post)
     files = [("README.md", README.encode()), ("post.md", post.encode())]
-    files += [(f"images/{n}", (paths.root() / "figures" / n).read_bytes()) for n in dict.fromkeys(names)]
+    files += [(f"images/{flat(n)}", (paths.root() / n).read_bytes()) for n in names]
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         for name, data in files:
@@ -99,11 +111,12 @@ def bundle(md: str, image_url: str | None = None) -> bytes:
 
 
 def render(numbers: dict, template: Path | None = None, out_dir: Path | None = None,
-           image_url: str | None = None) -> dict:
+           image_url: str | None = None, exps: dict | None = None) -> dict:
+    """The paper from this run's ``numbers`` and the experiments' (``exps``: name -> numbers, see ``load``)."""
     template = Path(template or paths.root() / "paper" / "template.md")
     out_dir = Path(out_dir or paths.root() / "paper")
-    md = env(template.parent).get_template(template.name).render(n=numbers)
-    body = embed_images(markdown.markdown(md, extensions=["tables", "fenced_code"]))
+    md = env(template.parent).get_template(template.name).render(n=numbers, x=exps or {})
+    body = embed_images(markdown.markdown(unlink(md), extensions=["tables", "fenced_code"]))
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>TreeSAE</title><style>{CSS}</style></head><body>{body}</body></html>\n"
     write_bytes_atomic(out_dir / "post.md", md.encode())
     write_bytes_atomic(out_dir / "lesswrong.zip", bundle(md, image_url))
@@ -133,10 +146,28 @@ def print_pdf(page: Path, pdf: Path) -> Path | None:
     return pdf
 
 
+def listed(params: dict) -> list[str]:
+    """The experiments the paper is assembled from: ``paper.experiments``."""
+    return list((params.get("paper") or {}).get("experiments") or [])
+
+
+def load(names=None) -> dict:
+    """Each experiment's published numbers (experiments/<name>/numbers.json), by default those of
+    ``paper.experiments``; a clear error when one is not published."""
+    out = {}
+    for name in listed(config.read_params(paths.root())) if names is None else names:
+        f = paths.root() / EXPERIMENTS / name / "numbers.json"
+        if not f.exists():
+            raise FileNotFoundError(f"params.yaml: paper.experiments names {name!r}, but {f} does not exist: run it and "
+                                    f"publish it (`make experiment EXP={name}`), or remove it from paper.experiments")
+        out[name] = json.loads(f.read_text())
+    return out
+
+
 if __name__ == "__main__":
     import argparse
-    import json
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--image-url", help="where the figures are hosted: lesswrong.zip's post.md links them there")
-    out = render(json.loads((paths.root() / "paper" / "numbers.json").read_text()), image_url=ap.parse_args().image_url)
+    out = render(json.loads((paths.root() / "paper" / "numbers.json").read_text()), image_url=ap.parse_args().image_url,
+                 exps=load())
     print("\n".join(f"{k}: {v}" for k, v in out.items()))

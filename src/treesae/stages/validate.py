@@ -23,7 +23,8 @@ from .train import check
 
 DEPTHS = {"smollm2-135m": 30}  # transformer blocks of the offline model (its GGUF); other models: their cached HF config
 
-SECTIONS = ("profile", "model", "harvest", "train", "position", "matching", "hierarchy", "synthetic", "figures", "browser")
+SECTIONS = ("profile", "model", "harvest", "train", "position", "matching", "hierarchy", "synthetic", "figures", "browser",
+            "paper")
 
 
 def _subset(where: str, values, allowed, what: str):
@@ -98,6 +99,11 @@ def validate(params: dict | None = None) -> dict:
     out["synthetic"] = config.parse(SyntheticParams, params["synthetic"], "synthetic")
     out["figures"] = config.parse(FiguresParams, params["figures"], "figures")
     out["browser"] = config.parse(BrowserParams, params["browser"], "browser")
+    exps = (params["paper"] or {}).get("experiments")
+    if set(params["paper"] or {}) != {"experiments"} or not isinstance(exps, list) or not all(isinstance(e, str) for e in exps) \
+            or len(set(exps)) < len(exps):
+        raise ValueError(f"params.yaml: paper must be {{experiments: [names]}}, distinct names of folders under experiments/ "
+                         f"(profiles/<name>.yaml run and published by `make experiment EXP=<name>`), got {params['paper']!r}.")
     _ranges(params)
 
     runs, corpora = out["runs"], out["harvest"].corpora

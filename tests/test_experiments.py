@@ -1,0 +1,52 @@
+"""Experiments: publishing a workspace's small outputs and telling which published experiments are stale."""
+import shutil
+
+import pytest
+import yaml
+
+from treesae import experiments, paths
+
+
+def _smoke_workspace():
+    ws = paths.root()
+    params = ws / "params.yaml"
+    if ws == paths.REPO or not (ws / "dvc.lock").exists() or yaml.safe_load(params.read_text()).get("profile") != "smoke":
+        pytest.skip("needs the smoke workspace (TREESAE_ROOT=build/smoke after `make smoke`)")
+    return ws
+
+
+def test_publish_copies_the_small_outputs_and_refuses_another_profile(tmp_path):
+    ws = _smoke_workspace()
+    dest = experiments.publish("smoke", ws, tmp_path)
+    assert sorted(p.name for p in dest.iterdir()) == sorted([*experiments.FILES.values(), "figures"])
+    assert (dest / "dvc.lock").read_bytes() == (ws / "dvc.lock").read_bytes()
+    assert {f.name for f in (dest / "figures").iterdir()} == {f.name for f in (ws / "figures").glob("*.png")}
+    with pytest.raises(ValueError, match="is not the workspace of experiment 'treesae'"):
+        experiments.publish("treesae", ws, tmp_path)
+
+
+def test_status_names_the_stages_a_code_or_params_change_makes_stale(tmp_path):
+    """The smoke workspace was made from this code (make test), so its lock is up to date; a lock that recorded
+    another version of a file stage 02 runs, or another value of one of its params, is stale there, and nowhere
+    else it need not be."""
+    ws = _smoke_workspace()
+    folder = experiments.folder("smoke", tmp_path)
+    folder.mkdir(parents=True)
+    shutil.copy2(ws / "dvc.lock", folder / "dvc.lock")
+    assert experiments.status("smoke", tmp_path) == {"state": "up to date", "stages": {}}
+    lock = yaml.safe_load((ws / "dvc.lock").read_text())
+    dep = next(d for d in lock["stages"]["train"]["deps"] if d["path"] == "src/treesae/stages/train.py")
+    dep["md5"] = "0" * 32
+    lock["stages"]["analysis_matching"]["params"]["params.yaml"]["matching"]["threshold"] = 0.5
+    tpl = next(d for d in lock["stages"]["paper"]["deps"] if d["path"] == "paper/template.md")
+    tpl["md5"] = "0" * 32  # the run's own post is not published: no experiment reruns for the template
+    (folder / "dvc.lock").write_text(yaml.safe_dump(lock))
+    got = experiments.status("smoke", tmp_path)
+    assert got["state"] == "stale" and set(got["stages"]) == {"train", "analysis_matching"}, got
+    assert got["stages"]["train"] == ["src/treesae/stages/train.py: modified"]
+    assert experiments.status("nothing", tmp_path) == {"state": "not published", "stages": {}}
+
+
+def test_the_paper_stage_reads_the_folder_experiments_publish_to():
+    from treesae.stages import paper
+    assert paper.EXPERIMENTS == experiments.DIR
