@@ -35,7 +35,7 @@ TABLES = {  # what the table-reading stages (numbers, figures) read, by name -> 
     "hierarchy.decoder_cosine": "analysis/hierarchy/decoder_cosine.csv",
     "hierarchy.levels": "analysis/hierarchy/levels.csv", "hierarchy.l0_per_token": "analysis/hierarchy/l0_per_token.csv",
     "hierarchy.probe_scores": "analysis/hierarchy/probe_scores.csv",
-    "hierarchy.metrics": "analysis/hierarchy/metrics.json",
+    "hierarchy.metrics": "analysis/hierarchy/metrics.json", "saebench.metrics": "analysis/saebench/metrics.json",
     "synthetic.scores": "analysis/synthetic/scores.csv", "synthetic.metrics": "analysis/synthetic/metrics.json",
 }
 

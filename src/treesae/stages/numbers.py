@@ -20,11 +20,12 @@ from ..registry import names
 from ..runs import FACTORS, base_run, flag, frontier, pick, read_metrics, recipe_runs
 from . import common
 
-ANALYSES = ("position", "matching", "hierarchy")
+ANALYSES = ("position", "matching", "hierarchy", "saebench")
 METRIC_COLS = ("nmse", "fvu", "explained_variance", "l0", "l0_p10", "l0_p50", "l0_p90", "dead_fraction",
                "ce_increase", "ce_increase_se", "ce_score", "kl_score")
 TABLES = ("train.config", "position.corpora", "position.metrics", "matching.pairs", "matching.pair_features",
-          "matching.metrics", "hierarchy.probe_scores", "hierarchy.metrics", "synthetic.scores", "synthetic.metrics")
+          "matching.metrics", "hierarchy.probe_scores", "hierarchy.metrics", "saebench.metrics", "synthetic.scores",
+          "synthetic.metrics")
 
 
 def load_tables(matching_factors=None) -> dict:
@@ -121,9 +122,9 @@ def numbers(tables: dict, profile: str | None = None) -> dict:
       recipe.{variant}.{M}                      the same recipe runs, every metric
       seed.s{s}.{M}, corpus.{corpus}.{M}, size.d{d_sae}.{M}, layer.L{layer}.{M}   the other grids (+ base)
       seed.nmse_std                             std of nMSE over seeds
-    Analyses: every key of the stage metrics files, prefixed position., matching., hierarchy., synth.
+    Analyses: every key of the stage metrics files, prefixed position., matching., hierarchy., saebench., synth.
     (see stages.position.summarize, stages.matching.summarize, stages.hierarchy.summarize,
-    stages.synthetic.summarize).
+    stages.saebench.summarize, stages.synthetic.summarize).
     Verdicts (``claims``, ``verdicts``): verdict.{claim} (supported / contradicted / no detectable difference /
     not testable here) and verdict.{claim}.{basis, part.estimate, part.lo, part.hi, ...}.
     """

@@ -23,8 +23,8 @@ from .train import check
 
 DEPTHS = {"smollm2-135m": 30}  # transformer blocks of the offline model (its GGUF); other models: their cached HF config
 
-SECTIONS = ("profile", "model", "harvest", "train", "position", "matching", "hierarchy", "synthetic", "figures", "browser",
-            "paper")
+SECTIONS = ("profile", "model", "harvest", "train", "position", "matching", "hierarchy", "synthetic", "saebench", "figures",
+            "browser", "paper")
 
 
 def _subset(where: str, values, allowed, what: str):
@@ -99,6 +99,12 @@ def validate(params: dict | None = None) -> dict:
     out["synthetic"] = config.parse(SyntheticParams, params["synthetic"], "synthetic")
     out["figures"] = config.parse(FiguresParams, params["figures"], "figures")
     out["browser"] = config.parse(BrowserParams, params["browser"], "browser")
+    sb = params["saebench"]
+    if not isinstance(sb, dict) or set(sb) != {"architectures"} or not (
+            sb["architectures"] is None or isinstance(sb["architectures"], list) and sb["architectures"]):
+        raise ValueError(f"params.yaml: saebench must be {{architectures: null or a non-empty list}}, got {sb!r}.")
+    if sb["architectures"] is not None:
+        _subset("saebench.architectures", sb["architectures"], list(ARCHITECTURES), "architecture(s)")
     exps = (params["paper"] or {}).get("experiments")
     if set(params["paper"] or {}) != {"experiments"} or not isinstance(exps, list) or not all(isinstance(e, str) for e in exps) \
             or len(set(exps)) < len(exps):
