@@ -9,7 +9,7 @@ and the ``dvc.lock`` and ``params.yaml`` that produced them. The paper stage
 each section naming the experiment its numbers come from. ``status`` says which experiments the current code and
 params would change: it builds the experiment's workspace from the repository as it is now, puts the published
 lock in it and asks ``dvc status`` which stages' code or params differ (data are not needed for that); the stages
-whose outputs are not published (``UNPUBLISHED``) do not count, so editing the paper's template reruns no experiment.
+of ``IGNORED`` do not count, so editing the paper's template or another stage's params reruns no experiment.
 
     python -m treesae.experiments status [NAME ...]       # exit 1 when any is stale or unpublished
     python -m treesae.experiments stale                    # the names of paper.experiments that are stale
@@ -31,7 +31,9 @@ from .io import write_bytes_atomic
 DIR = "experiments"  # the paper stage reads experiments/<name>/ (treesae.stages.paper.EXPERIMENTS)
 FILES = {"paper/numbers.json": "numbers.json", "paper/runs.csv": "runs.csv",
          "paper/training_curves.csv": "training_curves.csv", "dvc.lock": "dvc.lock", "params.yaml": "params.yaml"}
-UNPUBLISHED = ("paper", "browser")  # stages whose outputs (the run's own post, its browser) are not published
+# stages that do not count: validate writes the same marker whatever passes (each stage's own params are checked in
+# its own entry); paper and browser publish nothing (the run's own post, its feature browser)
+IGNORED = ("validate", "paper", "browser")
 # a stage is stale when one of these deps changed; data deps are missing in status' scratch workspace by design
 CODE_DEPS = ("src/", "notebooks/", "paper/template.md")
 
@@ -80,7 +82,7 @@ def status(name: str, root: Path | None = None) -> dict:
                              env={**os.environ, "TREESAE_ROOT": str(ws)}).stdout
     changed = {}
     for stage, items in json.loads(out or "{}").items():
-        if stage in UNPUBLISHED:
+        if stage in IGNORED:
             continue
         why = []
         for item in items if isinstance(items, list) else []:
