@@ -99,6 +99,8 @@ def test_paper_is_assembled_from_an_experiment(tmp_path, monkeypatch):
     experiment that can; the post names the experiment, links its figures (embedded in the page, bundled under
     their own names) and no other section moves. A run with its own TreeSAE variants ignores the experiment."""
     n = _numbers()
+    if "treesae.best_variant" not in n:
+        pytest.skip("needs a run that trained TreeSAE variants as the experiment (TREESAE_ROOT=build/smoke)")
     root = tmp_path / "root"
     shutil.copytree(paths.root() / "figures", root / "figures")
     shutil.copytree(paths.root() / "figures", experiments.folder("lm", root) / "figures")

@@ -69,7 +69,8 @@ def test_a_workspace_paper_uses_no_experiments(tmp_path):
     experiment's own run among them) is its run's alone."""
     from treesae.workspace import no_experiments
     p = tmp_path / "params.yaml"
-    p.write_text("# Generated from params.yaml\nprofile: x\npaper:\n  experiments: [treesae, frontier]\n")
+    p.write_text("# Generated from params.yaml\nprofile: x\ntrain: {lr_end: 5e-05}\npaper:\n  experiments: [treesae, frontier]\n")
     no_experiments(p)
     assert p.read_text().splitlines()[0] == "# Generated from params.yaml"
-    assert yaml.safe_load(p.read_text()) == {"profile": "x", "paper": {"experiments": []}}
+    from treesae.config import load_yaml  # as DVC reads it: 5e-05 stays a number
+    assert load_yaml(p.read_text()) == {"profile": "x", "train": {"lr_end": 5e-05}, "paper": {"experiments": []}}

@@ -112,7 +112,7 @@ def main(argv: list[str]) -> int:
             bad += s["state"] != "up to date"
             print(f"{n}: {s['state']}" + "".join(f"\n  {st}: {', '.join(w)}" for st, w in s["stages"].items()))
         return 1 if bad else 0
-    print(__doc__.strip().splitlines()[-2:], file=sys.stderr)
+    print("usage:\n" + "\n".join(line for line in __doc__.splitlines() if line.startswith("    python -m")), file=sys.stderr)
     return 2
 
 

@@ -74,7 +74,7 @@ def no_experiments(params_yaml: Path) -> None:
     """A workspace's paper is its own run's: ``paper.experiments`` (what the repository's paper is assembled from) is
     emptied, so an experiment's workspace never renders, or depends on, published experiments."""
     text = Path(params_yaml).read_text()
-    params = yaml.safe_load(text)
+    params = config.load_yaml(text, str(params_yaml))  # YAML 1.2, as DVC reads it (PyYAML reads 5e-05 as a string)
     if (params.get("paper") or {}).get("experiments"):
         params["paper"]["experiments"] = []
         Path(params_yaml).write_text(text.splitlines(keepends=True)[0] + config.dump_yaml(params))

@@ -17,7 +17,8 @@ from .. import config, paths
 from .. import verdicts as V
 from ..analysis.factors import factor_effects
 from ..registry import names
-from ..runs import FACTORS, base_run, flag, frontier, pick, read_metrics, recipe_runs
+from ..runs import FACTORS, base_run, flag, frontier, frontier_seeds, pick, read_metrics, recipe_runs
+from ..stats import mean_difference
 from . import common
 
 ANALYSES = ("position", "matching", "hierarchy", "saebench")
@@ -115,6 +116,7 @@ def numbers(tables: dict, profile: str | None = None) -> dict:
       frontier.{arch}.l0_{k}.nmse, .nmse_vs_topk   nMSE at L0 = k (``nmse_at_l0``), its ratio to TopK at k
       frontier.best_nmse.l0_{k}                  architecture with the lowest nMSE at L0 = k
       treesae.best_variant_at_l0, treesae.best_variant_at_l0_nmse_vs_topk   the same comparison at matched L0
+      seeds.{arch}.k{k}.{fvu,ce_increase}.{mean,sd,vs_topk[.lo,.hi]}, .n, .n_converged   over the frontier's seeds
       levels.{arch}.k{k}.level{i}.{l0,dead_fraction,nmse_cumulative}   multi-level frontier SAEs
       dead.{arch}.{variant}                     held-out dead fraction of the base architecture's recipe
                                                 runs: default, no_aux_k, no_tied_init, no_geometric_median_init
@@ -199,6 +201,25 @@ def _run_numbers(out: dict, m: pd.DataFrame, b: pd.Series, cols: list) -> None:
             _put(out, f"run.{name}.{c}", float(r[c]))
 
 
+def _seed_numbers(out: dict, m: pd.DataFrame) -> None:
+    """seeds.{arch}.k{k}.{fvu,ce_increase}.{mean,sd} over every seed of a frontier configuration, .n and
+    .n_converged, and .vs_topk (+ .lo, .hi): the mean difference from TopK's seeds +- 2 SE (``stats``)."""
+    fs = frontier_seeds(m)
+    for (a, k), g in fs.groupby(["architecture", "k"]):
+        p = f"seeds.{a}.k{int(k)}."
+        out[p + "n"], out[p + "n_converged"] = len(g), int(flag(g.converged).sum()) if "converged" in g else len(g)
+        top = fs[(fs.architecture == "topk") & (fs.k == k)]
+        for c in ("fvu", "ce_increase"):
+            if c not in g:
+                continue
+            _put(out, p + f"{c}.mean", float(g[c].mean()))
+            _put(out, p + f"{c}.sd", float(g[c].std(ddof=1)) if len(g) > 1 else float("nan"))
+            if a != "topk" and len(top) > 1:
+                d, lo, hi = mean_difference(g[c], top[c])
+                for suffix, v in (("", d), (".lo", lo), (".hi", hi)):
+                    _put(out, p + f"{c}.vs_topk{suffix}", v)
+
+
 def _frontier_numbers(out: dict, m: pd.DataFrame, cols: list) -> None:
     """frontier.*, levels.*, treesae.* (at matched k and at matched L0)."""
     f = frontier(m)
@@ -220,6 +241,7 @@ def _frontier_numbers(out: dict, m: pd.DataFrame, cols: list) -> None:
                 col = f"{c}_level{i}"
                 if col in r and pd.notna(r[col]):
                     out[f"levels.{a}.k{int(k)}.level{i}.{c}"] = float(r[col])
+    _seed_numbers(out, m)
     for k in ks:
         g = f[f.k == k]
         out[f"frontier.best_nmse.k{k}"] = g.architecture.iloc[int(np.argmin(g.nmse.to_numpy()))]
