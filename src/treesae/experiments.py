@@ -32,8 +32,8 @@ DIR = "experiments"  # the paper stage reads experiments/<name>/ (treesae.stages
 FILES = {"paper/numbers.json": "numbers.json", "paper/runs.csv": "runs.csv",
          "paper/training_curves.csv": "training_curves.csv", "dvc.lock": "dvc.lock", "params.yaml": "params.yaml"}
 # stages that do not count: validate writes the same marker whatever passes (each stage's own params are checked in
-# its own entry); paper and browser publish nothing (the run's own post, its feature browser)
-IGNORED = ("validate", "paper", "browser")
+# its own entry); the paper takes stage 08 (synthetic) from the default run only; paper and browser publish nothing
+IGNORED = ("validate", "synthetic", "paper", "browser")
 # a stage is stale when one of these deps changed; data deps are missing in status' scratch workspace by design
 CODE_DEPS = ("src/", "notebooks/", "paper/template.md")
 
