@@ -23,10 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yaml
-
-from . import config, paths
-from .io import write_bytes_atomic
+from . import config, paths, workspace
+from .io import atomic_dir
 
 DIR = "experiments"  # the paper stage reads experiments/<name>/ (treesae.stages.paper.EXPERIMENTS)
 FILES = {"paper/numbers.json": "numbers.json", "paper/runs.csv": "runs.csv",
@@ -46,7 +44,7 @@ def publish(name: str, ws=None, dest_root: Path | None = None) -> Path:
     """Copy experiment ``name``'s small outputs from its workspace (default ``build/<name>``) to
     ``experiments/<name>/``, replacing what was there; refuses a workspace whose pipeline is not up to date."""
     ws = Path(ws or paths.REPO / "build" / name).resolve()
-    params = yaml.safe_load((ws / "params.yaml").read_text()) if (ws / "params.yaml").exists() else None
+    params = config.load_yaml((ws / "params.yaml").read_text()) if (ws / "params.yaml").exists() else None
     if params is None or params.get("profile") != name:
         raise ValueError(f"{ws} is not the workspace of experiment {name!r} (its params.yaml names profile "
                          f"{(params or {}).get('profile')!r}); make it with `make experiment EXP={name}`")
@@ -59,12 +57,12 @@ def publish(name: str, ws=None, dest_root: Path | None = None) -> Path:
         raise ValueError(f"{ws}: `dvc status` is not clean ({(st.stdout or st.stderr).strip()[:300]}); "
                          f"finish the run (`cd {ws} && dvc repro`) before publishing it")
     dest = folder(name, dest_root)
-    shutil.rmtree(dest / "figures", ignore_errors=True)
-    (dest / "figures").mkdir(parents=True)
-    for src, dst in FILES.items():
-        write_bytes_atomic(dest / dst, (ws / src).read_bytes())
-    for f in sorted((ws / "figures").glob("*.png")):
-        write_bytes_atomic(dest / "figures" / f.name, f.read_bytes())
+    with atomic_dir(dest) as tmp:  # the folder is replaced whole: nothing of an earlier publication stays
+        for src, dst in FILES.items():
+            shutil.copyfile(ws / src, tmp / dst)
+        (tmp / "figures").mkdir()
+        for f in sorted((ws / "figures").glob("*.png")):
+            shutil.copyfile(f, tmp / "figures" / f.name)
     return dest
 
 
@@ -74,7 +72,6 @@ def status(name: str, root: Path | None = None) -> dict:
     lock = folder(name, root) / "dvc.lock"
     if not lock.exists():
         return {"state": "not published", "stages": {}}
-    from . import workspace  # noqa: PLC0415  (the paper stage imports this module; it needs no workspace)
     with tempfile.TemporaryDirectory() as tmp:
         ws = workspace.make(name, Path(tmp) / name)
         shutil.copy2(lock, ws / "dvc.lock")
