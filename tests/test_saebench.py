@@ -7,8 +7,6 @@ import torch
 from treesae import metrics, saebench
 from treesae.saes import build
 
-from conftest import make_tiny_model
-
 HOOK = "blocks.2.hook_resid_pre"
 
 
@@ -31,11 +29,11 @@ def test_excluded_matches_positions_of_the_last_batch_only():
 
 
 @pytest.mark.parametrize("arch", ["topk", "tree"])
-def test_saebench_gives_our_ce_and_kl(arch):
+def test_saebench_gives_our_ce_and_kl(arch, tiny_model):
     """On the same contexts, SAEBench's CE with and without the SAE equal stage 02's (metrics.downstream_metrics) to
     float precision, and its KL within 2/T (it also averages the last position's prediction, which has no target);
     without the exclusion they would not (position 0 spliced too)."""
-    model = make_tiny_model()
+    model = tiny_model
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, 101, (8, 24), generator=g)
     _, cache = model.run_with_cache(tokens, names_filter=HOOK)
