@@ -16,13 +16,28 @@ def _smoke_workspace():
 
 
 def test_publish_copies_the_small_outputs_and_refuses_another_profile(tmp_path):
-    ws = _smoke_workspace()
-    dest = experiments.publish("smoke", ws, tmp_path)
+    ws = _smoke_workspace()  # other tests may have left it mid-run: its cleanliness is the next test's
+    dest = experiments.publish("smoke", ws, tmp_path, require_clean=False)
     assert sorted(p.name for p in dest.iterdir()) == sorted([*experiments.FILES.values(), "figures"])
     assert (dest / "dvc.lock").read_bytes() == (ws / "dvc.lock").read_bytes()
     assert {f.name for f in (dest / "figures").iterdir()} == {f.name for f in (ws / "figures").glob("*.png")}
     with pytest.raises(ValueError, match="is not the workspace of experiment 'treesae'"):
         experiments.publish("treesae", ws, tmp_path)
+
+
+def test_publish_refuses_a_workspace_dvc_finds_stale(tmp_path):
+    import subprocess
+    ws = tmp_path / "ws"
+    (ws / "paper").mkdir(parents=True)
+    for f in experiments.FILES:
+        (ws / f).write_text("profile: x\n" if f == "params.yaml" else "{}")
+    (ws / "figures").mkdir()
+    (ws / "dvc.yaml").write_text("stages:\n  s:\n    cmd: echo\n    deps: [missing.txt]\n")
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        subprocess.run(cmd, cwd=ws, check=True, capture_output=True)
+    with pytest.raises(ValueError, match="`dvc status` is not clean"):
+        experiments.publish("x", ws, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_status_names_the_stages_a_code_or_params_change_makes_stale(tmp_path):

@@ -40,9 +40,10 @@ def folder(name: str, root: Path | None = None) -> Path:
     return Path(root or paths.REPO) / DIR / name
 
 
-def publish(name: str, ws=None, dest_root: Path | None = None) -> Path:
+def publish(name: str, ws=None, dest_root: Path | None = None, require_clean: bool = True) -> Path:
     """Copy experiment ``name``'s small outputs from its workspace (default ``build/<name>``) to
-    ``experiments/<name>/``, replacing what was there; refuses a workspace whose pipeline is not up to date."""
+    ``experiments/<name>/``, replacing what was there; refuses a workspace whose pipeline is not up to date
+    (``require_clean``)."""
     ws = Path(ws or paths.REPO / "build" / name).resolve()
     params = config.load_yaml((ws / "params.yaml").read_text()) if (ws / "params.yaml").exists() else None
     if params is None or params.get("profile") != name:
@@ -52,8 +53,8 @@ def publish(name: str, ws=None, dest_root: Path | None = None) -> Path:
     if missing:
         raise FileNotFoundError(f"{ws} has no {', '.join(missing)}: run its pipeline first (`make experiment EXP={name}`)")
     st = subprocess.run(["dvc", "status", "--json"], cwd=ws, capture_output=True, text=True,
-                        env={**os.environ, "TREESAE_ROOT": str(ws)})
-    if st.returncode or json.loads(st.stdout or "{}"):
+                        env={**os.environ, "TREESAE_ROOT": str(ws)}) if require_clean else None
+    if st is not None and (st.returncode or json.loads(st.stdout or "{}")):
         raise ValueError(f"{ws}: `dvc status` is not clean ({(st.stdout or st.stderr).strip()[:300]}); "
                          f"finish the run (`cd {ws} && dvc repro`) before publishing it")
     dest = folder(name, dest_root)

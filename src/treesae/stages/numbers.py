@@ -30,10 +30,12 @@ TABLES = ("train.config", "position.corpora", "position.metrics", "matching.pair
 
 
 def load_tables(matching_factors=None) -> dict:
-    """The runs table, the recipe runs' training curves and ``TABLES`` (``common.TABLES``' names), as ``numbers``
-    takes them; ``matching_factors``: params.yaml's matching.factors (claim (b) compares these)."""
+    """The runs table, the recipe runs' training curves, ``TABLES`` (``common.TABLES``' names) and params.yaml's
+    train.architectures, as ``numbers`` takes them; ``matching_factors``: params.yaml's matching.factors (claim (b)
+    compares these)."""
     m = read_metrics()
-    t = {"metrics": m, "curves": common.recipe_curves(m), **common.load_tables(TABLES)}
+    t = {"metrics": m, "curves": common.recipe_curves(m), **common.load_tables(TABLES),
+         "architectures": config.section("train")["architectures"]}  # params train.architectures (arch.* keys)
     if matching_factors is not None:
         t["matching.factors"] = list(matching_factors)
     return t
@@ -366,7 +368,6 @@ def main() -> dict:
     """Read the tables, write the four files; returns numbers.json as written."""
     profile, matching = config.section("profile"), config.section("matching")
     tables = load_tables(matching.get("factors"))
-    tables["architectures"] = config.section("train")["architectures"]
     out = paths.root() / "paper"
     write_runs(tables, out)
     return write_numbers(tables, out, profile)
