@@ -103,10 +103,9 @@ def reuse_stage(dest, src, stage: str = "harvest") -> None:
     dvc = lambda *a: subprocess.run(["dvc", *a], cwd=dest, env=env, check=True, capture_output=True, text=True)  # noqa: E731
     stages = yaml.safe_load((dest / "dvc.yaml").read_text())["stages"]
     deps = set(stages[stage].get("deps", []))
-    before = [n for n, st in stages.items() if n != stage and deps & {o if isinstance(o, str) else next(iter(o))
-                                                                       for o in st.get("outs", [])}]
-    if before:  # the stages whose outputs are its deps (validate)
-        dvc("repro", "--single-item", *before)
+    upstream = [n for n, st in stages.items() if n != stage and deps & {_path(o) for o in st.get("outs", [])}]
+    if upstream:  # the stages whose outputs are its deps (validate)
+        dvc("repro", "--single-item", *upstream)
     lock_path = dest / "dvc.lock"
     before = lock_path.read_text() if lock_path.exists() else None
     copied = []
@@ -128,6 +127,11 @@ def reuse_stage(dest, src, stage: str = "harvest") -> None:
                          "instead (dvc repro)")
 
 
+def _path(out) -> str:
+    """The path of a dvc.yaml ``outs`` entry (a string, or a one-key mapping to its options)."""
+    return out if isinstance(out, str) else next(iter(out))
+
+
 REUSABLE = ("harvest", "synthetic")  # the stages a profile often shares with the default run (--reuse-from)
 
 
@@ -138,7 +142,7 @@ def stage_outputs(dvc_yaml) -> list[str]:
     safe at any time."""
     spec = yaml.safe_load(Path(dvc_yaml).read_text())
     plotted = {f for p in spec.get("plots", []) for d in p.values() for f in (d.get("y") or {})}
-    outs = [o if isinstance(o, str) else next(iter(o)) for st in spec["stages"].values() for o in st.get("outs", [])]
+    outs = [_path(o) for st in spec["stages"].values() for o in st.get("outs", [])]
     return [o for o in outs if o not in plotted and not o.startswith("paper/") and not o.endswith("/metrics.json")]
 
 
