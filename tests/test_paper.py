@@ -129,6 +129,27 @@ def test_paper_is_assembled_from_an_experiment(tmp_path, monkeypatch):
     assert alone[alone.index("## 1."):] == plain[plain.index("## 1."):]
 
 
+def test_the_frontier_comes_from_an_experiment_with_several_k(tmp_path, monkeypatch):
+    """A run that trained one k takes section 2's L0 frontier (figures, table, the best architecture per L0) from
+    the first experiment that trained several, and names it; a run with its own frontier keeps it."""
+    n = _numbers()
+    if len(n["frontier.ks"]) < 2:
+        pytest.skip("needs a run that trained several k as the experiment (TREESAE_ROOT=build/smoke)")
+    root = tmp_path / "root"
+    shutil.copytree(paths.root() / "figures", root / "figures")
+    shutil.copytree(paths.root() / "figures", experiments.folder("fr", root) / "figures")
+    monkeypatch.setenv("TREESAE_ROOT", str(root))
+    one_k = dict(n, **{"frontier.ks": [n["frontier.ks"][-1]]})
+    tpl = paths.REPO / "paper" / "template.md"
+    md = paper.render(one_k, tpl, root / "paper", exps={"fr": n})["markdown"].read_text()
+    sec2 = md[md.index("## 2."):md.index("## 3.")]
+    assert "](../experiments/fr/figures/frontier_nmse_l0.png)" in sec2 and "experiment [`fr`](../experiments/fr/)" in sec2
+    assert f"k={n['frontier.ks'][0]}: nMSE" in sec2  # the experiment's k, not only the run's own
+    assert "](../figures/frontier_nmse_l0.png)" not in md
+    own = paper.render(n, tpl, tmp_path / "own", exps={"fr": n})["markdown"].read_text()
+    assert "experiments/fr" not in own
+
+
 def test_paper_names_an_unpublished_experiment(monkeypatch, tmp_path):
     monkeypatch.setenv("TREESAE_ROOT", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="make experiment EXP=nope"):

@@ -45,8 +45,12 @@ def _runs(fvu: dict, seeds=(0, 1, 2), noise=0.002, dead=None):
 def test_treesae_ranking(fvu, expected):
     r = V.treesae_ranking(_runs(fvu), k=32, variants=TREES)
     assert r["verdict"] == expected, r
+    assert "fewer than" not in r["basis"]
     one_seed = V.treesae_ranking(_runs(fvu, seeds=(0,)), k=32, variants=TREES)
     assert one_seed["verdict"] == V.NOT_TESTABLE
+    assert one_seed["basis"].endswith("fewer than 2 converged seeds of " + ", ".join(TREES) + ", TopK or BatchTopK")
+    two = V.treesae_ranking(_runs({a: v for a, v in fvu.items() if a != "residual"}), k=32, variants=TREES)
+    assert two["basis"].endswith("fewer than 2 converged seeds of residual"), two  # tested without it, and says so
 
 
 def test_dead_latent_claim():
@@ -57,7 +61,11 @@ def test_dead_latent_claim():
     assert V.aux_k_tied_init_reduce_dead(m, base)["verdict"] == V.NO_DIFFERENCE
     m = _runs(dict(topk=0.2), dead={"aux_k": 0.001, "tied_init": 0.05})
     assert V.aux_k_tied_init_reduce_dead(m, base)["verdict"] == V.CONTRADICTED
-    assert V.aux_k_tied_init_reduce_dead(_runs(dict(topk=0.2)), base)["verdict"] == V.NOT_TESTABLE
+    none = V.aux_k_tied_init_reduce_dead(_runs(dict(topk=0.2)), base)
+    assert none["verdict"] == V.NOT_TESTABLE and none["basis"].endswith("of the no-aux-k arm, the no-tied-init arm")
+    m = _runs(dict(topk=0.2), dead={"aux_k": 0.2, "tied_init": 0.05})
+    half = V.aux_k_tied_init_reduce_dead(m[~((m.tied_init == False) & (m.seed > 0))], base)  # noqa: E712
+    assert half["verdict"] == V.NOT_TESTABLE and half["basis"].endswith("of the no-tied-init arm"), half
 
 
 def test_corpus_claim_from_planted_factor_effects():

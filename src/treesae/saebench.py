@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 
 
-PIN, SHA256 = "sae-bench==0.6.0", "256c3e53b71246778c40bdb8b273eb3f4ef80a72045c10397a7d06cc330bf123"
 VENDOR = Path(sys.prefix) / "vendor" / "sae-bench"  # in the running venv (make setup: requirements.vendor.txt)
 METRICS = {("reconstruction_quality", "explained_variance_legacy"): "explained_variance_legacy",
            ("reconstruction_quality", "mse"): "mse", ("reconstruction_quality", "cossim"): "cossim",

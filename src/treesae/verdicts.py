@@ -56,6 +56,11 @@ def combine(parts: list[str]) -> str:
     return SUPPORTED if parts and all(p == SUPPORTED for p in parts) else NO_DIFFERENCE
 
 
+def _fewer(names: list[str]) -> str:
+    """The basis' note on what a verdict had to leave out."""
+    return f"; fewer than 2 converged seeds of {', '.join(names)}" if names else ""
+
+
 def _part(out: dict, key: str, est, lo, hi, expect: int = 1) -> str:
     out.update({f"{key}.estimate": est, f"{key}.lo": lo, f"{key}.hi": hi})
     return verdict(est, lo, hi, expect)
@@ -70,7 +75,8 @@ def treesae_ranking(m: pd.DataFrame, k: int, variants, metric: str = "fvu") -> d
     by = {a: runs[runs.architecture == a][metric].to_numpy() for a in set(runs.architecture)}
     trees = sorted((a for a in variants if len(by.get(a, [])) >= 2), key=lambda a: by[a].mean())
     flats = sorted((a for a in FLAT_PEERS if len(by.get(a, [])) >= 2), key=lambda a: by[a].mean())
-    out = {"basis": f"held-out {metric} at k = {k}, mean over seeds, difference +- 2 SE"}
+    out = {"basis": f"held-out {metric} at k = {k}, mean over seeds, difference +- 2 SE"
+                    + _fewer([a for a in variants if a not in trees] + ([] if flats else ["TopK or BatchTopK"]))}
     if len(trees) < 2 or not flats:
         return dict(out, verdict=NOT_TESTABLE)
     out.update(best_variant=trees[0], runner_up=trees[1], best_flat=flats[0])
@@ -156,11 +162,12 @@ def aux_k_tied_init_reduce_dead(m: pd.DataFrame, base: pd.Series) -> dict:
     like = m[np.logical_and.reduce([m[c] == base[c] for c in cfg])]
     full = default_recipe(like)
     out = {"basis": "held-out dead fraction without minus with the recipe item, mean over seeds, difference +- 2 SE"}
-    parts = []
+    parts, short = [], [] if full.sum() >= 2 else ["the full recipe"]
     for item, other in (("aux_k", "tied_init"), ("tied_init", "aux_k")):
         off = like[~flag(like[item]) & flag(like[other])] if item in like and other in like else like.iloc[:0]
+        short += [] if len(off) >= 2 else [f"the no-{item.replace('_', '-')} arm"]
         parts.append(_part(out, f"no_{item}", *mean_difference(off.dead_fraction, like[full].dead_fraction)))
-    return dict(out, verdict=combine(parts))
+    return dict(out, basis=out["basis"] + _fewer(short), verdict=combine(parts))
 
 
 def flatten(claims: dict[str, dict]) -> dict:

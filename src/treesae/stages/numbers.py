@@ -204,12 +204,14 @@ def _run_numbers(out: dict, m: pd.DataFrame, b: pd.Series, cols: list) -> None:
 
 
 def _seed_numbers(out: dict, m: pd.DataFrame) -> None:
-    """seeds.{arch}.k{k}.{fvu,ce_increase}.{mean,sd} over every seed of a frontier configuration, .n and
-    .n_converged, and .vs_topk (+ .lo, .hi): the mean difference from TopK's seeds +- 2 SE (``stats``)."""
+    """seeds.{arch}.k{k}.{fvu,ce_increase}.{mean,sd} over every seed of a frontier configuration, .n,
+    .n_converged (when the runs table has the convergence verdict), and .vs_topk (+ .lo, .hi): the mean difference from TopK's seeds +- 2 SE (``stats``)."""
     fs = frontier_seeds(m)
     for (a, k), g in fs.groupby(["architecture", "k"]):
         p = f"seeds.{a}.k{int(k)}."
-        out[p + "n"], out[p + "n_converged"] = len(g), int(flag(g.converged).sum()) if "converged" in g else len(g)
+        out[p + "n"] = len(g)
+        if "converged" in g:
+            out[p + "n_converged"] = int(flag(g.converged).sum())
         top = fs[(fs.architecture == "topk") & (fs.k == k)]
         for c in ("fvu", "ce_increase"):
             if c not in g:
