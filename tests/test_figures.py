@@ -63,6 +63,15 @@ def tables():
             "matching_layers": (layers,), "matching_all_pairs": (allp,), "decoder_umap": (emb,), "lm_vs_sae_loss": (toks,), "l0_distribution": (l0,)}
 
 
+def test_position_figure_drops_an_l0_row_that_is_constant_by_construction(tmp_path):
+    """TopK's L0 is k at every position: the figure shows three rows, not a flat L0 line; a varying L0 keeps its row."""
+    from PIL import Image
+    profile = tables()["position_activation_layers"][0]
+    varying = Image.open(F.position_activation_layers(profile, tmp_path / "v.png")).size
+    fixed = Image.open(F.position_activation_layers(profile.assign(l0=32.0), tmp_path / "f.png")).size
+    assert fixed[0] == varying[0] and 0.65 < fixed[1] / varying[1] < 0.85, (fixed, varying)
+
+
 def test_registry_covers_every_slug():
     own = [s for s, sp in SPECS.items() if sp.draw.__name__ == s]  # a spec per function named after its slug
     assert set(own) == set(tables()) and len(own) == 16

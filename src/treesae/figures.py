@@ -270,14 +270,17 @@ def position_activation_layers(profile: pd.DataFrame, path) -> Path:
     """SAE activations by token position and layer: mean non-zero activation, L0, nMSE (per position,
     OpenAI) and residual norm; left column all positions (position 0, the attention sink, included; log
     scale, but L0), right column from position 1. One colour and line style per layer, the first widest,
-    so equal lines stay visible as dashes over a wider line.
+    so equal lines stay visible as dashes over a wider line. No L0 row when every layer's L0 is the same at every
+    position (TopK fixes it per token: a flat line carries no data).
     Columns: layer, position, mean_act, l0, nmse, resid_norm."""
     rows = [("mean_act", "mean non-zero\nactivation"), ("l0", "active latents\n(L0)"), ("nmse", "nMSE"),
             ("resid_norm", "residual norm\n(L2)")]
     _need(profile, "layer", "position", *[c for c, _ in rows], name="profile")
+    if (profile.groupby("layer").l0.agg(lambda v: v.max() - v.min()) <= 1e-6 * profile.l0.abs().max()).all():
+        rows.remove(("l0", "active latents\n(L0)"))
     layers = _layers(profile.layer)
     lc = layer_colors(layers)
-    fig, axs = _fig(7.4, ncols=2, nrows=4, sharex="col")
+    fig, axs = _fig(1.85 * len(rows), ncols=2, nrows=len(rows), sharex="col")
     for j, first in enumerate([0, 1]):
         d = profile[profile.position >= first].sort_values("position")
         for i, (col, label) in enumerate(rows):
