@@ -69,10 +69,14 @@ smoke: setup
 	cd $(WORKSPACE) && TREESAE_ROOT=$(abspath $(WORKSPACE)) dvc repro
 
 test:
+	@echo "[$$(date +%T)] make test: setup"
 	$(MAKE) setup
+	@echo "[$$(date +%T)] make test: lint, then the smoke pipeline"
 	ruff check src tests benchmarks notebooks
 	$(MAKE) smoke PROFILE=smoke
+	@echo "[$$(date +%T)] make test: pytest and nbval"
 	TREESAE_REQUIRE_BROWSER=1 TREESAE_ROOT=$(abspath $(SMOKE)) python -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider --durations=30
+	@echo "[$$(date +%T)] make test: done"
 
 # Force stages 02-06 of a workspace to rerun; every output's hash in dvc.lock must come back unchanged.
 determinism: smoke
