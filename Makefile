@@ -27,13 +27,15 @@ setup: sysdeps $(VENV)/.ready $(KERNEL) $(PLOTPAGE)
 sysdeps:
 	@python3 src/treesae/sysdeps.py
 
-# torch first (the local CPU wheel; any other spec pulls GBs of CUDA), then the pinned lock.
+# torch first (the local CPU wheel; any other spec pulls GBs of CUDA), then the pinned lock through uv (pinned; the same
+# packages as pip installs, fetched in parallel: 1.5 min against pip's 4.4 min here, the largest part of a fresh setup).
 # SAEBench (requirements.vendor.txt) goes to $(VENV)/vendor without its dependencies: it pins numpy<2 and
 # datasets<4, which the lock cannot hold, and its core eval needs neither (treesae.saebench).
 $(VENV)/.ready: requirements.lock.txt requirements.vendor.txt pyproject.toml
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q torch==2.13.0
-	$(VENV)/bin/pip install -q -r requirements.lock.txt
+	$(VENV)/bin/pip install -q uv==0.13.8
+	$(VENV)/bin/uv pip install -q --python $(VENV)/bin/python --compile-bytecode -r requirements.lock.txt
 	$(VENV)/bin/pip install -q --no-deps --require-hashes --upgrade --target $(VENV)/vendor/sae-bench -r requirements.vendor.txt
 	$(VENV)/bin/pip install -q --no-deps -e .
 	$(VENV)/bin/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
