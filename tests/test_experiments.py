@@ -60,3 +60,8 @@ def test_status_names_the_stages_a_code_or_params_change_makes_stale(tmp_path):
     assert got["state"] == "stale" and set(got["stages"]) == {"train", "analysis_matching"}, got
     assert got["stages"]["train"] == ["src/treesae/stages/train.py: modified"]
     assert experiments.status("nothing", tmp_path) == {"state": "not published", "stages": {}}
+
+
+def test_the_paper_stage_reads_the_folder_experiments_publish_to():
+    from treesae.stages import paper
+    assert paper.EXPERIMENTS == experiments.DIR

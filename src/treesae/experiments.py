@@ -25,8 +25,8 @@ from pathlib import Path
 
 from . import config, paths, workspace
 from .io import atomic_dir
-from .stages.paper import EXPERIMENTS, listed
 
+DIR = "experiments"  # the paper stage reads experiments/<name>/ (treesae.stages.paper.EXPERIMENTS)
 FILES = {"paper/numbers.json": "numbers.json", "paper/runs.csv": "runs.csv",
          "paper/training_curves.csv": "training_curves.csv", "dvc.lock": "dvc.lock", "params.yaml": "params.yaml"}
 # stages that do not count: validate writes the same marker whatever passes (each stage's own params are checked in
@@ -37,7 +37,7 @@ CODE_DEPS = ("src/", "notebooks/", "paper/template.md")
 
 
 def folder(name: str, root: Path | None = None) -> Path:
-    return Path(root or paths.REPO) / EXPERIMENTS / name
+    return Path(root or paths.REPO) / DIR / name
 
 
 def publish(name: str, ws=None, dest_root: Path | None = None, require_clean: bool = True) -> Path:
@@ -99,10 +99,11 @@ def main(argv: list[str]) -> int:
         print(publish(*argv[1:]))
         return 0
     if argv == ["stale"]:  # the experiments of paper.experiments that `make paper` reruns
-        print("\n".join(n for n in listed(config.read_params(paths.REPO)) if status(n)["state"] != "up to date"))
+        names = (config.read_params(paths.REPO).get("paper") or {}).get("experiments") or []
+        print("\n".join(n for n in names if status(n)["state"] != "up to date"))
         return 0
     if argv[:1] == ["status"]:
-        names = argv[1:] or sorted(p.name for p in (paths.REPO / EXPERIMENTS).iterdir() if p.is_dir())
+        names = argv[1:] or sorted(p.name for p in (paths.REPO / DIR).iterdir() if p.is_dir())
         bad = 0
         for n in names:
             s = status(n)
