@@ -80,6 +80,7 @@ def test_profile_round_trips(tmp_path):
     ("position.corpus", "pydoc", r"position\.corpus names unknown corpus \(not harvested\) \['pydoc'\]"),
     ("hierarchy.architectures", ["tree", "Tree"], r"hierarchy\.architectures names unknown architecture\(s\) \['Tree'\]"),
     ("matching.factors", ["seed", "sparsity"], r"matching\.factors names unknown factor\(s\) \['sparsity'\]"),
+    ("matching.factors", ["architecture", "k"], r"matching\.factors must include seed .*; add seed to the list"),
     ("matching.embedding_grids", ["base", "layers"], r"matching\.embedding_grids names unknown grid\(s\) \['layers'\]"),
     ("matching.threshold", "0.7", r"matching\.threshold must be a number"),
     ("matching.threshold", 0.75, r"matching\.threshold must be one of \[0\.5, 0\.6, 0\.7, 0\.8, 0\.9\]"),

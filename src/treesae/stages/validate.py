@@ -120,6 +120,9 @@ def validate(params: dict | None = None) -> dict:
     _subset("position.architecture", [pp.architecture], list(ARCHITECTURES), "architecture")
     _subset("hierarchy.architectures", hi.architectures, list(ARCHITECTURES), "architecture(s)")
     _subset("matching.factors", mt.factors, FACTORS, "factor(s)")
+    if "seed" not in mt.factors:  # stage 04 pairs SAEs across seeds to separate a factor's effect from a new seed's
+        raise ValueError(f"params.yaml: matching.factors must include seed (pairs that differ in seed and one other "
+                         f"factor give each factor's effect), got {mt.factors}; add seed to the list.")
     _subset("matching.pair_factor", [mt.pair_factor], mt.factors, "factor (not in matching.factors)")
     _subset("matching.embedding_grids", mt.embedding_grids, ["base", *(out["train"].grids or {})], "grid(s)")
     if not any(r.architecture == pp.architecture and r.corpus == pp.corpus for r in runs):
