@@ -166,3 +166,16 @@ def test_a_workspace_takes_another_ones_harvest_only_when_it_is_the_same(tmp_pat
     with pytest.raises(ValueError, match="params.*differ"):
         reuse_stage(other, ROOT)
     assert not (other / "data" / "activations").exists()
+
+
+def test_a_stage_locked_but_never_run_at_the_source_is_not_taken(tmp_path):
+    """A fresh clone's committed dvc.lock names stage 08, but its outputs were never made there: reuse refuses,
+    naming the missing output (``make experiment`` then runs the stage in the workspace)."""
+    from treesae.workspace import make, reuse_stage
+    src = tmp_path / "clone"
+    src.mkdir()
+    shutil.copy2(paths.REPO / "dvc.lock", src / "dvc.lock")  # the repository's: it locks every stage
+    dest = make("smoke", tmp_path / "ws")
+    with pytest.raises(ValueError, match=r"has no .*data/analysis/synthetic/runs.*\(synthetic's outputs\): run the stage there"):
+        reuse_stage(dest, src, "synthetic")
+    assert not (dest / "data" / "analysis" / "synthetic").exists()

@@ -99,6 +99,9 @@ def reuse_stage(dest, src, stage: str = "harvest") -> None:
     entry = (yaml.safe_load((src / "dvc.lock").read_text()) or {}).get("stages", {}).get(stage)
     if entry is None:
         raise ValueError(f"{src}/dvc.lock has no '{stage}' stage: run it there first, or drop --harvest-from")
+    absent = [o["path"] for o in entry.get("outs", []) if not (src / o["path"]).exists() and not (dest / o["path"]).exists()]
+    if absent:  # locked (e.g. a fresh clone's committed dvc.lock) but never run on this machine
+        raise ValueError(f"{src} has no {', '.join(absent)} ({stage}'s outputs): run the stage there first")
     env = {**os.environ, "TREESAE_ROOT": str(dest)}
     dvc = lambda *a: subprocess.run(["dvc", *a], cwd=dest, env=env, check=True, capture_output=True, text=True)  # noqa: E731
     stages = yaml.safe_load((dest / "dvc.yaml").read_text())["stages"]
