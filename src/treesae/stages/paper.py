@@ -26,7 +26,8 @@ CSS = """body{max-width:46rem;margin:2rem auto;padding:0 1rem;font:17px/1.55 Geo
 h1,h2,h3{font-family:Helvetica,Arial,sans-serif;line-height:1.2}
 img{max-width:100%;display:block;margin:1.5rem auto .5rem}
 table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ccc;padding:.2rem .5rem}
-code{font-size:.9em;background:#f4f4f4;padding:0 .2em}"""
+code{font-size:.9em;background:#f4f4f4;padding:0 .2em}
+@media print{@page{margin:.5in}body{max-width:none;margin:0;padding:0}}"""  # figures (7 in at figures.DPI) print at full size
 
 
 def _fmt(x, digits=3):
