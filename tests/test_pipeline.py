@@ -179,3 +179,27 @@ def test_a_stage_locked_but_never_run_at_the_source_is_not_taken(tmp_path):
     with pytest.raises(ValueError, match=r"has no .*data/analysis/synthetic/runs.*\(synthetic's outputs\): run the stage there"):
         reuse_stage(dest, src, "synthetic")
     assert not (dest / "data" / "analysis" / "synthetic").exists()
+
+
+def test_a_workspace_loads_the_saes_another_one_trained_under_its_own_key(tmp_path, monkeypatch):
+    """``--reuse-from`` offers the source's trained SAEs (``offer_trained``); stage 02 would load every one whose
+    training key (code, settings, init seed, harvest) is the workspace's own, and none once a setting differs."""
+    from treesae import imports
+    from treesae.stages import train as T
+    from treesae.workspace import make, offer_trained, reuse_stage
+    dest = make("smoke", tmp_path / "ws")
+    reuse_stage(dest, ROOT)  # the same harvest
+    assert offer_trained(dest, ROOT) == len(list((ROOT / "data/.partial/trained").glob("*.json"))) > 0
+    assert offer_trained(dest, ROOT) == 0  # what dest has is kept
+    monkeypatch.setenv("TREESAE_ROOT", str(dest))
+    code = imports.digest(T.__name__)
+
+    def trained(p):
+        mp, hp = config.parse(config.ModelParams, p["model"], "model"), config.parse(config.HarvestParams, p["harvest"], "harvest")
+        s = dict(model=mp, **{k: v for k, v in T.check(mp, hp, p["train"]).items() if k in ("train", "runs", "optim")})
+        meta = {c: ActivationCache.open(dest / "data/activations" / c).meta for c in hp.corpora}
+        return [T._trained(r, T.train_key(s, r, meta[r.corpus], code)) for r in s["runs"]]
+    p = config.read_params(dest)
+    assert all(trained(p))
+    p["train"]["optim"]["lr"] *= 2
+    assert not any(trained(p))

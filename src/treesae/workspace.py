@@ -12,8 +12,10 @@ the stage outputs whose hash differs between two dvc.lock files (``make determin
 takes the harvest of another workspace (or the repository) whose harvest section and code are the same
 (``reuse_stage``): DVC checks that before anything is kept, so a profile that changes only the later stages
 skips the 26-minute harvest. ``--reuse-from SRC`` does the same for each stage of ``REUSABLE`` (the harvest and
-stage 08, which no LM setting changes) where it is the same, and lets the others run.
+stage 08, which no LM setting changes) where it is the same, lets the others run, and offers stage 02 the SAEs SRC
+trained (``offer_trained``): it loads those whose training key is its own.
 """
+import json
 import os
 import shutil
 import subprocess
@@ -130,6 +132,29 @@ def reuse_stage(dest, src, stage: str = "harvest") -> None:
                          "instead (dvc repro)")
 
 
+def offer_trained(dest, src) -> int:
+    """Copy into workspace ``dest`` every SAE that ``src``'s stage 02 recorded as trained (``data/.partial/trained``:
+    its key and the sha256 of each file), with its curve and record, where ``dest`` has no record of that name, and
+    ``src``'s evaluation rows (keyed by the SAE's weights). Stage 02 loads an offered SAE only when its key (code,
+    settings, init seed, harvest) is the one it would train with (``stages.train._trained``) and trains the others,
+    so an experiment pays only for the SAEs the default run has not trained. Returns how many SAEs were offered."""
+    s, d = Path(src).resolve() / "data", Path(dest).resolve() / "data"
+    n = 0
+    for rec in sorted((s / ".partial" / "trained").glob("*.json")):
+        files = json.loads(rec.read_text()).get("files", {})
+        if (d / ".partial" / "trained" / rec.name).exists() or not files or not all((s / f).is_file() for f in files):
+            continue
+        for f in [*files, f".partial/trained/{rec.name}"]:  # the record last: a half copy has none and is retrained
+            (d / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(s / f, d / f)
+        n += 1
+    for row in sorted((s / ".partial" / "eval").glob("*.json")):
+        if not (d / ".partial" / "eval" / row.name).exists():
+            (d / ".partial" / "eval").mkdir(parents=True, exist_ok=True)
+            shutil.copy2(row, d / ".partial" / "eval" / row.name)
+    return n
+
+
 def _path(out) -> str:
     """The path of a dvc.yaml ``outs`` entry (a string, or a one-key mapping to its options)."""
     return out if isinstance(out, str) else next(iter(out))
@@ -184,3 +209,7 @@ if __name__ == "__main__":
             print(f"{stage} taken from {opts['--reuse-from']}")
         except ValueError as e:
             print(f"{stage} runs here: {e}")
+    if "--reuse-from" in opts:
+        n = offer_trained(args[1], opts["--reuse-from"])
+        print(f"{n} SAEs offered from {opts['--reuse-from']}: stage 02 loads those trained by the same code with the same "
+              "settings on the same harvest, and trains the rest")
