@@ -58,7 +58,8 @@ paper: setup
 	dvc repro paper
 
 # One experiment (profiles/$(EXP).yaml) in build/$(EXP), its harvest and stage 08 taken from the default run where
-# they are the same; then its small outputs are published to experiments/$(EXP)/.
+# they are the same, and the default's SAEs loaded where their training key is the experiment's own; then its small
+# outputs are published to experiments/$(EXP)/.
 experiment: setup
 	python -m treesae.workspace $(EXP) build/$(EXP) --reuse-from $(CURDIR)
 	cd build/$(EXP) && TREESAE_ROOT=$(abspath build/$(EXP)) dvc repro
