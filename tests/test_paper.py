@@ -202,3 +202,12 @@ def test_pdf_is_bit_identical_from_run_to_run(tmp_path):
     assert a["pdf"].read_bytes() == b["pdf"].read_bytes()
     assert b"file://" not in a["pdf"].read_bytes()  # no link to this machine's files: copies of a workspace print the same
     assert not list(tmp_path.glob("*/.*.tmp"))  # written atomically, nothing left beside it
+
+
+def test_a_run_with_one_seed_renders_without_a_seed_share(tmp_path):
+    """A run whose base configuration has one seed (experiment frontier) stores the seed share as null: the paper
+    says nothing about it rather than failing."""
+    n = {**_numbers(), "matching.seed_shared_ratio": None}
+    n.pop("matching.seed_shared_ratio.lo", None)
+    md = paper.render(n, out_dir=tmp_path)["markdown"].read_text()
+    assert "differ only in\n  seed share" not in md and "seed share" not in md.split("## 1.")[0]

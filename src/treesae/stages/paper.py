@@ -43,7 +43,7 @@ def _fmt(x, digits=3):
 
 
 def _pct(x, digits=1):
-    return f"{100 * x:.{digits}f}%"
+    return "n/a" if x is None else f"{100 * x:.{digits}f}%"
 
 
 EXPERIMENTS = "experiments"  # experiments/<name>/: a published experiment (treesae.experiments)
