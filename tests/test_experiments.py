@@ -1,4 +1,5 @@
 """Experiments: publishing a workspace's small outputs and telling which published experiments are stale."""
+import json
 import shutil
 
 import pytest
@@ -65,3 +66,20 @@ def test_status_names_the_stages_a_code_or_params_change_makes_stale(tmp_path):
 def test_the_paper_stage_reads_the_folder_experiments_publish_to():
     from treesae.stages import paper
     assert paper.EXPERIMENTS == experiments.DIR
+
+
+def test_the_published_frontier_shows_every_flat_architecture_at_three_l0s():
+    """Figure 1's caption claims a frontier: the experiment the paper takes it from has >= 3 distinct L0s for each of
+    >= 3 flat architectures (the default alone has 2 architectures at one k, so this fails without one)."""
+    import pandas as pd
+
+    from treesae import config
+    from treesae.registry import names
+    from treesae.stages import paper
+    exps = [e for e in paper.listed(config.read_params(paths.REPO))
+            if len(json.loads((experiments.folder(e) / "numbers.json").read_text())["frontier.ks"]) > 1]
+    assert exps, "no experiment of paper.experiments trained several k: Figure 1 would be the default's single k"
+    runs = pd.read_csv(experiments.folder(exps[0]) / "runs.csv")
+    flat = runs[runs.architecture.isin(names(hierarchical=False))]
+    l0s = flat.groupby("architecture").l0.agg(lambda s: s.round(1).nunique())
+    assert len(l0s) >= 3 and (l0s >= 3).all(), l0s.to_dict()
