@@ -182,8 +182,9 @@ def test_a_stage_locked_but_never_run_at_the_source_is_not_taken(tmp_path):
 
 
 def test_a_workspace_loads_the_saes_another_one_trained_under_its_own_key(tmp_path, monkeypatch):
-    """``--reuse-from`` offers the source's trained SAEs (``offer_trained``); stage 02 would load every one whose
-    training key (code, settings, init seed, harvest) is the workspace's own, and none once a setting differs."""
+    """``--reuse-from`` offers the source's trained SAEs (``offer_trained``); stage 02 would load exactly those the
+    source's own stage 02 would load under the same params (other tests may have left some under another key), and
+    none once a setting differs."""
     from treesae import imports
     from treesae.stages import train as T
     from treesae.workspace import make, offer_trained, reuse_stage
@@ -191,15 +192,16 @@ def test_a_workspace_loads_the_saes_another_one_trained_under_its_own_key(tmp_pa
     reuse_stage(dest, ROOT)  # the same harvest
     assert offer_trained(dest, ROOT) == len(list((ROOT / "data/.partial/trained").glob("*.json"))) > 0
     assert offer_trained(dest, ROOT) == 0  # what dest has is kept
-    monkeypatch.setenv("TREESAE_ROOT", str(dest))
     code = imports.digest(T.__name__)
 
-    def trained(p):
+    def trained(root, p):
+        monkeypatch.setenv("TREESAE_ROOT", str(root))
         mp, hp = config.parse(config.ModelParams, p["model"], "model"), config.parse(config.HarvestParams, p["harvest"], "harvest")
         s = dict(model=mp, **{k: v for k, v in T.check(mp, hp, p["train"]).items() if k in ("train", "runs", "optim")})
-        meta = {c: ActivationCache.open(dest / "data/activations" / c).meta for c in hp.corpora}
-        return [T._trained(r, T.train_key(s, r, meta[r.corpus], code)) for r in s["runs"]]
+        meta = {c: ActivationCache.open(root / "data/activations" / c).meta for c in hp.corpora}
+        return {r.name for r in s["runs"] if T._trained(r, T.train_key(s, r, meta[r.corpus], code))}
     p = config.read_params(dest)
-    assert all(trained(p))
+    loadable = trained(ROOT, p)
+    assert loadable and trained(dest, p) == loadable
     p["train"]["optim"]["lr"] *= 2
-    assert not any(trained(p))
+    assert not trained(dest, p)
