@@ -90,6 +90,7 @@ determinism: smoke
 bench: setup
 	python benchmarks/bench_harvest.py --contexts 64 256
 	python benchmarks/bench_train.py
+	python benchmarks/bench_paper_shape.py   # against the commit before the speed work (a temporary git worktree)
 	python benchmarks/bench_processes.py   # the activation cache when there is one (make paper), else synthetic data
 	python benchmarks/bench_step_profile.py
 	python benchmarks/bench_roofline.py

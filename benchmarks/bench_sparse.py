@@ -64,7 +64,7 @@ def kernel_alternatives(B, d, N, k, reps):
         Codes(v.detach(), rows, cols, offsets, (B, N)).dense().t() @ x
 
     def enc_gathered():
-        GatheredLinear.apply(v.detach(), x, None, W_enc, torch.zeros(N), rows, cols).backward(v.detach())
+        GatheredLinear.apply(v.detach(), x, None, W_enc, torch.zeros(N), rows, cols, x).backward(v.detach())
 
     def enc_dense_autograd():
         p = x @ W_enc

@@ -37,7 +37,7 @@ def test_gathered_linear_matches_dense_autograd():
                       for s in ((B, d), (d,), (d, N), (N,)))
     pre = torch.addmm(b, x - shift, W)
     g = torch.randn(rows.numel(), dtype=torch.float64, generator=gen)
-    out = GatheredLinear.apply(pre.detach()[rows, cols], x, shift, W, b, rows, cols)
+    out = GatheredLinear.apply(pre.detach()[rows, cols], x, shift, W, b, rows, cols, (x - shift).detach())
     torch.testing.assert_close(out, pre[rows, cols])
     ga = torch.autograd.grad(out, [x, shift, W, b], g)
     gb = torch.autograd.grad(pre[rows, cols], [x, shift, W, b], g)
@@ -97,3 +97,53 @@ def test_modules_with_scratch_buffers_copy_and_pickle(x_small):
     for clone in (copy.deepcopy(sae), pickle.loads(pickle.dumps(sae))):
         torch.testing.assert_close(clone.encode(x_small), z)
         assert clone.kernels._scratch.keys() <= {id(clone.W_enc)}
+
+
+def coo_t_matmul(rows, cols, vals, dense, n_cols):
+    """The reference: ``S^T @ dense`` through a COO sparse product (the kernel it replaced)."""
+    st = torch.sparse_coo_tensor(torch.stack([cols, rows]), vals, (n_cols, dense.shape[0]))
+    return torch.sparse.mm(st, dense)
+
+
+@pytest.mark.parametrize("B, N, d, k", [(1024, 768, 576, 32), (256, 96, 40, 8)])
+def test_sparse_transpose_product_equals_the_coo_product_bit_for_bit(B, N, d, k):
+    """float32 (training's dtype) bit for bit, at the paper's shape too; float64 to an ulp (another summation)."""
+    from treesae.saes.sparse import _sparse_t_matmul
+    pre = torch.randn(B, N, generator=gen)
+    rows, cols, _ = topk_select(pre, k)   # TopK's order: unsorted columns within each row
+    vals, dense = torch.randn(rows.numel(), generator=gen), torch.randn(B, d, generator=gen)
+    assert torch.equal(_sparse_t_matmul(rows, cols, vals, dense, N + 5), coo_t_matmul(rows, cols, vals, dense, N + 5))
+    torch.testing.assert_close(_sparse_t_matmul(rows, cols, vals.double(), dense.double(), N),
+                               coo_t_matmul(rows, cols, vals.double(), dense.double(), N), rtol=1e-14, atol=1e-14)
+    r, c, _ = ragged()   # empty rows, and columns no entry uses
+    v, x = torch.randn(r.numel(), generator=gen), torch.randn(7, d, generator=gen)
+    assert torch.equal(_sparse_t_matmul(r, c, v, x, 20), coo_t_matmul(r, c, v, x, 20))
+    assert torch.equal(_sparse_t_matmul(r[:0], c[:0], v[:0], x, 20), torch.zeros(20, d))
+
+
+def test_squared_error_gives_autograds_bits():
+    from treesae.saes.base import squared_error
+    x = torch.randn(64, 24, generator=gen)
+    x_hat = (x + 0.3 * torch.randn(64, 24, generator=gen)).requires_grad_()
+    ref = (x_hat - x).pow(2).sum()
+    out = squared_error(x_hat, x)
+    assert torch.equal(out, ref)
+    assert torch.equal(torch.autograd.grad(out * 0.37, x_hat)[0], torch.autograd.grad(ref * 0.37, x_hat)[0])
+    xr = x.clone().requires_grad_()   # the gradient to x, when x needs one
+    assert torch.equal(torch.autograd.grad(squared_error(x_hat.detach(), xr), xr)[0],
+                       torch.autograd.grad((x_hat.detach() - xr).pow(2).sum(), xr)[0])
+
+
+def test_centred_input_is_shared_until_the_shift_or_the_input_changes():
+    kn = Kernels(sparse=True)
+    x, shift = torch.randn(8, 4, generator=gen), torch.nn.Parameter(torch.randn(4, generator=gen))
+    a = kn._centre(x, shift)
+    assert kn._centre(x, shift) is a and torch.equal(a, x - shift.detach())
+    with torch.no_grad():
+        shift.add_(1.0)   # what the optimizer does to b_dec
+    b = kn._centre(x, shift)
+    assert b is not a and torch.equal(b, x - shift.detach())
+    x.mul_(2.0)
+    assert torch.equal(kn._centre(x, shift), x - shift.detach())
+    del x, a, b
+    assert kn._centred is None   # freed with its input: no batch outlives its step

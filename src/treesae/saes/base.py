@@ -120,9 +120,36 @@ def geometric_median(x: Tensor, max_iter: int = 200, tol: float = 1e-7, eps: flo
     return m
 
 
-def nmse(x_hat: Tensor, x: Tensor) -> Tensor:
-    """Batch nMSE: ``sum ||x - x_hat||^2 / sum ||x||^2`` (not mean-centred)."""
-    return (x_hat - x).pow(2).sum() / x.pow(2).sum().clamp_min(1e-12)
+class SquaredError(torch.autograd.Function):
+    """``(x_hat - x).pow(2).sum()`` whose backward allocates one [B, d] tensor where autograd's sub and pow take
+    three; the value and the gradient ``2 (x_hat - x) g`` are the same bits."""
+
+    @staticmethod
+    def forward(ctx, x_hat: Tensor, x: Tensor) -> Tensor:
+        diff = x_hat - x
+        ctx.save_for_backward(diff)
+        return diff.pow(2).sum()
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        (diff,) = ctx.saved_tensors
+        grad = diff.mul(2).mul_(g)
+        return grad if ctx.needs_input_grad[0] else None, -grad if ctx.needs_input_grad[1] else None
+
+
+def squared_error(x_hat: Tensor, x: Tensor) -> Tensor:
+    """``sum ||x - x_hat||^2`` over the batch."""
+    return SquaredError.apply(x_hat, x)
+
+
+def sum_squares(x: Tensor) -> Tensor:
+    """nMSE's denominator ``sum ||x||^2`` (clamped away from 0): compute once per batch, pass to ``nmse``."""
+    return x.pow(2).sum().clamp_min(1e-12)
+
+
+def nmse(x_hat: Tensor, x: Tensor, x_sq: Tensor | None = None) -> Tensor:
+    """Batch nMSE: ``sum ||x - x_hat||^2 / sum ||x||^2`` (not mean-centred); ``x_sq``: ``sum_squares(x)``."""
+    return squared_error(x_hat, x) / (sum_squares(x) if x_sq is None else x_sq)
 
 
 def aux_nmse(e_hat: Tensor, e: Tensor) -> Tensor:

@@ -30,7 +30,8 @@ from sae_lens import SAE, SAEConfig as SLConfig, register_sae_class
 from sae_lens.registry import SAE_CLASS_REGISTRY
 from torch import Tensor, nn
 
-from .base import AuxKConfig, BaseSAE, SAEConfig, aux_nmse, auxk_reconstruction, nmse, scalar_logs, unit_rows
+from .base import (AuxKConfig, BaseSAE, SAEConfig, aux_nmse, auxk_reconstruction, scalar_logs, squared_error,
+                   sum_squares, unit_rows)
 from .sparse import Codes, Kernels
 
 
@@ -292,7 +293,9 @@ class HierarchicalSAE(LevelsMixin, BaseSAE):
         for dec in self._level_decodes(outs):
             acc = acc + dec
             cum.append(acc)
-        level_nmse = [nmse(c, x) for c in cum]
+        x_sq = sum_squares(x)
+        errors = [squared_error(c, x) for c in cum]
+        level_nmse = [e / x_sq for e in errors]
         recon = torch.stack(level_nmse).mean() if cfg.level_loss == "cumulative" else level_nmse[-1]
         level_aux = [self._level_aux(l, o, x, cum[l] if cfg.level_loss == "cumulative" else cum[-1], dead_mask)
                      for l, o in enumerate(outs)]
@@ -302,7 +305,7 @@ class HierarchicalSAE(LevelsMixin, BaseSAE):
         if structure is not None:
             loss = loss + structure
         l0s = [(o.codes.vals.detach() > 0).sum() / B for o in outs]
-        logs = scalar_logs(loss=loss, mse=(cum[-1] - x).pow(2).sum() / B, nmse=level_nmse[-1],
+        logs = scalar_logs(loss=loss, mse=errors[-1] / B, nmse=level_nmse[-1],
                            l0=sum(l0s), aux=aux)
         if structure is not None:
             logs |= scalar_logs(structure=structure)

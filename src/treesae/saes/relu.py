@@ -19,7 +19,7 @@ from typing import ClassVar
 import torch
 from sae_lens.saes import StandardSAE, StandardSAEConfig
 
-from .base import BaseSAE, FlatConfig, nmse, scalar_logs
+from .base import BaseSAE, FlatConfig, scalar_logs, squared_error, sum_squares
 from .sparse import Codes
 
 
@@ -93,11 +93,12 @@ class ReLUSAE(BaseSAE):
         x = self._prep(x)
         z = self.encode(x)
         x_hat = self.decode(z)
-        recon = nmse(x_hat, x)
+        error = squared_error(x_hat, x)
+        recon = error / sum_squares(x)
         l1 = (z * self.W_dec.norm(dim=1)).sum() / x.norm(dim=1).sum().clamp_min(1e-12)
         loss = recon + self.cfg.l1_coef * self.l1_scale * l1
         B = x.shape[0]
-        logs = scalar_logs(loss=loss, mse=(x_hat - x).pow(2).sum() / B, nmse=recon,
+        logs = scalar_logs(loss=loss, mse=error / B, nmse=recon,
                            l0=(z > 0).sum() / B, aux=0.0, l1=l1)
         z = z.detach()
         if not dense_z:

@@ -28,7 +28,8 @@ import torch
 from sae_lens.saes import TopKSAE as SLTopKSAE, TopKSAEConfig as SLTopKConfig
 from torch import Tensor
 
-from .base import AuxKConfig, BaseSAE, FlatConfig, aux_nmse, auxk_reconstruction, nmse, scalar_logs
+from .base import (AuxKConfig, BaseSAE, FlatConfig, aux_nmse, auxk_reconstruction, scalar_logs, squared_error,
+                   sum_squares)
 from .sparse import Codes, topk_select
 
 
@@ -131,13 +132,15 @@ class TopKSAE(BaseSAE):
         codes, pre, score, n = self._codes(x)
         recons = self.reconstructions(codes)
         x_hat = recons[-1]
-        level_nmse = [nmse(r, x) for r in recons]
+        x_sq = sum_squares(x)
+        errors = [squared_error(r, x) for r in recons]
+        level_nmse = [e / x_sq for e in errors]
         recon = torch.stack(level_nmse).mean()
         aux = self.aux_loss(x, x_hat, pre, dead_mask, score, n)
         loss = recon + self.cfg.aux_coef * aux
         B = x.shape[0]
         active = codes.vals.detach() > 0
-        logs = scalar_logs(loss=loss, mse=(x_hat - x).pow(2).sum() / B, nmse=level_nmse[-1],
+        logs = scalar_logs(loss=loss, mse=errors[-1] / B, nmse=level_nmse[-1],
                            l0=active.sum() / B, aux=aux)
         if len(self.levels) > 1:
             for i, (sl, v) in enumerate(zip(self.levels, level_nmse)):
