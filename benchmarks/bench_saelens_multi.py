@@ -1,6 +1,6 @@
 """Sweeps of N SAEs: treesae's train_sweep against sae-lens' MultiSAETrainer, side by side in one run.
 
-    python benchmarks/bench_saelens_multi.py [--n 1,4,16] [--d-sae 4608] [--device cpu] [--quality-steps 300]
+    python benchmarks/bench_saelens_multi.py [--n 1,4,16] [--d-sae 768,1152,4608] [--repeat 3] [--quality-steps 300]
     python benchmarks/bench_saelens_multi.py --device cuda --d-in 768 --d-sae 768,3072,12288,24576 --n 1 --batch 4096
 
 N TopK SAEs (k 32, independent inits) train on the same batches, by ours (one train_sweep) and by sae-lens'
@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -144,9 +145,10 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--n", default="1,4,16", help="SAEs per sweep")
     ap.add_argument("--d-in", type=int, default=576)
-    ap.add_argument("--d-sae", default="4608", help="dictionary sizes (comma-separated)")
+    ap.add_argument("--d-sae", default="768,1152,4608", help="dictionary sizes (comma-separated)")
     ap.add_argument("--batch", type=int, default=1024)
-    ap.add_argument("--steps", type=int, default=6, help="timed steps (after --warmup)")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps (after --warmup)")
+    ap.add_argument("--repeat", type=int, default=3, help="measurements of each (N, d_sae), the trainers' order alternating")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--quality-steps", type=int, default=300, help="steps of the nMSE comparison (0: skip)")
     ap.add_argument("--heldout", type=int, default=8192)
@@ -165,18 +167,27 @@ def main():
     print(f"TopK d_in {a.d_in}, k {K}, batch {a.batch}, lr {LR}, {a.steps} timed steps after {a.warmup}, on {dev_name}; "
           f"data: {a.cache or 'synthetic sparse'}")
     mem = "peak_gpu_mb" if a.dev.type == "cuda" else "peak_rss_mb"
-    print(f"| d_sae | N | ours tok/s | sae-lens tok/s | ratio | ours {mem} | sae-lens {mem} |\n|---|---|---|---|---|---|---|")
+    print(f"{a.repeat} measurements per row, the two trainers side by side (alternating which goes first); tok/s medians")
+    print(f"| d_sae | N | ours tok/s | sae-lens tok/s | ratio (median; min-max) | ours {mem} | sae-lens {mem} |\n"
+          "|---|---|---|---|---|---|---|")
     ratios, peaks = {}, {}
     for d_sae in sizes:
         for n in ns:
-            r = {t: run_one(a, f"speed:{t}:{n}:{d_sae}") for t in TRAINERS}  # side by side, one after the other
-            if None in r.values():
+            runs = []
+            for i in range(a.repeat):
+                order = list(TRAINERS)[::1 if i % 2 == 0 else -1]
+                r = {t: run_one(a, f"speed:{t}:{n}:{d_sae}") for t in order}
+                if None not in r.values():
+                    runs.append(r)
+            if not runs:
                 continue
-            tag = f"n{n}" + (f"_d{d_sae}" if len(sizes) > 1 else "")
-            ratios[tag] = r["ours"]["tok_s"] / r["sae-lens"]["tok_s"]
-            peaks[tag] = (r["ours"][mem], r["sae-lens"][mem])
-            print(f"| {d_sae:,} | {n} | {r['ours']['tok_s']:,.0f} | {r['sae-lens']['tok_s']:,.0f} | {ratios[tag]:.2f}x | "
-                  f"{r['ours'][mem]:,.0f} | {r['sae-lens'][mem]:,.0f} |")
+            tag = f"n{n}_d{d_sae}"
+            rs = sorted(r["ours"]["tok_s"] / r["sae-lens"]["tok_s"] for r in runs)
+            ratios[tag] = statistics.median(rs)
+            peaks[tag] = (max(r["ours"][mem] for r in runs), max(r["sae-lens"][mem] for r in runs))
+            med = {t: statistics.median(r[t]["tok_s"] for r in runs) for t in TRAINERS}
+            print(f"| {d_sae:,} | {n} | {med['ours']:,.0f} | {med['sae-lens']:,.0f} | {ratios[tag]:.2f}x "
+                  f"({rs[0]:.2f}-{rs[-1]:.2f}) | {peaks[tag][0]:,.0f} | {peaks[tag][1]:,.0f} |", flush=True)
     quality = {}
     if a.quality_steps:
         print(f"\nheld-out nMSE after {a.quality_steps} steps ({a.quality_steps * a.batch:,} tokens), one SAE each, "
