@@ -142,14 +142,16 @@ def squared_error(x_hat: Tensor, x: Tensor) -> Tensor:
     return SquaredError.apply(x_hat, x)
 
 
-def sum_squares(x: Tensor) -> Tensor:
-    """nMSE's denominator ``sum ||x||^2`` (clamped away from 0): compute once per batch, pass to ``nmse``."""
-    return x.pow(2).sum().clamp_min(1e-12)
+def reconstruction_errors(x_hats: list[Tensor], x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+    """Per reconstruction: ``sum ||x - x_hat||^2`` and the batch nMSE, that over ``sum ||x||^2`` (computed once)."""
+    x_sq = x.pow(2).sum().clamp_min(1e-12)
+    errors = [squared_error(x_hat, x) for x_hat in x_hats]
+    return errors, [e / x_sq for e in errors]
 
 
-def nmse(x_hat: Tensor, x: Tensor, x_sq: Tensor | None = None) -> Tensor:
-    """Batch nMSE: ``sum ||x - x_hat||^2 / sum ||x||^2`` (not mean-centred); ``x_sq``: ``sum_squares(x)``."""
-    return squared_error(x_hat, x) / (sum_squares(x) if x_sq is None else x_sq)
+def nmse(x_hat: Tensor, x: Tensor) -> Tensor:
+    """Batch nMSE: ``sum ||x - x_hat||^2 / sum ||x||^2`` (not mean-centred)."""
+    return reconstruction_errors([x_hat], x)[1][0]
 
 
 def aux_nmse(e_hat: Tensor, e: Tensor) -> Tensor:

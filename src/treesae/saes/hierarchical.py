@@ -30,8 +30,8 @@ from sae_lens import SAE, SAEConfig as SLConfig, register_sae_class
 from sae_lens.registry import SAE_CLASS_REGISTRY
 from torch import Tensor, nn
 
-from .base import (AuxKConfig, BaseSAE, SAEConfig, aux_nmse, auxk_reconstruction, scalar_logs, squared_error,
-                   sum_squares, unit_rows)
+from .base import (AuxKConfig, BaseSAE, SAEConfig, aux_nmse, auxk_reconstruction, reconstruction_errors,
+                   scalar_logs, unit_rows)
 from .sparse import Codes, Kernels
 
 
@@ -293,9 +293,7 @@ class HierarchicalSAE(LevelsMixin, BaseSAE):
         for dec in self._level_decodes(outs):
             acc = acc + dec
             cum.append(acc)
-        x_sq = sum_squares(x)
-        errors = [squared_error(c, x) for c in cum]
-        level_nmse = [e / x_sq for e in errors]
+        errors, level_nmse = reconstruction_errors(cum, x)
         recon = torch.stack(level_nmse).mean() if cfg.level_loss == "cumulative" else level_nmse[-1]
         level_aux = [self._level_aux(l, o, x, cum[l] if cfg.level_loss == "cumulative" else cum[-1], dead_mask)
                      for l, o in enumerate(outs)]

@@ -19,7 +19,7 @@ from typing import ClassVar
 import torch
 from sae_lens.saes import StandardSAE, StandardSAEConfig
 
-from .base import BaseSAE, FlatConfig, scalar_logs, squared_error, sum_squares
+from .base import BaseSAE, FlatConfig, reconstruction_errors, scalar_logs
 from .sparse import Codes
 
 
@@ -93,8 +93,7 @@ class ReLUSAE(BaseSAE):
         x = self._prep(x)
         z = self.encode(x)
         x_hat = self.decode(z)
-        error = squared_error(x_hat, x)
-        recon = error / sum_squares(x)
+        (error,), (recon,) = reconstruction_errors([x_hat], x)
         l1 = (z * self.W_dec.norm(dim=1)).sum() / x.norm(dim=1).sum().clamp_min(1e-12)
         loss = recon + self.cfg.l1_coef * self.l1_scale * l1
         B = x.shape[0]

@@ -28,8 +28,7 @@ import torch
 from sae_lens.saes import TopKSAE as SLTopKSAE, TopKSAEConfig as SLTopKConfig
 from torch import Tensor
 
-from .base import (AuxKConfig, BaseSAE, FlatConfig, aux_nmse, auxk_reconstruction, scalar_logs, squared_error,
-                   sum_squares)
+from .base import AuxKConfig, BaseSAE, FlatConfig, aux_nmse, auxk_reconstruction, reconstruction_errors, scalar_logs
 from .sparse import Codes, topk_select
 
 
@@ -132,9 +131,7 @@ class TopKSAE(BaseSAE):
         codes, pre, score, n = self._codes(x)
         recons = self.reconstructions(codes)
         x_hat = recons[-1]
-        x_sq = sum_squares(x)
-        errors = [squared_error(r, x) for r in recons]
-        level_nmse = [e / x_sq for e in errors]
+        errors, level_nmse = reconstruction_errors(recons, x)
         recon = torch.stack(level_nmse).mean()
         aux = self.aux_loss(x, x_hat, pre, dead_mask, score, n)
         loss = recon + self.cfg.aux_coef * aux
