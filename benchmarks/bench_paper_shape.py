@@ -36,7 +36,7 @@ cols = torch.multinomial(1 / torch.arange(1, m + 1) ** 0.7, n * active, replacem
 codes = torch.sparse_coo_tensor(torch.stack([torch.arange(n).repeat_interleave(active), cols]),
                                 3 * torch.rand(n * active, generator=g), (n, m))
 data = torch.sparse.mm(codes, dirs) + 0.05 * torch.randn(n, d_in, generator=g) + 2.0
-saes = {f"{arch}": S.build(arch, d_in=d_in, d_sae=a["d_sae"], k=32, seed=i, **extra)
+saes = {arch: S.build(arch, d_in=d_in, d_sae=a["d_sae"], k=32, seed=i, **extra)
         for i, (arch, extra) in enumerate(a["group"].items())}
 cfg = TrainConfig(n_tokens=n, batch_size=a["batch"], lr=5e-4, log_every=25, threads=a["threads"],
                   checkpoint_every=0, dead_after_tokens=a["batch"] * 4)
@@ -94,7 +94,7 @@ def main():
         p, c = res[(d, "previous")], res[(d, "current")]
         rs = sorted(ci["sae_steps_per_s"] / pi["sae_steps_per_s"] for pi, ci in zip(p, c))
         ratios[d] = statistics.median(rs)
-        same = {x["digest"] for x in p} == {x["digest"] for x in c} and len({x["digest"] for x in p + c}) == 1
+        same = len({x["digest"] for x in p + c}) == 1
         print(f"| {d:,} | {statistics.median(x['sae_steps_per_s'] for x in p):.2f} | "
               f"{statistics.median(x['sae_steps_per_s'] for x in c):.2f} | {ratios[d]:.2f}x ({rs[0]:.2f}-{rs[-1]:.2f}) "
               f"| {'yes' if same else 'NO'} |")
